@@ -1,0 +1,115 @@
+"""The ``maas`` command: start the platform (embedded or against external servers)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+
+app = typer.Typer(help="OpenMaaS: self-hosted Model-as-a-Service.", no_args_is_help=True)
+console = Console()
+
+
+def _default_data_dir() -> Path:
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("openmaas"))
+
+
+def _serve(*, host: str, port: int, services: str) -> None:
+    import uvicorn
+
+    from services.common.settings import get_settings
+    from services.runtime import build_app
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    uvicorn.run(build_app(settings, services=services), host=host, port=port, log_level="info")
+
+
+async def _bootstrap_admin():
+    from services.common.context import Platform
+    from services.common.mongo import Mongo
+    from services.common.settings import get_settings
+    from services.gateway.identity import INDEXES, ensure_bootstrap_admin
+
+    get_settings.cache_clear()
+    platform = Platform.connect(get_settings())
+    try:
+        await platform.mongo.ensure_indexes(INDEXES)
+        return await ensure_bootstrap_admin(platform)
+    finally:
+        platform.mongo.close()
+
+
+def _show_admin(admin, url: str) -> None:
+    if admin is None:
+        console.print("[dim]Admin account exists already (its secrets were shown on the first start). "
+                      "Log in with POST /api/v1/auth/login.[/dim]")
+        return
+    console.print(Panel.fit(
+        f"username: [bold]{admin.username}[/bold]\npassword: [bold]{admin.password}[/bold]\n"
+        f"token:    [bold]{admin.token}[/bold]\n\n"
+        f"curl -H 'Authorization: Bearer {admin.token}' {url}/api/v1/templates",
+        title="Bootstrap admin — shown once, store it now", border_style="yellow"))
+
+
+@app.command()
+def up(
+    data_dir: Path = typer.Option(None, "--data-dir", help="where all data lives (default: the user data dir)"),
+    host: str = typer.Option("127.0.0.1", help="API bind address"),
+    port: int = typer.Option(8000, help="API port"),
+) -> None:
+    """Start the embedded Kafka, MongoDB and S3 servers, then every service, in the foreground."""
+    from services.embedded.servers import EmbeddedServers
+
+    data_dir = (data_dir or _default_data_dir()).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]OpenMaaS[/bold] data dir: {data_dir}")
+    servers = EmbeddedServers(data_dir)
+    with console.status("starting embedded servers (S3, MongoDB, Kafka)…"):
+        servers.start()
+    os.environ.update(servers.settings_env())
+    os.environ.setdefault("MAAS_WORK_DIR", str(data_dir / "work"))
+    Path(os.environ["MAAS_WORK_DIR"]).mkdir(parents=True, exist_ok=True)
+    try:
+        for name, value in servers.settings_env().items():
+            console.print(f"  {name}={value}" if "SECRET" not in name else f"  {name}=***")
+        url = f"http://{host}:{port}"
+        _show_admin(asyncio.run(_bootstrap_admin()), url)
+        console.print(f"API and console: [bold]{url}[/bold]   OpenAPI: {url}/docs   (Ctrl-C stops everything)")
+        _serve(host=host, port=port, services="all")
+    finally:
+        with console.status("stopping embedded servers…"):
+            servers.stop()
+        console.print("stopped.")
+
+
+@app.command()
+def serve(
+    services: str = typer.Option("all", help="comma-separated services to host: " + "gateway, registry, registry-worker"),
+    host: str = typer.Option("0.0.0.0", envvar="MAAS_API_HOST"),
+    port: int = typer.Option(8000, envvar="MAAS_API_PORT"),
+) -> None:
+    """Run services against external servers configured by MAAS_* variables (production)."""
+    _serve(host=host, port=port, services=services)
+
+
+@app.command("bootstrap-admin")
+def bootstrap_admin() -> None:
+    """Create the first admin on an external database (prints its secrets once)."""
+    _show_admin(asyncio.run(_bootstrap_admin()), "http://<gateway>")
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("MAAS_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

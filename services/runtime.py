@@ -1,0 +1,104 @@
+"""Composition root: builds one process hosting the chosen services (all of them in embedded mode).
+
+The only module that imports every service; services themselves never import each other.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from faststream import AckPolicy
+
+from contracts import Envelope
+from services.common import outbox
+from services.common.bus import ensure_topics, topic_name
+from services.common.context import Platform
+from services.common.errors import install_error_handlers
+from services.common.http import BodySizeLimit
+from services.common.service_spec import Consumer, ServiceSpec, envelope_handler_types
+from services.common.settings import Settings, get_settings
+from services.gateway.spec import GATEWAY
+from services.registry.spec import REGISTRY, REGISTRY_WORKER
+
+log = logging.getLogger(__name__)
+
+SERVICES: dict[str, ServiceSpec] = {s.name: s for s in (GATEWAY, REGISTRY, REGISTRY_WORKER)}
+
+
+def select_services(names: str) -> list[ServiceSpec]:
+    if names.strip() in ("", "all"):
+        return list(SERVICES.values())
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in SERVICES]
+    if unknown:
+        raise ValueError(f"unknown service(s) {unknown}; known: {sorted(SERVICES)}")
+    return [SERVICES[n] for n in chosen]
+
+
+def _subscribe(platform: Platform, consumer: Consumer) -> None:
+    handlers = envelope_handler_types(consumer)
+
+    async def dispatch(body: dict) -> None:
+        envelope = Envelope.model_validate(body)
+        entry = handlers.get((envelope.type, envelope.version))
+        if entry is None:
+            return  # another consumer's event on a shared topic
+        event_cls, handler = entry
+        await handler(platform, envelope, event_cls.model_validate(envelope.data))
+
+    settings = platform.settings
+    platform.broker.subscriber(
+        topic_name(settings, consumer.topic),
+        group_id=f"{settings.topic_prefix}.{consumer.group}",
+        auto_offset_reset="earliest",
+        # At-least-once: the offset is committed after the handler; a failure re-delivers.
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )(dispatch)
+
+
+def build_app(settings: Settings | None = None, *, services: str | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    specs = select_services(services if services is not None else settings.services)
+    platform = Platform.connect(settings)
+    for spec in specs:
+        for consumer in spec.consumers:
+            _subscribe(platform, consumer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        indexes = list(outbox.INDEXES) + [i for s in specs for i in s.indexes]
+        await platform.mongo.ensure_indexes(indexes)
+        topics = sorted({t for s in specs for t in s.topics()} | _published_topics())
+        await ensure_topics(settings, topics)
+        await platform.broker.start()
+        tasks = [asyncio.create_task(platform.relay.run(), name="outbox-relay")]
+        tasks += [asyncio.create_task(job(platform), name=job.__name__) for s in specs for job in s.background]
+        log.info("services up: %s", ", ".join(s.name for s in specs))
+        try:
+            yield
+        finally:
+            platform.relay.stop()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await platform.broker.stop()
+            platform.mongo.close()
+
+    app = FastAPI(title="OpenMaaS", version="0.1.0", lifespan=lifespan,
+                  description="Self-hosted Model-as-a-Service: console REST API under /api/v1.")
+    app.state.platform = platform
+    app.state.services = [s.name for s in specs]
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/api/v1/storage/objects/",))
+    for spec in specs:
+        for router in spec.routers:
+            app.include_router(router)
+    return app
+
+
+def _published_topics() -> set[str]:
+    from contracts import ALL_EVENTS
+
+    return {e.topic for e in ALL_EVENTS}
