@@ -68,6 +68,10 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if any(s.uses_models for s in specs):
+            from services.mlkit import preload_transformers
+
+            await asyncio.to_thread(preload_transformers)  # before any worker thread touches it
         indexes = list(outbox.INDEXES) + [i for s in specs for i in s.indexes]
         await platform.mongo.ensure_indexes(indexes)
         topics = sorted({t for s in specs for t in s.topics()} | _published_topics())

@@ -26,6 +26,7 @@ class ServiceSpec:
     indexes: list[IndexSpec] = field(default_factory=list)
     consumers: list[Consumer] = field(default_factory=list)
     background: list[Callable[..., Awaitable[None]]] = field(default_factory=list)  # (platform) -> None
+    uses_models: bool = False           # loads torch/transformers in worker threads
 
     def topics(self) -> set[str]:
         return {c.topic for c in self.consumers}

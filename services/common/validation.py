@@ -21,5 +21,9 @@ def _check_name(value: str) -> str:
 ResourceName = Annotated[str, AfterValidator(_check_name)]
 
 
-def description(max_length: int):
+def limited_text(max_length: int):
+    """A free-text field of at most ``max_length`` characters (descriptions: 100, 256 or 1000)."""
     return Annotated[str, StringConstraints(max_length=max_length)]
+
+
+Description100 = limited_text(100)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, DESCENDING
 
 from services.common.mongo import IndexSpec
-from services.common.validation import ResourceName, description
+from services.common.validation import Description100, ResourceName
 
 MODELS = "models"
 VERSIONS = "model_versions"
@@ -43,7 +43,7 @@ class TaskStatus(StrEnum):
 class ModelCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: ResourceName
-    description: description(100) = ""
+    description: Description100 = ""
     template_id: str = Field(description="a model-square template id, e.g. 'qwen2-7b'")
     weights_source: Literal["custom", "preset"] = Field(
         "custom", description="'custom': weights_path in your bucket; 'preset': the template's shipped weights")
@@ -53,7 +53,7 @@ class ModelCreate(BaseModel):
 
 class VersionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    description: description(100) = ""
+    description: Description100 = ""
     weights_path: str = Field(description="bucket/folder holding HF-format weights")
     base_version: int | None = Field(None, ge=1, description="the version this one derives from (default: latest)")
     validate_weights: bool = True

@@ -14,11 +14,13 @@ REGISTRY = ServiceSpec(
             k: v for k, v in handlers.HANDLERS.items() if k.topic == TASKS_TOPIC}),
     ],
     background=[presets.import_all_presets],
+    uses_models=True,
 )
 
 # The weight import worker scales separately from the API (it loads models).
 REGISTRY_WORKER = ServiceSpec(
     name="registry-worker",
     indexes=INDEXES,
+    uses_models=True,
     consumers=[Consumer(group="registry-weights", topic=REGISTRY_TOPIC, handlers=worker.HANDLERS)],
 )

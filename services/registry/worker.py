@@ -15,7 +15,9 @@ from services.common.context import Platform
 from services.common.objectstore import ObjectPath
 from services.registry.catalog import default_catalog
 from services.registry.models import VERSIONS, Status
-from services.registry.weight_checks import TEMPLATE_ERROR, UNKNOWN_ERROR, validate_weights
+from services.registry.weight_checks import MSG_TEMPLATE as TEMPLATE_ERROR
+from services.registry.weight_checks import MSG_UNKNOWN as UNKNOWN_ERROR
+from services.registry.weight_checks import validate_weights
 
 log = logging.getLogger(__name__)
 CONSUMER = "registry-weights"
@@ -46,6 +48,7 @@ async def import_weights(platform: Platform, envelope: Envelope, event: WeightVa
             outcome = (await _check(folder, event.template_id) if event.validate_weights
                        else WeightValidationCompleted(task_id="", model_id="", version_id="", ok=True))
             if outcome.ok and target != source:
+                await platform.store.ensure_bucket(target.bucket)
                 await platform.store.upload_folder(folder, target)
     except Exception as exc:  # storage failure mid-way: the job fails with the guide's unknown-error text
         log.exception("weight import of %s failed", event.version_id)

@@ -1,0 +1,558 @@
+"""docker-compose.yml, deploy/Dockerfile and the telemetry configs, checked against the code.
+
+Docker does not run on our machines, so these tests are what keeps the production stack honest:
+every service in ``services.runtime.SERVICES`` has its container, every command is a real ``maas``
+subcommand with real options, every ``MAAS_*`` variable is a ``Settings`` field with a valid value,
+ports agree with ``--port``, mounted files exist, dependencies are defined. The checks are plain
+functions so that ``test_checks_catch_mistakes`` can prove each one fails on a broken copy.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import typer.main
+import yaml
+
+from services.cli import app as cli_app
+from services.common.settings import Settings
+from services.runtime import SERVICES
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+
+# Settings with no safe production default (the defaults point at 127.0.0.1 / dev credentials).
+REQUIRED_SETTINGS = ("kafka_bootstrap", "mongo_url", "s3_endpoint", "s3_access_key", "s3_secret_key")
+# MAAS_* variables read directly from os.environ rather than through Settings (verified below).
+DIRECT_ENV = {"MAAS_LOG_LEVEL": ROOT / "services" / "cli.py"}
+
+TOP_LEVEL_KEYS = {"name", "version", "services", "volumes", "networks", "configs", "secrets", "include"}
+SERVICE_KEYS = {
+    "build", "image", "command", "entrypoint", "environment", "env_file", "ports", "expose", "volumes",
+    "depends_on", "healthcheck", "restart", "user", "working_dir", "networks", "labels", "deploy",
+    "profiles", "container_name", "hostname", "ulimits", "logging", "stop_grace_period", "stop_signal",
+    "init", "read_only", "tmpfs", "cap_add", "cap_drop", "security_opt", "shm_size", "extra_hosts",
+    "mem_limit", "cpus", "configs", "secrets", "pull_policy", "develop",
+}
+DEPENDS_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def load_compose() -> dict[str, Any]:
+    # safe_load resolves anchors and "<<" merge keys the way docker compose does.
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def interpolate(value: Any) -> Any:
+    """Compose variable interpolation with no .env: ${X:-default} / ${X-default} -> default."""
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match) -> str:
+        inner = m.group(1)
+        for sep in (":-", "-"):
+            if sep in inner:
+                return inner.split(sep, 1)[1]
+        pytest.fail(f"${{{inner}}} has no default; the stack must start without a .env file")
+
+    return re.sub(r"\$\{([^}]+)\}", sub, value).replace("$$", "$")
+
+
+def env_of(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): v for k, v in env.items()}
+
+
+def argv(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) for the whole Dockerfile, continuation lines joined, comments dropped."""
+    logical, buf = [], ""
+    for line in DOCKERFILE.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if line.rstrip().endswith("\\"):
+            buf += line.rstrip()[:-1] + " "
+            continue
+        logical.append(buf + line)
+        buf = ""
+    return [(ln.split(None, 1)[0].upper(), (ln.split(None, 1) + [""])[1].strip()) for ln in logical]
+
+
+def dockerfile_final_stage() -> list[tuple[str, str]]:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (ins, _) in enumerate(instructions) if ins == "FROM")
+    return instructions[last_from:]
+
+
+def exec_form(args: str) -> list[str]:
+    args = args.strip()
+    return json.loads(args) if args.startswith("[") else ["/bin/sh", "-c", args]
+
+
+def dockerfile_entry_cmd() -> tuple[list[str], list[str]]:
+    entrypoint, cmd = [], []
+    for ins, args in dockerfile_final_stage():
+        if ins == "ENTRYPOINT":
+            entrypoint = exec_form(args)
+        elif ins == "CMD":
+            cmd = exec_form(args)
+    return entrypoint, cmd
+
+
+def dockerfile_env() -> dict[str, str]:
+    env = {}
+    for ins, args in dockerfile_final_stage():
+        if ins == "ENV":
+            for part in shlex.split(args):
+                key, _, value = part.partition("=")
+                env[key] = value
+    return env
+
+
+def builds_our_image(service: dict) -> bool:
+    build = service.get("build")
+    if build is None:
+        return False
+    if isinstance(build, str):
+        build = {"context": build}
+    dockerfile = (ROOT / build.get("context", ".") / build.get("dockerfile", "Dockerfile")).resolve()
+    return dockerfile == DOCKERFILE.resolve()
+
+
+def effective_argv(service: dict) -> list[str]:
+    """What the container runs: the image's ENTRYPOINT + (compose command or the image's CMD)."""
+    image_entry, image_cmd = dockerfile_entry_cmd() if builds_our_image(service) else ([], [])
+    entry = argv(service["entrypoint"]) if "entrypoint" in service else image_entry
+    cmd = argv(service["command"]) if "command" in service else image_cmd
+    return entry + cmd
+
+
+def maas_containers(compose: dict) -> dict[str, dict]:
+    """OpenMaaS containers: built from deploy/Dockerfile or running the maas command."""
+    return {name: svc for name, svc in compose["services"].items()
+            if builds_our_image(svc) or effective_argv(svc)[:1] == ["maas"]}
+
+
+def parse_maas(args: list[str], env: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    """Parse ``maas <sub> ...`` with the real typer app, in the container's environment.
+
+    click raises on an unknown subcommand, an unknown option or a bad value (e.g. --port abc);
+    the container's env is applied because options such as --port also read MAAS_API_PORT.
+    """
+    assert args[:1] == ["maas"], f"not a maas command: {args}"
+    group = typer.main.get_command(cli_app)  # typer's own click (vendored in recent typer)
+    assert len(args) >= 2, f"{args}: no maas subcommand"
+    sub = group.commands.get(args[1])
+    assert sub is not None, f"{args}: 'maas {args[1]}' is not a command (known: {sorted(group.commands)})"
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("MAAS_")]:
+            mp.delenv(key)
+        for key, value in env.items():
+            mp.setenv(key, str(interpolate(value)))
+        try:
+            ctx = sub.make_context(args[1], list(args[2:]))
+        except Exception as exc:  # click's UsageError / NoSuchOption / BadParameter
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            raise AssertionError(f"{args}: {message}") from exc
+    return args[1], ctx.params
+
+
+def served_services(params: dict[str, Any]) -> list[str]:
+    return [s.strip() for s in str(params.get("services", "")).split(",") if s.strip()]
+
+
+def host_port(address: str) -> tuple[str, int | None]:
+    parts = urlsplit(address if "://" in address else f"//{address}")
+    return parts.hostname or "", parts.port
+
+
+def address_hosts(value: str) -> list[str]:
+    """Hosts in "h:p", "h1:p,h2:p", "scheme://h:p/..." or "mongodb://h1:p,h2:p/?..."."""
+    if not value:
+        return []
+    netloc = value.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    return [host_port(part)[0] for part in netloc.split(",")]
+
+
+def settings_field_env() -> set[str]:
+    return {f"MAAS_{name.upper()}" for name in Settings.model_fields}
+
+
+def container_port(spec: Any) -> int:
+    """Container side of a ports/expose entry: "8000", "8000:8000", "127.0.0.1:80:8000/tcp", {target: 8000}."""
+    if isinstance(spec, dict):
+        return int(spec["target"])
+    return int(str(spec).split("/")[0].rsplit(":", 1)[-1])
+
+
+def bind_mounts(service: dict) -> list[tuple[str, str]]:
+    out = []
+    for vol in service.get("volumes") or []:
+        if isinstance(vol, dict):
+            if vol.get("type") == "bind":
+                out.append((vol["source"], vol["target"]))
+            continue
+        source, target = (vol.split(":") + [""])[:2]
+        if source.startswith((".", "/", "~")):
+            out.append((source, target))
+    return out
+
+
+def named_volumes(service: dict) -> list[str]:
+    out = []
+    for vol in service.get("volumes") or []:
+        if isinstance(vol, dict):
+            if vol.get("type") == "volume" and vol.get("source"):
+                out.append(vol["source"])
+        elif ":" in vol and not vol.startswith((".", "/", "~")):
+            out.append(vol.split(":")[0])
+    return out
+
+
+def depends_on(service: dict) -> dict[str, str]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {d: "service_started" for d in deps}
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+# ------------------------------------------------------------------------------------ checks
+
+def check_structure(compose: dict) -> None:
+    assert isinstance(compose, dict), "compose file is not a mapping"
+    unknown = {k for k in compose if k not in TOP_LEVEL_KEYS and not k.startswith("x-")}
+    assert not unknown, f"unknown top-level keys {unknown}"
+    assert isinstance(compose.get("services"), dict) and compose["services"], "no services"
+    assert isinstance(compose.get("volumes"), dict), "no top-level volumes"
+    declared = set(compose["volumes"])
+    for name, svc in compose["services"].items():
+        assert isinstance(svc, dict), f"{name}: not a mapping"
+        bad = set(svc) - SERVICE_KEYS
+        assert not bad, f"{name}: unknown keys {bad} (typo?)"
+        assert "image" in svc or "build" in svc, f"{name}: neither image nor build"
+        for vol in named_volumes(svc):
+            assert vol in declared, f"{name}: volume {vol!r} is not declared under top-level volumes"
+        for key, value in env_of(svc).items():
+            assert not isinstance(value, (dict, list)), f"{name}: {key} is not a scalar"
+        if "healthcheck" in svc:
+            test = svc["healthcheck"]["test"]
+            assert isinstance(test, str) or test[0] in ("CMD", "CMD-SHELL", "NONE"), f"{name}: healthcheck {test}"
+
+
+def check_service_coverage(compose: dict) -> None:
+    hosting: dict[str, list[str]] = {}
+    for name, svc in maas_containers(compose).items():
+        args = effective_argv(svc)
+        sub, params = parse_maas(args, env_of(svc))
+        if sub != "serve":
+            continue
+        for served in served_services(params):
+            assert served in SERVICES, f"{name}: --services names unknown service {served!r} (known: {sorted(SERVICES)})"
+            hosting.setdefault(served, []).append(name)
+    for service in SERVICES:
+        assert len(hosting.get(service, [])) == 1, (
+            f"service {service!r} must run in exactly one container, found {hosting.get(service, [])}")
+
+
+def check_commands(compose: dict) -> None:
+    for name, svc in maas_containers(compose).items():
+        assert builds_our_image(svc), f"{name}: runs maas but is not built from deploy/Dockerfile"
+        parse_maas(effective_argv(svc), env_of(svc))
+
+
+def check_env_vars(compose: dict) -> None:
+    known = settings_field_env() | set(DIRECT_ENV)
+    sources = {name: env_of(svc) for name, svc in compose["services"].items()}
+    sources.update({key: value for key, value in compose.items() if key.startswith("x-") and key.endswith("-env")})
+    sources["deploy/Dockerfile"] = dockerfile_env()
+    for where, env in sources.items():
+        for key in env:
+            if key.startswith("MAAS_"):
+                assert key in known, f"{where}: {key} is not a Settings field (MAAS_ + field name)"
+
+
+def check_settings_values(compose: dict) -> None:
+    """Every OpenMaaS container's env builds a valid Settings with the production values set."""
+    for name, svc in maas_containers(compose).items():
+        env = {**dockerfile_env(), **{k: str(interpolate(v)) for k, v in env_of(svc).items()}}
+        for field in REQUIRED_SETTINGS:
+            key = f"MAAS_{field.upper()}"
+            assert env.get(key), f"{name}: {key} must be set (its default only fits a laptop)"
+        with pytest.MonkeyPatch.context() as mp:
+            for key in [k for k in os.environ if k.startswith("MAAS_")]:
+                mp.delenv(key)
+            for key, value in env.items():
+                if key.startswith("MAAS_"):
+                    mp.setenv(key, value)
+            try:
+                Settings(_env_file=None)
+            except Exception as exc:  # pydantic ValidationError
+                raise AssertionError(f"{name}: invalid MAAS_* value: {exc}") from exc
+
+
+def check_service_identity(compose: dict) -> None:
+    """Each serving container names itself in telemetry and exports to the collector."""
+    for name, svc in maas_containers(compose).items():
+        env = env_of(svc)
+        sub, params = parse_maas(effective_argv(svc), env)
+        if sub == "serve":
+            assert env.get("MAAS_SERVICE_NAME") == ",".join(served_services(params)), (
+                f"{name}: MAAS_SERVICE_NAME must be the service it hosts")
+        assert env.get("MAAS_OTLP_ENDPOINT"), f"{name}: MAAS_OTLP_ENDPOINT not set"
+
+
+def check_backing_hosts(compose: dict) -> None:
+    services = compose["services"]
+    for name, svc in maas_containers(compose).items():
+        env = {k: str(interpolate(v)) for k, v in env_of(svc).items()}
+        for key in ("MAAS_KAFKA_BOOTSTRAP", "MAAS_MONGO_URL", "MAAS_S3_ENDPOINT", "MAAS_OTLP_ENDPOINT"):
+            for host in address_hosts(env.get(key, "")):
+                assert host in services, f"{name}: {key} points at {host!r}, not a compose service"
+        mongo_url = env["MAAS_MONGO_URL"]
+        replica_set = parse_qs(urlsplit(mongo_url).query).get("replicaSet", [None])[0]
+        assert replica_set, f"{name}: MAAS_MONGO_URL needs replicaSet=... (transactions need a replica set)"
+        mongo = services[address_hosts(mongo_url)[0]]
+        mongo_args = argv(mongo.get("command"))
+        assert "--replSet" in mongo_args and mongo_args[mongo_args.index("--replSet") + 1] == replica_set, (
+            f"mongo must run with --replSet {replica_set}")
+
+
+def check_minio_credentials(compose: dict) -> None:
+    services = compose["services"]
+    for name, svc in maas_containers(compose).items():
+        env = env_of(svc)
+        store = env_of(services[host_port(str(interpolate(env["MAAS_S3_ENDPOINT"])))[0]])
+        assert store.get("MINIO_ROOT_USER") == env["MAAS_S3_ACCESS_KEY"], f"{name}: S3 access key != MINIO_ROOT_USER"
+        assert store.get("MINIO_ROOT_PASSWORD") == env["MAAS_S3_SECRET_KEY"], f"{name}: S3 secret != MINIO_ROOT_PASSWORD"
+
+
+def check_ports(compose: dict) -> None:
+    for name, svc in maas_containers(compose).items():
+        sub, params = parse_maas(effective_argv(svc), env_of(svc))
+        published = [container_port(p) for p in svc.get("ports") or []]
+        exposed = [container_port(p) for p in svc.get("expose") or []]
+        if sub != "serve":
+            assert not published and not exposed, f"{name}: 'maas {sub}' serves nothing, yet has ports"
+            continue
+        port = params["port"]
+        for p in published + exposed:
+            assert p == port, f"{name}: port {p} but the command listens on --port {port}"
+        test = " ".join(argv((svc.get("healthcheck") or {}).get("test")))
+        for p in re.findall(r"(?:localhost|127\.0\.0\.1|0\.0\.0\.0):(\d+)", test):
+            assert int(p) == port, f"{name}: healthcheck probes port {p}, the command listens on {port}"
+        if "gateway" in served_services(params):
+            assert port in published, f"{name}: the gateway must publish its port {port}"
+
+
+def check_mounts(compose: dict) -> None:
+    for name, svc in compose["services"].items():
+        for source, _ in bind_mounts(svc):
+            assert (ROOT / source).exists(), f"{name}: mounts {source}, which is not in the repo"
+        build = svc.get("build")
+        if build is not None:
+            build = {"context": build} if isinstance(build, str) else build
+            context = ROOT / build.get("context", ".")
+            assert context.is_dir(), f"{name}: build context {context} missing"
+            assert (context / build.get("dockerfile", "Dockerfile")).is_file(), f"{name}: Dockerfile missing"
+
+
+def check_depends_on(compose: dict) -> None:
+    services = compose["services"]
+    for name, svc in services.items():
+        for target, condition in depends_on(svc).items():
+            assert target in services, f"{name}: depends_on {target!r}, which is not defined"
+            assert target != name, f"{name}: depends on itself"
+            assert condition in DEPENDS_CONDITIONS, f"{name}: unknown condition {condition!r}"
+            if condition == "service_healthy":
+                assert "healthcheck" in services[target], f"{name}: waits for {target} healthy; it has no healthcheck"
+            if condition == "service_completed_successfully":
+                assert str(services[target].get("restart", "no")) == "no", (
+                    f"{name}: waits for {target} to complete, but {target} is restarted")
+
+
+# ------------------------------------------------------------------------------------ tests
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    assert COMPOSE_FILE.is_file(), "docker-compose.yml missing"
+    return load_compose()
+
+
+CHECKS = [check_structure, check_service_coverage, check_commands, check_env_vars, check_settings_values,
+          check_service_identity, check_backing_hosts, check_minio_credentials, check_ports, check_mounts,
+          check_depends_on]
+
+
+@pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
+def test_compose(compose: dict, check) -> None:
+    check(compose)
+
+
+def test_direct_env_vars_are_really_read() -> None:
+    for key, source in DIRECT_ENV.items():
+        assert key in source.read_text(), f"{key} is allowed as a direct env var but {source} does not read it"
+
+
+def _set(path: str, value: Any):
+    def mutate(c: dict) -> None:
+        *parents, last = path.split(".")
+        node = c
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return mutate
+
+
+def _drop_env(service: str, key: str):
+    def mutate(c: dict) -> None:
+        del c["services"][service]["environment"][key]
+    return mutate
+
+
+def _rename_env(service: str, key: str, new: str):
+    def mutate(c: dict) -> None:
+        env = c["services"][service]["environment"]
+        env[new] = env.pop(key)
+    return mutate
+
+
+MUTATIONS = {
+    "typo env var": (check_env_vars, _rename_env("gateway", "MAAS_KAFKA_BOOTSTRAP", "MAAS_KAFKA_BOOTSTRAPS")),
+    "missing mongo url": (check_settings_values, _drop_env("registry", "MAAS_MONGO_URL")),
+    "bad bool value": (check_settings_values, _set("services.gateway.environment.MAAS_S3_SECURE", "nope")),
+    "unknown service": (check_service_coverage,
+                        _set("services.registry.command", "maas serve --services registy --port 8000")),
+    "service in two containers": (check_service_coverage,
+                                  _set("services.registry.command", "maas serve --services registry,gateway --port 8000")),
+    "service missing": (check_service_coverage, lambda c: c["services"].pop("registry-worker")),
+    "unknown subcommand": (check_commands, _set("services.gateway.command", "maas serv --services gateway")),
+    "unknown option": (check_commands, _set("services.gateway.command", "maas serve --service gateway")),
+    "published port mismatch": (check_ports, _set("services.gateway.ports", ["8000:8001"])),
+    "command port mismatch": (check_ports, _set("services.registry.command",
+                                                "maas serve --services registry --port 9000")),
+    "healthcheck port mismatch": (check_ports, _set("services.gateway.healthcheck.test",
+                                                    ["CMD", "curl", "-f", "http://127.0.0.1:9000/healthz"])),
+    "missing mount": (check_mounts, _set("services.prometheus.volumes", ["./deploy/nope.yml:/etc/p.yml"])),
+    "undefined depends_on": (check_depends_on, _set("services.gateway.depends_on", ["kafkaa"])),
+    "healthy without healthcheck": (check_depends_on,
+                                    _set("services.gateway.depends_on", {"tempo": {"condition": "service_healthy"}})),
+    "undeclared volume": (check_structure, _set("services.mongo.volumes", ["mongo-dta:/data/db"])),
+    "typo service key": (check_structure, lambda c: c["services"]["gateway"].update(enviroment={})),
+    "no replica set": (check_backing_hosts,
+                       _set("services.gateway.environment.MAAS_MONGO_URL", "mongodb://mongo:27017/")),
+    "wrong host": (check_backing_hosts, _set("services.gateway.environment.MAAS_S3_ENDPOINT", "s3:9000")),
+    "minio secret mismatch": (check_minio_credentials, _set("services.minio.environment.MINIO_ROOT_PASSWORD", "x")),
+    "service name mismatch": (check_service_identity, _set("services.registry.environment.MAAS_SERVICE_NAME", "gw")),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MUTATIONS))
+def test_checks_catch_mistakes(compose: dict, mistake: str) -> None:
+    """Each check fails on a deliberately broken copy, so a green run means something."""
+    check, mutate = MUTATIONS[mistake]
+    broken = copy.deepcopy(compose)
+    mutate(broken)
+    with pytest.raises(AssertionError):
+        check(broken)
+
+
+# ------------------------------------------------------------------------------------ Dockerfile
+
+def test_dockerfile_runs_maas_as_non_root() -> None:
+    assert DOCKERFILE.is_file()
+    froms = [args for ins, args in dockerfile_instructions() if ins == "FROM"]
+    assert froms and all(f.split()[0] == "python:3.11-slim" for f in froms), froms
+    stage = dockerfile_final_stage()
+    users = [args for ins, args in stage if ins == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must run as a non-root user"
+    entrypoint, cmd = dockerfile_entry_cmd()
+    default = entrypoint + cmd
+    assert default[:1] == ["maas"], f"final CMD/ENTRYPOINT must run maas, got {default}"
+    parse_maas(default, dockerfile_env())
+
+
+def test_dockerfile_copies_existing_paths() -> None:
+    for ins, args in dockerfile_instructions():
+        if ins not in ("COPY", "ADD") or "--from" in args:
+            continue
+        parts = [p for p in shlex.split(args) if not p.startswith("--")]
+        for source in parts[:-1]:
+            assert list(ROOT.glob(source)), f"Dockerfile copies {source}, which is not in the repo"
+
+
+# ------------------------------------------------------------------------------------ telemetry configs
+
+def _mounted_config(compose: dict, filename: str) -> dict:
+    for svc in compose["services"].values():
+        for source, _ in bind_mounts(svc):
+            if source.endswith(filename):
+                return yaml.safe_load((ROOT / source).read_text())
+    pytest.fail(f"no service mounts {filename}")
+
+
+def test_otlp_endpoint_reaches_collector(compose: dict) -> None:
+    collector = _mounted_config(compose, "otel-collector.yaml")
+    http = collector["receivers"]["otlp"]["protocols"]["http"]
+    _, receiver_port = host_port(http["endpoint"])
+    pipelines = collector["service"]["pipelines"]
+    assert "otlp" in pipelines["traces"]["receivers"]
+    for name, svc in maas_containers(compose).items():
+        host, port = host_port(str(interpolate(env_of(svc)["MAAS_OTLP_ENDPOINT"])))
+        assert port == receiver_port, f"{name}: OTLP port {port}, collector's http receiver {receiver_port}"
+        assert any(source.endswith("otel-collector.yaml") for source, _ in bind_mounts(compose["services"][host]))
+    # Every exporter the pipelines use is defined, and network exporters target compose services.
+    for pipeline in pipelines.values():
+        for exporter in pipeline["exporters"]:
+            assert exporter in collector["exporters"], f"pipeline uses undefined exporter {exporter}"
+    tempo_host, _ = host_port(collector["exporters"]["otlp/tempo"]["endpoint"])
+    assert tempo_host in compose["services"]
+
+
+def test_prometheus_and_grafana_targets_are_compose_services(compose: dict) -> None:
+    services = set(compose["services"])
+    prometheus = _mounted_config(compose, "prometheus.yml")
+    for job in prometheus["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host, _ = host_port(target)
+                assert host in services | {"localhost"}, f"prometheus job {job['job_name']}: {target}"
+    datasources = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/datasources.yaml").read_text())["datasources"]
+    assert {d["type"] for d in datasources} >= {"prometheus", "tempo"}
+    for ds in datasources:
+        assert host_port(ds["url"])[0] in services, f"grafana datasource {ds['name']}: {ds['url']}"
+
+
+def test_grafana_dashboards(compose: dict) -> None:
+    provider = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/dashboards/dashboards.yaml").read_text())["providers"][0]
+    mounts = {target: source for svc in compose["services"].values() for source, target in bind_mounts(svc)}
+    assert provider["options"]["path"] in mounts, "Grafana's dashboards path is not mounted"
+    folder = ROOT / mounts[provider["options"]["path"]]
+    datasource_uids = {d["uid"] for d in yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/datasources.yaml").read_text())["datasources"]}
+    dashboards = sorted(folder.glob("*.json"))
+    assert dashboards, f"no dashboards in {folder}"
+    for path in dashboards:
+        board = json.loads(path.read_text())
+        assert board.get("panels"), f"{path.name}: no panels"
+        for panel in board["panels"]:
+            for ref in [panel.get("datasource")] + [t.get("datasource") for t in panel.get("targets", [])]:
+                if isinstance(ref, dict):
+                    assert ref.get("uid") in datasource_uids, f"{path.name}: unknown datasource {ref}"
