@@ -9,16 +9,18 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from faststream import AckPolicy
 
 from contracts import Envelope
-from services.common import outbox
+from services.common import health, outbox
 from services.common.bus import ensure_topics, topic_name
 from services.common.context import Platform
 from services.common.errors import install_error_handlers
 from services.common.http import BodySizeLimit
 from services.common.service_spec import Consumer, ServiceSpec, envelope_handler_types
 from services.common.settings import Settings, get_settings
+from services.common.telemetry import tracer_provider
 from services.gateway.spec import GATEWAY
 from services.registry.spec import REGISTRY, REGISTRY_WORKER
 
@@ -95,7 +97,9 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
     app.state.platform = platform
     app.state.services = [s.name for s in specs]
     install_error_handlers(app)
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider(settings), excluded_urls="healthz")
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/api/v1/storage/objects/",))
+    app.include_router(health.router)  # every process answers /healthz, whatever it hosts
     for spec in specs:
         for router in spec.routers:
             app.include_router(router)

@@ -434,18 +434,18 @@ def _rename_env(service: str, key: str, new: str):
 
 MUTATIONS = {
     "typo env var": (check_env_vars, _rename_env("gateway", "MAAS_KAFKA_BOOTSTRAP", "MAAS_KAFKA_BOOTSTRAPS")),
-    "missing mongo url": (check_settings_values, _drop_env("registry", "MAAS_MONGO_URL")),
+    "missing mongo url": (check_settings_values, _drop_env("registry-worker", "MAAS_MONGO_URL")),
     "bad bool value": (check_settings_values, _set("services.gateway.environment.MAAS_S3_SECURE", "nope")),
     "unknown service": (check_service_coverage,
-                        _set("services.registry.command", "maas serve --services registy --port 8000")),
+                        _set("services.registry-worker.command", "maas serve --services registy-worker --port 8000")),
     "service in two containers": (check_service_coverage,
-                                  _set("services.registry.command", "maas serve --services registry,gateway --port 8000")),
+                                  _set("services.registry-worker.command", "maas serve --services registry-worker,gateway --port 8000")),
     "service missing": (check_service_coverage, lambda c: c["services"].pop("registry-worker")),
     "unknown subcommand": (check_commands, _set("services.gateway.command", "maas serv --services gateway")),
     "unknown option": (check_commands, _set("services.gateway.command", "maas serve --service gateway")),
     "published port mismatch": (check_ports, _set("services.gateway.ports", ["8000:8001"])),
-    "command port mismatch": (check_ports, _set("services.registry.command",
-                                                "maas serve --services registry --port 9000")),
+    "command port mismatch": (check_ports, _set("services.registry-worker.command",
+                                                "maas serve --services registry-worker --port 9000")),
     "healthcheck port mismatch": (check_ports, _set("services.gateway.healthcheck.test",
                                                     ["CMD", "curl", "-f", "http://127.0.0.1:9000/healthz"])),
     "missing mount": (check_mounts, _set("services.prometheus.volumes", ["./deploy/nope.yml:/etc/p.yml"])),
@@ -458,7 +458,7 @@ MUTATIONS = {
                        _set("services.gateway.environment.MAAS_MONGO_URL", "mongodb://mongo:27017/")),
     "wrong host": (check_backing_hosts, _set("services.gateway.environment.MAAS_S3_ENDPOINT", "s3:9000")),
     "minio secret mismatch": (check_minio_credentials, _set("services.minio.environment.MINIO_ROOT_PASSWORD", "x")),
-    "service name mismatch": (check_service_identity, _set("services.registry.environment.MAAS_SERVICE_NAME", "gw")),
+    "service name mismatch": (check_service_identity, _set("services.registry-worker.environment.MAAS_SERVICE_NAME", "gw")),
 }
 
 
