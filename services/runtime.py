@@ -39,8 +39,11 @@ def select_services(names: str) -> list[ServiceSpec]:
     return [SERVICES[n] for n in chosen]
 
 
-def _subscribe(platform: Platform, consumer: Consumer) -> None:
-    handlers = envelope_handler_types(consumer)
+def _subscribe(platform: Platform, group: str, consumers: list[Consumer]) -> None:
+    """One Kafka consumer per group, over all of its topics: each group join costs seconds."""
+    handlers = {}
+    for consumer in consumers:
+        handlers.update(envelope_handler_types(consumer))
 
     async def dispatch(body: dict) -> None:
         envelope = Envelope.model_validate(body)
@@ -52,11 +55,15 @@ def _subscribe(platform: Platform, consumer: Consumer) -> None:
 
     settings = platform.settings
     platform.broker.subscriber(
-        topic_name(settings, consumer.topic),
-        group_id=f"{settings.topic_prefix}.{consumer.group}",
+        *sorted({topic_name(settings, c.topic) for c in consumers}),
+        group_id=f"{settings.topic_prefix}.{group}",
         auto_offset_reset="earliest",
         # At-least-once: the offset is committed after the handler; a failure re-delivers.
         ack_policy=AckPolicy.NACK_ON_ERROR,
+        # A group join waits about half the session timeout on Tansu; 6 s keeps start-up and
+        # rebalances short while heartbeats (1.5 s) still tolerate a busy event loop.
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1500,
     )(dispatch)
 
 
@@ -64,9 +71,12 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
     settings = settings or get_settings()
     specs = select_services(services if services is not None else settings.services)
     platform = Platform.connect(settings)
+    groups: dict[str, list[Consumer]] = {}
     for spec in specs:
         for consumer in spec.consumers:
-            _subscribe(platform, consumer)
+            groups.setdefault(consumer.group, []).append(consumer)
+    for group, consumers in groups.items():
+        _subscribe(platform, group, consumers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
