@@ -101,17 +101,48 @@ class TaskRecordChanged(EventData):
     removed: bool = Field(False, description="true when the task was deleted; the record goes away")
 
 
-ALL_EVENTS: tuple[type[EventData], ...] = (
-    ModelCreated,
-    ModelVersionCreated,
-    WeightValidationRequested,
-    WeightValidationCompleted,
-    ModelVersionStatusChanged,
-    ModelDeleted,
-    TaskRecordChanged,
-)
+class ModelArtifactProduced(EventData):
+    """A job (tuning, compression) produced weights that should become a new model or a new version.
 
+    The registry consumes it and creates the model/version (status creating → created/failed, with
+    the same weight import as an upload), then answers with ModelVersionStatusChanged.
+    """
+    type = "ModelArtifactProduced"
+    topic = REGISTRY_TOPIC
+    task_id: str
+    task_kind: Literal["tuning", "compression"]
+    weights_uri: str = Field(description="s3://bucket/prefix/ of an HF-format folder")
+    target: Literal["new_model", "new_version"]
+    model_name: str | None = Field(None, description="name of the new model (target new_model)")
+    model_id: str | None = Field(None, description="model that gets a version (target new_version)")
+    template_id: str
+    quantization: str | None = Field(None, description="compression strategy; such models are deploy-only")
+    description: str = ""
+    validate_weights: bool = True
+
+
+def _collect() -> tuple[type[EventData], ...]:
+    """Every concrete event in this package: each domain has its own module (contracts/<domain>.py)."""
+    import importlib
+    import pkgutil
+
+    import contracts
+
+    for info in pkgutil.iter_modules(contracts.__path__):
+        if info.name not in ("export", "compat", "envelope"):
+            importlib.import_module(f"contracts.{info.name}")
+    found, stack = [], list(EventData.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if "type" in cls.__dict__:
+            found.append(cls)
+    return tuple(sorted(found, key=lambda e: (e.topic, e.type, e.version)))
+
+
+ALL_EVENTS: tuple[type[EventData], ...] = _collect()
 _BY_TYPE = {(e.type, e.version): e for e in ALL_EVENTS}
+assert len(_BY_TYPE) == len(ALL_EVENTS), "two events share a (type, version)"
 
 
 def parse_data(envelope: Envelope) -> EventData:

@@ -21,12 +21,35 @@ from services.common.http import BodySizeLimit
 from services.common.service_spec import Consumer, ServiceSpec, envelope_handler_types
 from services.common.settings import Settings, get_settings
 from services.common.telemetry import tracer_provider
-from services.gateway.spec import GATEWAY
-from services.registry.spec import REGISTRY, REGISTRY_WORKER
 
 log = logging.getLogger(__name__)
 
-SERVICES: dict[str, ServiceSpec] = {s.name: s for s in (GATEWAY, REGISTRY, REGISTRY_WORKER)}
+def _discover() -> dict[str, ServiceSpec]:
+    """Every ServiceSpec declared in a ``services/<name>/spec.py``."""
+    import importlib
+    import pkgutil
+
+    import services
+
+    found: dict[str, ServiceSpec] = {}
+    for info in sorted(pkgutil.iter_modules(services.__path__), key=lambda i: i.name):
+        if not info.ispkg:
+            continue
+        try:
+            module = importlib.import_module(f"services.{info.name}.spec")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"services.{info.name}.spec":
+                continue  # a shared package, not a service
+            raise
+        for value in vars(module).values():
+            if isinstance(value, ServiceSpec):
+                if value.name in found:
+                    raise RuntimeError(f"two services are named {value.name!r}")
+                found[value.name] = value
+    return found
+
+
+SERVICES: dict[str, ServiceSpec] = _discover()
 
 
 def select_services(names: str) -> list[ServiceSpec]:

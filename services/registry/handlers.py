@@ -8,10 +8,11 @@ import logging
 from datetime import UTC, datetime
 
 from contracts import Envelope
-from contracts.events import (ModelDeleted, ModelVersionStatusChanged, TaskRecordChanged,
+from contracts.events import (ModelArtifactProduced, ModelDeleted, ModelVersionStatusChanged, TaskRecordChanged,
                               WeightValidationCompleted)
 from services.common.context import Platform
 from services.common.objectstore import ObjectPath
+from services.registry.service import register_artifact
 from services.registry.models import MANAGED_BUCKET, MODELS, TASK_RECORDS, VERSIONS, Status, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,12 @@ async def on_model_deleted(platform: Platform, envelope: Envelope, event: ModelD
     log.info("model %s deleted: removed %d objects", event.model_id, removed)
 
 
+async def on_artifact_produced(platform: Platform, envelope: Envelope, event: ModelArtifactProduced) -> None:
+    await register_artifact(platform, tenant_id=envelope.tenant_id, event_id=envelope.id, artifact=event)
+
+
 HANDLERS = {
+    ModelArtifactProduced: on_artifact_produced,
     WeightValidationCompleted: on_validation_completed,
     TaskRecordChanged: on_task_record_changed,
     ModelDeleted: on_model_deleted,

@@ -1,6 +1,7 @@
 """Use cases of the registry: my models, versions, task records. Keyword-only, one transaction each."""
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from pymongo import ASCENDING, DESCENDING
@@ -19,6 +20,7 @@ from services.registry.models import (MANAGED_BUCKET, MAX_VERSIONS, MODELS, PRES
 from services.registry.weight_checks import is_hf_folder
 
 WEIGHT_VALIDATION = "weight_validation"
+log = logging.getLogger(__name__)
 
 
 def _now() -> datetime:
@@ -100,25 +102,74 @@ async def create_model(platform: Platform, *, tenant_id: str, request: ModelCrea
                   await _custom_weights_uri(platform, tenant_id=tenant_id, weights_path=request.weights_path))
     if await platform.mongo[MODELS].find_one({"tenant_id": tenant_id, "name": request.name}, {"_id": 1}):
         raise conflict(f"name: a model named '{request.name}' already exists", field="name")
-    model_id, now = new_id(), _now()
-    model = {"_id": model_id, "tenant_id": tenant_id, "name": request.name, "description": request.description,
-             "template_id": template.id, "template_name": template.name,
-             "quantization": template.quantization.value if template.quantization else None,
-             "status": Status.creating, "version_count": 1, "latest_version": 1, "created_at": now, "updated_at": now}
-    version = _version_doc(tenant_id=tenant_id, model_id=model_id, number=1, source_uri=source_uri,
-                           description=request.description, validate=request.validate_weights,
-                           template=template, preset=preset, base_version=None)
     try:
         async with platform.uow() as uow:
-            await uow.collection(MODELS).insert_one(model, session=uow.session)
-            await uow.collection(VERSIONS).insert_one(version, session=uow.session)
-            await _start_import(uow, tenant_id=tenant_id, model_id=model_id, version=version, template=template)
-            uow.emit(ModelCreated(model_id=model_id, name=request.name, template_id=template.id,
-                                  version_id=version["_id"], weights_uri=source_uri),
-                     tenant_id=tenant_id, subject=f"models/{model_id}")
+            model, version = await _insert_model(
+                uow, tenant_id=tenant_id, name=request.name, description=request.description, template=template,
+                quantization=template.quantization.value if template.quantization else None,
+                source_uri=source_uri, preset=preset, validate=request.validate_weights)
     except DuplicateKeyError:  # lost a race with a same-named create
         raise conflict(f"name: a model named '{request.name}' already exists", field="name") from None
     return model_view(model, [version_view(version)])
+
+
+async def _insert_model(uow, *, tenant_id: str, name: str, description: str, template: Template,
+                        quantization: str | None, source_uri: str, preset: bool, validate: bool,
+                        origin: dict | None = None) -> tuple[dict, dict]:
+    model_id, now = new_id(), _now()
+    model = {"_id": model_id, "tenant_id": tenant_id, "name": name, "description": description,
+             "template_id": template.id, "template_name": template.name, "quantization": quantization,
+             "origin": origin, "status": Status.creating, "version_count": 1, "latest_version": 1,
+             "created_at": now, "updated_at": now}
+    version = _version_doc(tenant_id=tenant_id, model_id=model_id, number=1, source_uri=source_uri,
+                           description=description, validate=validate, template=template, preset=preset,
+                           base_version=None)
+    await uow.collection(MODELS).insert_one(model, session=uow.session)
+    await uow.collection(VERSIONS).insert_one(version, session=uow.session)
+    await _start_import(uow, tenant_id=tenant_id, model_id=model_id, version=version, template=template)
+    uow.emit(ModelCreated(model_id=model_id, name=name, template_id=template.id, version_id=version["_id"],
+                          weights_uri=source_uri), tenant_id=tenant_id, subject=f"models/{model_id}")
+    return model, version
+
+
+async def register_artifact(platform: Platform, *, tenant_id: str, event_id: str, artifact) -> None:
+    """Turn a job's output (ModelArtifactProduced) into a new model or a new version; once per event."""
+    template = default_catalog().get(artifact.template_id)
+    if template is None:
+        log.error("artifact of %s names unknown template %s", artifact.task_id, artifact.template_id)
+        return
+    origin = {"task_kind": artifact.task_kind, "task_id": artifact.task_id}
+    async with platform.uow() as uow:
+        await uow.mark_processed(consumer="registry", event_id=event_id)
+        if artifact.target == "new_model":
+            name = artifact.model_name or f"{artifact.task_kind}-{artifact.task_id[:8]}"
+            if await uow.collection(MODELS).find_one({"tenant_id": tenant_id, "name": name}, session=uow.session):
+                name = f"{name[:55]}-{artifact.task_id[:8]}"  # the job's name was taken meanwhile
+            await _insert_model(uow, tenant_id=tenant_id, name=name, description=artifact.description,
+                                template=template, quantization=artifact.quantization, source_uri=artifact.weights_uri,
+                                preset=False, validate=artifact.validate_weights, origin=origin)
+            return
+        model = await uow.collection(MODELS).find_one({"_id": artifact.model_id, "tenant_id": tenant_id},
+                                                      session=uow.session)
+        if model is None or model["version_count"] >= MAX_VERSIONS:
+            log.error("cannot add a version to model %s for %s (missing or at %d versions)",
+                      artifact.model_id, artifact.task_id, MAX_VERSIONS)
+            return
+        number = model["latest_version"] + 1
+        version = _version_doc(tenant_id=tenant_id, model_id=model["_id"], number=number,
+                               source_uri=artifact.weights_uri, description=artifact.description,
+                               validate=artifact.validate_weights, template=template, preset=False,
+                               base_version=model["latest_version"])
+        version["origin"] = origin
+        await uow.collection(MODELS).update_one(
+            {"_id": model["_id"]}, {"$inc": {"version_count": 1}, "$set": {"latest_version": number,
+                                                                           "updated_at": _now()}},
+            session=uow.session)
+        await uow.collection(VERSIONS).insert_one(version, session=uow.session)
+        await _start_import(uow, tenant_id=tenant_id, model_id=model["_id"], version=version, template=template)
+        uow.emit(ModelVersionCreated(model_id=model["_id"], version_id=version["_id"], version_number=number,
+                                     weights_uri=artifact.weights_uri, validate_weights=artifact.validate_weights),
+                 tenant_id=tenant_id, subject=f"models/{model['_id']}")
 
 
 async def _model_or_404(platform: Platform, *, tenant_id: str, model_id: str) -> dict:

@@ -245,3 +245,35 @@ async def test_preset_smollm2_is_listed_and_becomes_a_model_without_upload(api):
     assert r.status_code == 201, r.text
     settled = await settled_model(api, r.json()["id"])
     assert settled["status"] == "created", settled
+
+
+async def test_a_jobs_artifact_becomes_a_deploy_only_model_and_then_a_version(api, tiny_folder, running_platform):
+    """What tuning and compression publish when they finish (ModelArtifactProduced), through Kafka."""
+    from contracts.events import ModelArtifactProduced
+    from services.common.objectstore import ObjectPath
+
+    platform = running_platform["platform"]
+    tenant = (await api.get("/api/v1/auth/me")).json()["tenant_id"]
+    await platform.store.ensure_bucket("maas-jobs")
+    await platform.store.upload_folder(tiny_folder, ObjectPath("maas-jobs", "compress-1/out/"))
+
+    async def publish(**fields):
+        async with platform.uow() as uow:
+            uow.emit(ModelArtifactProduced(task_id="compress-1", task_kind="compression", template_id="qwen2-custom",
+                                           weights_uri="s3://maas-jobs/compress-1/out/", **fields),
+                     tenant_id=tenant, subject="compression-jobs/compress-1")
+
+    await publish(target="new_model", model_name="tiny-w4a16", quantization="awq-w4a16", validate_weights=False)
+
+    async def created():
+        items = (await api.get("/api/v1/models", params={"name": "tiny-w4a16"})).json()["items"]
+        return items and items[0]["status"] == "created" and items[0]
+    model = await wait_for(created)
+    assert model["quantization"] == "awq-w4a16"
+
+    await publish(target="new_version", model_id=model["id"], validate_weights=False)
+
+    async def second_version():
+        detail = (await api.get(f"/api/v1/models/{model['id']}")).json()
+        return len(detail["versions"]) == 2 and detail["versions"][1]["status"] == "created"
+    await wait_for(second_version)
