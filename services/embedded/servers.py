@@ -446,7 +446,7 @@ class EmbeddedServers:
         env["NANIO_SECRET_KEY"] = self.s3_secret_key or ""
         port = self.ports["s3"]
         proc = self._spawn("s3", [
-            sys.executable, "-m", "nanio", "serve", "--data-dir", str(self.s3_dir),
+            sys.executable, "-m", "services.embedded.nanio_server", "serve", "--data-dir", str(self.s3_dir),
             "--host", HOST, "--port", str(port), "--region", DEFAULT_REGION, "--no-access-log",
         ], env)
         client = self.minio_client()

@@ -297,3 +297,13 @@ def test_unhealthy_server_error_has_log_tail(tmp_path: Path) -> None:
     # what had started (nanio) was stopped again
     assert servers.pids() == {}
     assert _children_using(tmp_path) == []
+
+
+def test_uploads_in_flight_are_not_listed(embedded_servers: EmbeddedServers) -> None:
+    """Tansu lists its log segments while writing new ones: a staged '.tmp.*' file must not show."""
+    client = embedded_servers.minio_client()
+    client.make_bucket("staging-check")
+    client.put_object("staging-check", "seg/00000000000000000001", io.BytesIO(b"x"), 1)
+    (embedded_servers.s3_dir / "staging-check" / "seg" / ".tmp.0123abcd").write_bytes(b"partial")
+    names = [o.object_name for o in client.list_objects("staging-check", prefix="seg/", recursive=True)]
+    assert names == ["seg/00000000000000000001"]
