@@ -93,7 +93,7 @@ class TaskRecordChanged(EventData):
     type = "TaskRecordChanged"
     topic = TASKS_TOPIC
     task_id: str
-    task_kind: Literal["tuning", "compression", "deployment", "weight_validation"]
+    task_kind: Literal["tuning", "compression", "deployment", "weight_validation", "weight_conversion"]
     task_name: str = ""
     model_id: str
     version_id: str

@@ -21,7 +21,7 @@ from services.common.errors import install_error_handlers
 from services.common.http import BodySizeLimit
 from services.common.service_spec import Consumer, ServiceSpec, envelope_handler_types
 from services.common.settings import Settings, get_settings
-from services.common.telemetry import tracer_provider
+from services.common.telemetry import isolate_request_context, tracer_provider
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,7 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
     app.state.services = [s.name for s in specs]
     install_error_handlers(app)
     FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider(settings), excluded_urls="healthz")
+    isolate_request_context(app)  # outside the instrumentation: one trace per request, always
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/api/v1/storage/objects/",))
     app.include_router(health.router)  # every process answers /healthz, whatever it hosts
     for spec in specs:

@@ -3,12 +3,19 @@
 ``embedded_servers``: one real nanio + SecantusDB + Tansu stack for the whole test session (started
 lazily by the first test that asks for it, stopped at the end).
 ``platform_env``: points ``services.common.settings`` at that stack through the MAAS_* env vars.
+``running_platform``: every service in one process with real HTTP on that stack (``api``: an httpx
+client with the admin's token, ``anonymous``: one without). Here rather than in tests/integration so
+the integration and browser tests share the one platform of the session.
 """
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import Iterator
 
+import httpx
 import pytest
+import uvicorn
 
 from services.common.settings import get_settings
 from services.embedded.servers import EmbeddedServers
@@ -37,3 +44,49 @@ def platform_env(embedded_servers: EmbeddedServers) -> Iterator[dict[str, str]]:
     finally:
         mp.undo()
         get_settings.cache_clear()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+async def running_platform(platform_env, tmp_path_factory):
+    # Imported here: unit tests load this file too and need none of the services.
+    from services.gateway.identity import ensure_bootstrap_admin
+    from services.runtime import build_app
+
+    settings = get_settings().model_copy(update={"work_dir": str(tmp_path_factory.mktemp("work"))})
+    app = build_app(settings, services="all")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    # Start-up loads transformers and joins Kafka groups: on a busy 2-core machine it can take a while.
+    for _ in range(3600):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError("the platform did not start within 180 s")
+    admin = await ensure_bootstrap_admin(app.state.platform)
+    yield {"app": app, "platform": app.state.platform, "url": f"http://127.0.0.1:{port}", "admin": admin}
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture(scope="session")
+async def api(running_platform):
+    admin = running_platform["admin"]
+    async with httpx.AsyncClient(base_url=running_platform["url"], timeout=60,
+                                 headers={"Authorization": f"Bearer {admin.token}"}) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+async def anonymous(running_platform):
+    async with httpx.AsyncClient(base_url=running_platform["url"], timeout=30) as client:
+        yield client

@@ -7,6 +7,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 
 from contracts import Envelope
+from services.common import metrics
 from services.common.settings import Settings
 from services.common.telemetry import tracer_provider
 
@@ -33,6 +34,7 @@ async def publish_envelope(broker: KafkaBroker, *, topic: str, envelope: Envelop
         key=envelope.subject.encode(),
         headers={"event-type": envelope.type, **(headers or {})},
     )
+    metrics.count_published(topic=topic, event_type=envelope.type)
 
 
 async def ensure_topics(settings: Settings, logical_topics: list[str], *, partitions: int = 3) -> None:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 
+from services.common import metrics
 from services.common.context import Platform, get_platform
 
 router = APIRouter(tags=["health"])
@@ -31,3 +32,12 @@ async def healthz(platform: Platform = Depends(get_platform)):
             checks[name] = f"error: {type(exc).__name__}: {exc}"[:200]
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics of this process (text format)", include_in_schema=False)
+async def prometheus_metrics(request: Request, platform: Platform = Depends(get_platform)):
+    metrics.build_info.labels(services=",".join(getattr(request.app.state, "services", [])),
+                              version=request.app.version).set(1)
+    await metrics.refresh(platform)  # cached MongoDB/Kafka gauges registered by the hosted services
+    body, content_type = metrics.render()
+    return Response(body, media_type=content_type)

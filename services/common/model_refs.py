@@ -54,3 +54,17 @@ async def resolve_model_version(platform, *, tenant_id: str, model_id: str, vers
         raise ApiError(409, "model_not_ready", f"{field}: model '{ref.model_name}' V{ref.version_number} {state}",
                        field=field)
     return ref
+
+
+async def model_name_taken(platform, *, tenant_id: str, name: str) -> bool:
+    """Whether the tenant already has a model with this name (jobs check their output name up front)."""
+    return await platform.mongo[MODELS].find_one({"tenant_id": tenant_id, "name": name}, {"_id": 1}) is not None
+
+
+PRESETS = "preset_imports"  # the registry's import state of the weights templates ship with
+
+
+async def preset_weights_ready(platform, *, template_id: str) -> bool:
+    """Whether a template's preset weights are fully imported into object storage."""
+    doc = await platform.mongo[PRESETS].find_one({"_id": template_id}, {"status": 1})
+    return bool(doc) and doc.get("status") == "ready"

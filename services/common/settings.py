@@ -42,6 +42,18 @@ class Settings(BaseSettings):
     # Telemetry: OTLP/HTTP endpoint (e.g. http://otel-collector:4318); empty = no export.
     otlp_endpoint: str = ""
     service_name: str = "openmaas"
+    traces_file: str = Field("auto", description=(
+        "OTLP/JSON-lines trace file; 'auto' = <work_dir>/telemetry/traces.jsonl when no otlp_endpoint "
+        "is set and work_dir is, '' = off, anything else = that path"))
+    traces_console: bool = Field(False, description="also print finished spans to stdout")
+
+    # Webhook notifications.
+    webhook_allow_private: bool = Field(False, description=(
+        "allow webhook endpoints on private, loopback or link-local addresses (the embedded default allows them)"))
+    webhook_max_attempts: int = Field(6, ge=1, le=50, description="attempts before a delivery is dead-lettered")
+    webhook_retry_base_seconds: float = Field(5.0, gt=0, description="first retry delay; doubles per attempt")
+    webhook_retry_max_seconds: float = Field(3600.0, gt=0, description="longest delay between two attempts")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="time a receiver has to answer")
 
     # Outbox relay poll interval when no in-process nudge arrives.
     outbox_poll_seconds: float = 0.5

@@ -296,6 +296,8 @@ class EmbeddedServers:
             "MAAS_S3_ACCESS_KEY": self.s3_access_key,
             "MAAS_S3_SECRET_KEY": self.s3_secret_key,
             "MAAS_S3_SECURE": "false",
+            # One machine: webhook receivers on this host or its LAN are the normal case here.
+            "MAAS_WEBHOOK_ALLOW_PRIVATE": "true",
         }
 
     # ---- context manager ------------------------------------------------------------------

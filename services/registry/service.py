@@ -20,6 +20,8 @@ from services.registry.models import (MANAGED_BUCKET, MAX_VERSIONS, MODELS, PRES
 from services.registry.weight_checks import is_hf_folder
 
 WEIGHT_VALIDATION = "weight_validation"
+# Records of finished steps that made the version (not tasks using it): they never block a delete.
+HISTORY_ONLY_TASKS = (WEIGHT_VALIDATION, "weight_conversion")
 log = logging.getLogger(__name__)
 
 
@@ -247,7 +249,7 @@ async def get_version(platform: Platform, *, tenant_id: str, model_id: str, vers
 async def delete_model(platform: Platform, *, tenant_id: str, model_id: str) -> None:
     model = await _model_or_404(platform, tenant_id=tenant_id, model_id=model_id)
     blocking = [t async for t in platform.mongo[TASK_RECORDS].find(
-        {"tenant_id": tenant_id, "model_id": model_id, "kind": {"$ne": WEIGHT_VALIDATION}})]
+        {"tenant_id": tenant_id, "model_id": model_id, "kind": {"$nin": list(HISTORY_ONLY_TASKS)}})]
     if blocking:
         listed = ", ".join(f"{t['kind']} '{t.get('name') or t['_id']}'" for t in blocking[:5])
         raise ApiError(409, "model_in_use",

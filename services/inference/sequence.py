@@ -1,0 +1,74 @@
+"""One generated sequence (a choice) and what a request receives from the scheduler."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from services.inference.params import SamplingParams
+from services.inference.sampling import TokenHistory
+from services.inference.textstream import TextStream
+
+
+@dataclass
+class ChoiceDelta:
+    """New output of one choice since the previous update."""
+    index: int
+    text: str
+    finished: bool = False
+    finish_reason: str | None = None     # "stop" | "length" | "abort"
+    stop_reason: str | None = None       # the stop string that ended it, as vLLM reports
+    completion_tokens: int = 0
+    token_ids: list[int] | None = None   # all generated ids, on the finishing delta only
+
+
+@dataclass
+class Update:
+    """What the scheduler hands a request after an iteration."""
+    choices: list[ChoiceDelta]
+    prompt_tokens: int
+    finished: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Sequence:
+    index: int
+    slot: int | None
+    stream: TextStream
+    history: TokenHistory | None
+    rng: np.random.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    pending: int | None = None         # generated but not yet fed to the model
+    cum_logprob: float = 0.0
+    finish_reason: str | None = None
+    reported: bool = False             # its finish went out to the caller
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def append(self, token: int, *, params: SamplingParams, eos_ids: frozenset[int],
+               room: int) -> None:
+        """Record a generated token and decide whether the sequence ends here.
+
+        ``room``: how many more tokens the KV cache can take after this one.
+        """
+        self.tokens.append(token)
+        if self.history is not None:
+            self.history.add(token)
+        if token in eos_ids and not params.ignore_eos:
+            self.finish_reason = "stop"
+        elif self.stream.push(token):
+            self.finish_reason = "stop"
+        elif len(self.tokens) >= params.max_tokens or room <= 0:
+            self.finish_reason = "length"
+        self.pending = None if self.finished else token
+        if self.finished:
+            self.stream.flush()
+
+    def delta(self, *, final_text: bool = False) -> ChoiceDelta:
+        return ChoiceDelta(index=self.index, text=self.stream.take(final=self.finished or final_text),
+                           finished=self.finished, finish_reason=self.finish_reason,
+                           stop_reason=self.stream.stop_reason, completion_tokens=len(self.tokens),
+                           token_ids=list(self.tokens) if self.finished else None)

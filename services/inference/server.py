@@ -1,0 +1,320 @@
+"""Per-instance OpenAI-compatible server: one model, one engine, one process.
+
+    python -m services.inference.server --model-dir DIR --port P [--served-model-name NAME] [--max-model-len N]
+
+The deployer starts one such process per service instance; the gateway forwards users' calls to it.
+``GET /health`` answers 503 until the model is loaded (an export on first use can take a while),
+then 200; if loading fails the process exits with status 1.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from contracts.openai import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    FunctionCall,
+    ModelCard,
+    ModelList,
+    ToolCall,
+    Usage,
+    error_body,
+)
+from services.inference.chat import encode, render_prompt
+from services.inference.engine import DEFAULT_MAX_NUM_SEQS, Engine, EngineError
+from services.inference.params import InvalidParameter, SamplingParams
+from services.inference.tool_calls import Content, ToolCallParser, parse_tool_calls
+
+log = logging.getLogger("services.inference.server")
+
+
+class OpenAIError(Exception):
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = error_body(message, type=type, param=param, code=code)
+
+
+def _bad_request(exc: InvalidParameter) -> OpenAIError:
+    return OpenAIError(400, exc.message, param=exc.param, code=exc.code)
+
+
+def _validation_error(exc: ValidationError) -> OpenAIError:
+    err = exc.errors()[0]
+    param = ".".join(str(p) for p in err.get("loc", ())) or None
+    if err.get("type") == "missing":
+        message = f"{param} is required"
+    else:
+        message = f"{param}: {err.get('msg', 'invalid value').removeprefix('Value error, ')}"
+    return OpenAIError(400, message, param=param, code="invalid_parameter")
+
+
+class ModelState:
+    """The engine once loaded; what /health reports meanwhile."""
+
+    def __init__(self, *, model_dir: Path, served_model_name: str, max_model_len: int | None,
+                 max_num_seqs: int, threads: int | None):
+        self.model_dir, self.name = Path(model_dir), served_model_name
+        self._options = dict(max_model_len=max_model_len, max_num_seqs=max_num_seqs, threads=threads)
+        self.engine: Engine | None = None
+        self.error: str | None = None
+        self.created = int(time.time())
+
+    def load(self) -> None:
+        try:
+            self.engine = Engine(self.model_dir, **self._options)
+        except Exception as exc:
+            log.exception("loading %s failed", self.model_dir)
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def ready_engine(self) -> Engine:
+        if self.engine is None:
+            raise OpenAIError(503, "the model is still loading" if self.error is None else
+                              f"the model failed to load: {self.error}", type="service_unavailable")
+        return self.engine
+
+
+def _sampling_params(req: ChatCompletionRequest, forced_prefix: str) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=req.resolved_max_tokens(), temperature=req.temperature, top_p=req.top_p,
+        top_k=req.top_k, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        repetition_penalty=req.repetition_penalty, stop=req.stop or (), n=req.n, best_of=req.best_of,
+        use_beam_search=req.use_beam_search, length_penalty=req.length_penalty,
+        ignore_eos=req.ignore_eos, seed=req.seed, forced_prefix=forced_prefix)
+
+
+def _tool_call(call) -> ToolCall:
+    return ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments))
+
+
+class ChatHandler:
+    """One /v1/chat/completions request, validated up front so errors are 400s, not broken streams."""
+
+    def __init__(self, state: ModelState, req: ChatCompletionRequest):
+        self.state, self.req = state, req
+        self.engine = state.ready_engine()
+        if req.model != state.name:
+            raise OpenAIError(404, f"The model `{req.model}` does not exist.", type="not_found_error",
+                              param="model", code="model_not_found")
+        if req.logprobs:
+            raise OpenAIError(400, "logprobs are not supported by this server", param="logprobs",
+                              code="unsupported_parameter")
+        try:
+            self.prompt = render_prompt(self.engine.tokenizer, req.messages, tools=req.tools,
+                                        tool_choice=req.tool_choice)
+            self.params = _sampling_params(req, self.prompt.forced_prefix)
+            self.ids = encode(self.engine.tokenizer, self.prompt.text)
+            self.engine.check(self.ids, self.params)
+        except InvalidParameter as exc:
+            raise _bad_request(exc) from None
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    async def complete(self) -> dict:
+        try:
+            result = await self.engine.agenerate(self.ids, self.params)
+        except EngineError as exc:
+            raise OpenAIError(500, str(exc), type="server_error") from None
+        choices = []
+        for c in result.choices:
+            content, calls, finish = c.text, [], c.finish_reason
+            if self.prompt.tools_enabled:
+                content, parsed = parse_tool_calls(c.text)
+                calls = [_tool_call(p) for p in parsed]
+                if calls and finish == "stop":
+                    finish = "tool_calls"
+            choices.append(Choice(index=c.index, message=AssistantMessage(content=content, tool_calls=calls),
+                                  finish_reason=finish, stop_reason=c.stop_reason))
+        usage = Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                      total_tokens=result.prompt_tokens + result.completion_tokens)
+        return ChatCompletion(id=self.id, created=self.created, model=self.state.name, choices=choices,
+                              usage=usage).model_dump(mode="json")
+
+    def _chunk(self, choices: list[dict], *, usage: dict | None = None) -> str:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.state.name, "choices": choices}
+        if self.req.stream_options and self.req.stream_options.include_usage:
+            body["usage"] = usage
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    @staticmethod
+    def _choice(index: int, delta: dict, finish: str | None = None, stop_reason=None) -> dict:
+        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish,
+                "stop_reason": stop_reason}
+
+    async def stream(self) -> AsyncIterator[str]:
+        n = self.params.n
+        for i in range(n):
+            yield self._chunk([self._choice(i, {"role": "assistant", "content": ""})])
+        parsers = {i: ToolCallParser() for i in range(n)} if self.prompt.tools_enabled else {}
+        held = {i: "" for i in range(n)}        # whitespace that may only separate tool calls
+        tokens = {i: 0 for i in range(n)}
+        try:
+            async for update in self.engine.astream(self.ids, self.params):
+                for d in update.choices:
+                    tokens[d.index] = d.completion_tokens
+                    for piece in self._pieces(d, parsers.get(d.index), held):
+                        yield self._chunk([self._choice(d.index, piece)])
+                    if d.finished:
+                        parser = parsers.get(d.index)
+                        finish = d.finish_reason
+                        if parser is not None and parser.calls and finish == "stop":
+                            finish = "tool_calls"
+                        yield self._chunk([self._choice(d.index, {}, finish, d.stop_reason)])
+        except EngineError as exc:
+            yield f"data: {json.dumps(error_body(str(exc), type='server_error'))}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        if self.req.stream_options and self.req.stream_options.include_usage:
+            completion = sum(tokens.values())
+            usage = {"prompt_tokens": len(self.ids), "completion_tokens": completion,
+                     "total_tokens": len(self.ids) + completion}
+            yield self._chunk([], usage=usage)
+        yield "data: [DONE]\n\n"
+
+    @staticmethod
+    def _pieces(d, parser: ToolCallParser | None, held: dict[int, str]) -> list[dict]:
+        """Deltas to send for one choice's new text (content, or tool calls once complete)."""
+        if parser is None:
+            return [{"content": d.text}] if d.text else []
+        events = parser.feed(d.text) + (parser.finish() if d.finished else [])
+        out = []
+        for event in events:
+            if isinstance(event, Content):
+                # Trailing whitespace waits: if a call follows, it was only the call's separator
+                # (dropped, as in the non-streamed answer); otherwise it goes out later.
+                text = held[d.index] + event.text
+                body = text.rstrip()
+                held[d.index] = text[len(body):]
+                if body:
+                    out.append({"content": body})
+            else:
+                index = next(k for k, call in enumerate(parser.calls) if call is event)
+                out.append({"tool_calls": [{"index": index, "id": event.id, "type": "function",
+                                            "function": {"name": event.name, "arguments": event.arguments}}]})
+        if d.finished and held[d.index] and not parser.calls:
+            out.append({"content": held[d.index]})
+            held[d.index] = ""
+        return out
+
+
+def create_app(*, model_dir: Path, served_model_name: str | None = None, max_model_len: int | None = None,
+               max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, threads: int | None = None,
+               on_load_failure=None) -> FastAPI:
+    name = served_model_name or Path(model_dir).name
+    state = ModelState(model_dir=model_dir, served_model_name=name, max_model_len=max_model_len,
+                       max_num_seqs=max_num_seqs, threads=threads)
+
+    async def lifespan(app: FastAPI):
+        def load():
+            state.load()
+            if state.error and on_load_failure:
+                on_load_failure()
+        threading.Thread(target=load, name="model-loader", daemon=True).start()
+        yield
+        if state.engine is not None:
+            await asyncio.to_thread(state.engine.close)
+
+    app = FastAPI(title=f"OpenMaaS inference: {name}", lifespan=lifespan)
+    app.state.model = state
+
+    @app.exception_handler(OpenAIError)
+    async def _openai_error(_: Request, exc: OpenAIError):
+        return JSONResponse(exc.body, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), type=kind), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _server_error(_: Request, exc: Exception):
+        log.exception("unhandled error")
+        return JSONResponse(error_body(f"internal error: {exc}", type="server_error"), status_code=500)
+
+    @app.get("/health")
+    async def health():
+        if state.engine is not None:
+            engine = state.engine
+            return {"status": "ready", "model": name, "backend": engine.backend_name,
+                    "providers": engine.providers, "max_model_len": engine.max_model_len}
+        status = "loading" if state.error is None else "failed"
+        return JSONResponse({"status": status, "model": name, "error": state.error}, status_code=503)
+
+    @app.get("/v1/models")
+    async def models():
+        card = ModelCard(id=name, created=state.created, root=str(state.model_dir),
+                         max_model_len=state.engine.max_model_len if state.engine else max_model_len)
+        return ModelList(data=[card]).model_dump(mode="json")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise OpenAIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+        try:
+            req = ChatCompletionRequest.model_validate(body)
+        except ValidationError as exc:
+            raise _validation_error(exc) from None
+        handler = ChatHandler(state, req)
+        if req.stream:
+            return StreamingResponse(handler.stream(), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JSONResponse(await handler.complete())
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="OpenAI-compatible server for one model")
+    parser.add_argument("--model-dir", required=True, type=Path,
+                        help="HF model folder (exported to ONNX on first load) or ONNX folder")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--served-model-name", default=None, help="model name clients use (default: folder name)")
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help="longest prompt + completion in tokens (default: the model's context length)")
+    parser.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS,
+                        help="sequences decoded together (KV-cache slots)")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s [%(levelname)s] %(message)s")
+
+    failed = threading.Event()
+    server: uvicorn.Server | None = None
+
+    def on_load_failure():
+        failed.set()
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(model_dir=args.model_dir, served_model_name=args.served_model_name,
+                     max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+                     threads=args.threads, on_load_failure=on_load_failure)
+    # log_config=None: uvicorn keeps the logging set up above instead of replacing it.
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_config=None))
+    server.run()
+    return 1 if failed.is_set() else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

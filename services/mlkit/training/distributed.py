@@ -1,0 +1,177 @@
+"""Data-parallel training on CPU: world_size rank processes, torch.distributed with gloo, DDP.
+
+The calling process only coordinates: it starts the ranks, relays rank 0's callbacks (logs,
+checkpoints, the stop question) over a socket pair to the caller's functions, and reports any
+rank's failure with its traceback. Keeping the process group out of the caller leaves its threads,
+RNG and torch.distributed state untouched, and lets a service run several trainings side by side.
+The same machinery runs a single isolated process (TrainConfig.isolate) without a process group.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import tempfile
+from datetime import timedelta
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from services.mlkit.training.config import TrainResult
+from services.mlkit.training.loop import Comm, Hooks, RunInputs, run
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[3]     # the folder holding the `services` package
+
+
+class GlooComm(Comm):
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # broadcast_buffers off: buffers (rotary tables) are not trained and every rank loaded the same.
+        return DistributedDataParallel(module, broadcast_buffers=False, gradient_as_bucket_view=True)
+
+    def gather_stats(self, stats: torch.Tensor) -> torch.Tensor:
+        rows = [torch.empty_like(stats) for _ in range(self.world_size)]
+        dist.all_gather(rows, stats)
+        return torch.stack(rows)
+
+    def agree(self, flag: bool) -> bool:
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+    def gather_objects(self, obj) -> list:
+        out = [None] * self.world_size if self.rank == 0 else None
+        dist.gather_object(obj, out, dst=0)
+        return out if self.rank == 0 else []
+
+
+class _PipeHooks(Hooks):
+    """Rank 0's view of the caller's callbacks: messages to the coordinating process."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        super().__init__(on_log=self._log, on_checkpoint=self._checkpoint, should_stop=self._stop)
+
+    def _log(self, record: dict) -> None:
+        self._conn.send(("log", record))
+
+    def _checkpoint(self, iteration: int, folder: Path) -> None:
+        self._conn.send(("checkpoint", iteration, folder))
+        self._conn.recv()                     # the caller's on_checkpoint has finished
+
+    def _stop(self) -> bool:
+        self._conn.send(("stop?",))
+        return bool(self._conn.recv())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_main(argv: list[str]) -> None:
+    """Entry of one rank process: ``python -m services.mlkit.training.rank RANK PAYLOAD [FD]``."""
+    rank, payload_path = int(argv[0]), Path(argv[1])
+    conn = Connection(int(argv[2])) if len(argv) > 2 else None
+    payload = pickle.loads(payload_path.read_bytes())
+    torch.set_num_threads(payload["threads"])
+    if "GLOO_SOCKET_IFNAME" not in os.environ and "lo" in {name for _, name in socket.if_nameindex()}:
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"   # ranks talk over loopback, whatever the hostname resolves to
+    world = payload["world_size"]
+    hooks = _PipeHooks(conn) if rank == 0 else None
+    if world == 1:            # an isolated single process: no process group needed
+        result = run(payload["inputs"], comm=Comm(), hooks=hooks)
+    else:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{payload['port']}", rank=rank,
+                                world_size=world, timeout=timedelta(seconds=payload["timeout_s"]))
+        try:
+            result = run(payload["inputs"], comm=GlooComm(rank, world), hooks=hooks)
+        finally:
+            dist.destroy_process_group()
+    if conn is not None:
+        conn.send(("done", result))
+
+
+def run_distributed(inputs: RunInputs, hooks: Hooks, *, world_size: int, threads_per_rank: int,
+                    timeout_s: float) -> TrainResult:
+    """Start the ranks as fresh interpreters (``python -m``), so nothing of the caller's __main__,
+    threads or torch state is copied or re-imported, and coordinate them until rank 0 is done."""
+    with tempfile.TemporaryDirectory(prefix="maas-train-") as tmp:
+        payload = Path(tmp) / "payload.pkl"
+        payload.write_bytes(pickle.dumps({"inputs": inputs, "threads": threads_per_rank, "world_size": world_size,
+                                          "port": _free_port(), "timeout_s": timeout_s}))
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
+        procs: list[tuple[subprocess.Popen, Path]] = []
+        try:
+            for rank in range(world_size):
+                err = Path(tmp) / f"rank{rank}.stderr"
+                extra = [str(theirs.fileno())] if rank == 0 else []
+                with open(err, "wb") as err_fh:
+                    proc = subprocess.Popen([sys.executable, "-m", "services.mlkit.training.rank", str(rank),
+                                             str(payload), *extra], env=env, stderr=err_fh,
+                                            pass_fds=[theirs.fileno()] if rank == 0 else ())
+                procs.append((proc, err))
+            theirs.close()           # rank 0 holds its end; ours closed makes its exit visible as EOF
+            conn = Connection(ours.detach())
+            try:
+                result = _coordinate(conn, hooks, procs)
+            finally:
+                conn.close()
+            for proc, _ in procs:
+                proc.wait(timeout=60)
+            return result
+        finally:
+            theirs.close()
+            for proc, _ in procs:
+                if proc.poll() is None:
+                    proc.kill()       # only the rank processes this call started
+                    proc.wait(timeout=10)
+
+
+def _coordinate(conn: Connection, hooks: Hooks, procs) -> TrainResult:
+    while True:
+        _raise_rank_failure(procs)
+        if not conn.poll(0.05):
+            continue
+        try:
+            kind, *args = conn.recv()
+        except EOFError:
+            for proc, _ in procs:     # rank 0 is gone: let the failing rank finish writing its error
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            _raise_rank_failure(procs)
+            raise RuntimeError("training rank 0 exited without a result") from None
+        if kind == "log":
+            hooks.on_log(*args)
+        elif kind == "checkpoint":
+            hooks.on_checkpoint(*args)
+            conn.send(True)
+        elif kind == "stop?":
+            conn.send(bool(hooks.should_stop()))
+        elif kind == "done":
+            return args[0]
+
+
+def _raise_rank_failure(procs) -> None:
+    failed = [(rank, proc, err) for rank, (proc, err) in enumerate(procs) if proc.poll() not in (None, 0)]
+    if not failed:
+        return
+    # Prefer the rank whose error is not just the broken connection to a peer that failed first.
+    def tail(err: Path) -> str:
+        return err.read_text(errors="replace")[-4000:] if err.is_file() else ""
+    tails = [(rank, proc.returncode, tail(err)) for rank, proc, err in failed]
+    rank, code, text = next((t for t in tails if "Connection closed by peer" not in t[2]), tails[0])
+    raise RuntimeError(f"training rank {rank} failed (exit code {code}):\n{text}")

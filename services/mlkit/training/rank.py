@@ -1,0 +1,7 @@
+"""``python -m services.mlkit.training.rank RANK PAYLOAD [FD]``: one data-parallel rank (see distributed)."""
+import sys
+
+from services.mlkit.training.distributed import rank_main
+
+if __name__ == "__main__":
+    rank_main(sys.argv[1:])

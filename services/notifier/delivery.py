@@ -1,0 +1,181 @@
+"""Webhook delivery: a retry queue in MongoDB, Standard Webhooks signatures, backoff, dead letters.
+
+Each delivery is one document (one per event per subscription, by a unique index). A worker claims
+a due one by setting ``status=delivering`` with a lease (``next_attempt_at`` moves to the lease's
+end), POSTs it, and settles it: ``succeeded``; ``pending`` again with an exponential backoff; or
+``dead`` after ``max_attempts``. A worker that dies mid-attempt leaves a lease that runs out, and
+the delivery is claimed again, so the queue survives restarts. Every attempt of one delivery
+carries the same ``webhook-id``, so receivers can drop a repeat of an attempt we could not settle.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from pymongo import ASCENDING, ReturnDocument
+from standardwebhooks.webhooks import Webhook
+
+from contracts import new_id
+from services.common import metrics
+from services.notifier.endpoints import EndpointRejected
+from services.notifier.endpoints import check as check_endpoint
+from services.notifier.models import (DELIVERIES, SUBSCRIPTIONS, DeliveryKind, DeliveryStatus,
+                                      SubscriptionStatus)
+
+log = logging.getLogger(__name__)
+USER_AGENT = "OpenMaaS-Webhooks/1"
+ATTEMPT_LOG_LENGTH = 20
+
+
+def new_delivery(*, tenant_id: str, subscription: dict, kind: DeliveryKind, event_id: str, payload: dict,
+                 now: datetime, max_attempts: int, event_type: str | None = None, event_kind: str | None = None,
+                 subject: str | None = None) -> dict:
+    return {
+        "_id": "msg_" + new_id(),  # also the webhook-id header
+        "tenant_id": tenant_id, "subscription_id": subscription["_id"], "topic_id": subscription["topic_id"],
+        "topic_name": subscription["topic_name"], "kind": kind, "event_id": event_id, "event_type": event_type,
+        "event_kind": event_kind, "subject": subject, "payload": payload, "status": DeliveryStatus.pending,
+        "attempts": 0, "max_attempts": max_attempts, "next_attempt_at": now, "claim": None,
+        "last_error": None, "last_status_code": None, "attempt_log": [], "created_at": now, "updated_at": now,
+    }
+
+
+def backoff_seconds(attempts: int, *, base: float, cap: float, jitter: float | None = None) -> float:
+    """Delay before attempt ``attempts + 1``: base, 2·base, 4·base, ... capped, ±20 % jitter."""
+    jitter = random.random() if jitter is None else jitter
+    return min(cap, base * 2 ** max(0, attempts - 1)) * (0.8 + 0.4 * jitter)
+
+
+def encode_body(payload: dict) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def signed_headers(*, secret: str, msg_id: str, body: str, at: datetime) -> dict[str, str]:
+    """Standard Webhooks headers: receivers verify with any Standard Webhooks library and the secret."""
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id=msg_id, timestamp=at, data=body),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+
+
+# In-process nudges, so a fresh delivery goes out without waiting for the next poll.
+_wakers: dict[int, asyncio.Event] = {}
+
+
+def wake(platform) -> None:
+    event = _wakers.get(id(platform))
+    if event is not None:
+        event.set()
+
+
+class DeliveryWorker:
+    def __init__(self, platform, *, client: httpx.AsyncClient, batch: int = 8):
+        self.platform, self.client, self.batch = platform, client, batch
+        self.settings = platform.settings
+
+    @property
+    def _lease(self) -> timedelta:
+        return timedelta(seconds=self.settings.webhook_timeout_seconds + 30)
+
+    async def claim(self) -> dict | None:
+        now = datetime.now(UTC)
+        return await self.platform.mongo[DELIVERIES].find_one_and_update(
+            {"status": {"$in": [DeliveryStatus.pending, DeliveryStatus.delivering]}, "next_attempt_at": {"$lte": now}},
+            {"$set": {"status": DeliveryStatus.delivering, "claim": new_id(), "next_attempt_at": now + self._lease,
+                      "updated_at": now}},
+            sort=[("next_attempt_at", ASCENDING)], return_document=ReturnDocument.AFTER)
+
+    async def _settle(self, doc: dict, update: dict, *, log_entry: dict | None = None) -> None:
+        change: dict = {"$set": {**update, "updated_at": datetime.now(UTC)}}
+        if log_entry is not None:
+            change["$push"] = {"attempt_log": {"$each": [log_entry], "$slice": -ATTEMPT_LOG_LENGTH}}
+        # Only the holder of the claim settles, and never over a cancellation.
+        await self.platform.mongo[DELIVERIES].update_one(
+            {"_id": doc["_id"], "claim": doc["claim"], "status": DeliveryStatus.delivering}, change)
+
+    async def deliver(self, doc: dict) -> str:
+        sub = await self.platform.mongo[SUBSCRIPTIONS].find_one({"_id": doc["subscription_id"]})
+        wanted = SubscriptionStatus.confirmed if doc["kind"] == DeliveryKind.notification else \
+            SubscriptionStatus.unconfirmed
+        if sub is None or sub["status"] != wanted:
+            await self._settle(doc, {"status": DeliveryStatus.cancelled})
+            return "cancelled"
+        now = datetime.now(UTC)
+        body = encode_body(doc["payload"])
+        started = time.perf_counter()
+        status_code, error = None, None
+        try:
+            await check_endpoint(sub["endpoint"], allow_private=self.settings.webhook_allow_private)
+            response = await self.client.post(sub["endpoint"], content=body.encode(), headers=signed_headers(
+                secret=sub["secret"], msg_id=doc["_id"], body=body, at=now))
+            status_code = response.status_code
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}" + (" (redirects are not followed)" if 300 <= status_code < 400 else "")
+        except EndpointRejected as exc:
+            error = f"endpoint {exc}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500] or type(exc).__name__
+        seconds = time.perf_counter() - started
+        metrics.webhook_delivery_duration.observe(seconds)
+        attempts = doc["attempts"] + 1
+        entry = {"at": now, "status_code": status_code, "error": error, "duration_ms": round(seconds * 1000, 1)}
+        common = {"attempts": attempts, "last_status_code": status_code, "last_error": error}
+        if error is None:
+            outcome, update = "succeeded", {"status": DeliveryStatus.succeeded, "delivered_at": now}
+        elif attempts >= doc["max_attempts"]:
+            outcome, update = "dead", {"status": DeliveryStatus.dead, "dead_at": now}
+            log.warning("webhook delivery %s dead-lettered after %d attempts: %s", doc["_id"], attempts, error)
+        else:
+            delay = backoff_seconds(attempts, base=self.settings.webhook_retry_base_seconds,
+                                    cap=self.settings.webhook_retry_max_seconds)
+            outcome, update = "retry", {"status": DeliveryStatus.pending,
+                                        "next_attempt_at": now + timedelta(seconds=delay)}
+        metrics.webhook_deliveries.labels(kind=doc["kind"], outcome=outcome).inc()
+        await self._settle(doc, {**common, **update}, log_entry=entry)
+        return outcome
+
+    async def run_once(self) -> int:
+        claimed = []
+        while len(claimed) < self.batch:
+            doc = await self.claim()
+            if doc is None:
+                break
+            claimed.append(doc)
+        results = await asyncio.gather(*(self.deliver(d) for d in claimed), return_exceptions=True)
+        for doc, result in zip(claimed, results):
+            if isinstance(result, Exception):  # its lease runs out and it is tried again
+                log.error("webhook delivery %s failed unexpectedly", doc["_id"], exc_info=result)
+        return len(claimed)
+
+
+async def run_delivery_worker(platform) -> None:
+    """Background task of the notifier service."""
+    waker = _wakers.setdefault(id(platform), asyncio.Event())
+    settings = platform.settings
+    async with httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False,
+                                 trust_env=False) as client:
+        worker = DeliveryWorker(platform, client=client)
+        try:
+            while True:
+                try:
+                    if await worker.run_once():
+                        continue
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # database hiccup: the queue is in MongoDB, try again shortly
+                    log.exception("webhook delivery loop failed; retrying")
+                try:
+                    await asyncio.wait_for(waker.wait(), timeout=max(0.2, settings.outbox_poll_seconds))
+                except TimeoutError:
+                    pass
+                waker.clear()
+        finally:
+            _wakers.pop(id(platform), None)

@@ -1,0 +1,38 @@
+"""The notifier's one consumer: every event of every topic.
+
+Each event is claimed once (``mark_processed``), stored in its subject's timeline, and — when it is
+a state change that a rule selects — turned into one delivery per confirmed subscription, all in
+one transaction. A redelivered event is a no-op, so a subscription gets each event exactly once.
+"""
+from __future__ import annotations
+
+from contracts import ALL_EVENTS, Envelope, EventData
+from contracts.notifications import NotificationRuleChanged
+from services.common.context import Platform
+from services.notifier import delivery, service, timeline
+from services.notifier.kinds import NOT_IN_TIMELINE, classify
+
+CONSUMER = "notifier"
+
+
+async def on_event(platform: Platform, envelope: Envelope, event: EventData) -> None:
+    kind = classify(envelope.type, envelope.data)
+    queued = 0
+    async with platform.uow() as uow:
+        await uow.mark_processed(consumer=CONSUMER, event_id=envelope.id)
+        if isinstance(event, NotificationRuleChanged):
+            await service.apply_rule_event(uow, tenant_id=envelope.tenant_id, event=event)
+        previous = await timeline.record(uow, envelope, kind)
+        # Notify state changes only: a repeated "running" (e.g. progress) is not news.
+        if kind is not None and kind != previous:
+            queued = await service.fan_out(uow, envelope=envelope, kind=kind)
+    if queued:
+        delivery.wake(platform)
+
+
+def topics() -> list[str]:
+    return sorted({e.topic for e in ALL_EVENTS})
+
+
+def handlers_for(topic: str) -> dict[type[EventData], object]:
+    return {e: on_event for e in ALL_EVENTS if e.topic == topic and e.type not in NOT_IN_TIMELINE}
