@@ -1,0 +1,85 @@
+"""HTTP routes of model tuning (模型调优): jobs, estimate, stop/continue, logs, checkpoints."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from services.common.auth import CurrentPrincipal
+from services.common.context import Platform, get_platform
+from services.tuning import service
+from services.tuning.models import ConversionCreate, EstimateRequest, JobCreate
+
+router = APIRouter(prefix="/api/v1", tags=["tuning"])
+
+
+@router.post("/tuning-jobs/estimate", summary="Iterations and duration estimate (tables 6-5, 6-6) before submitting")
+async def estimate(body: EstimateRequest, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    return await service.estimate_job(platform, tenant_id=principal.tenant_id, request=body)
+
+
+@router.post("/tuning-jobs", status_code=201, summary="Create a tuning job (validates the dataset first)")
+async def create_job(body: JobCreate, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    return await service.create_job(platform, tenant_id=principal.tenant_id, request=body)
+
+
+@router.get("/tuning-jobs", summary="Tuning jobs")
+async def list_jobs(principal: CurrentPrincipal, name: str | None = None, status: str | None = None,
+                    offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                    platform: Platform = Depends(get_platform)):
+    return await service.list_jobs(platform, tenant_id=principal.tenant_id, name=name, status=status,
+                                   offset=offset, limit=limit)
+
+
+@router.get("/tuning-jobs/{job_id}", summary="Job detail: settings, status history, progress, checkpoints")
+async def get_job(job_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    return await service.get_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
+
+
+@router.delete("/tuning-jobs/{job_id}", status_code=204, summary="Delete a job (cannot be undone)")
+async def delete_job(job_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    await service.delete_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
+    return Response(status_code=204)
+
+
+@router.post("/tuning-jobs/{job_id}/stop", summary="Stop a creating, waiting or running job (checkpoints are kept)")
+async def stop_job(job_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    return await service.stop_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
+
+
+@router.post("/tuning-jobs/{job_id}/continue", summary="Continue a stopped job from its latest checkpoint")
+async def continue_job(job_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    return await service.continue_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
+
+
+@router.get("/tuning-jobs/{job_id}/logs", summary="Search the job's log lines (e.g. search='lm loss')")
+async def job_logs(job_id: str, principal: CurrentPrincipal, search: str | None = None,
+                   offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+                   platform: Platform = Depends(get_platform)):
+    return await service.job_logs(platform, tenant_id=principal.tenant_id, job_id=job_id, search=search,
+                                  offset=offset, limit=limit)
+
+
+@router.get("/tuning-jobs/{job_id}/logs/download", summary="Download the whole log as text")
+async def download_logs(job_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    filename, text = await service.log_text(platform, tenant_id=principal.tenant_id, job_id=job_id)
+    return Response(text, media_type="text/plain; charset=utf-8",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get("/tuning-jobs/{job_id}/checkpoints", summary="Checkpoints with their format and path")
+async def list_checkpoints(job_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    return await service.list_checkpoints(platform, tenant_id=principal.tenant_id, job_id=job_id)
+
+
+@router.post("/tuning-jobs/{job_id}/checkpoints/{iteration}/models", status_code=202,
+             summary="Turn a checkpoint into a new model or a new version of the tuned model")
+async def convert_checkpoint(job_id: str, iteration: int, body: ConversionCreate, principal: CurrentPrincipal,
+                             platform: Platform = Depends(get_platform)):
+    return await service.convert_checkpoint(platform, tenant_id=principal.tenant_id, job_id=job_id,
+                                            iteration=iteration, request=body)
+
+
+@router.get("/tuning-jobs/{job_id}/conversions", summary="Checkpoint conversions of a job and their state")
+async def list_conversions(job_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    return await service.list_conversions(platform, tenant_id=principal.tenant_id, job_id=job_id)

@@ -1,0 +1,27 @@
+from contracts.events import REGISTRY_TOPIC
+from contracts.tuning import TUNING_TOPIC
+from services.common.service_spec import Consumer, ServiceSpec
+from services.tuning import api, handlers, watchdog, worker
+from services.tuning.models import INDEXES
+
+TUNING = ServiceSpec(
+    name="tuning",
+    routers=[api.router],
+    indexes=INDEXES,
+    consumers=[
+        Consumer(group="tuning", topic=TUNING_TOPIC, handlers={
+            k: v for k, v in handlers.HANDLERS.items() if k.topic == TUNING_TOPIC}),
+        Consumer(group="tuning", topic=REGISTRY_TOPIC, handlers={
+            k: v for k, v in handlers.HANDLERS.items() if k.topic == REGISTRY_TOPIC}),
+    ],
+    background=[watchdog.watch_leases],
+)
+
+# The training worker scales on its own: each process is one more member of its consumer group.
+TUNING_WORKER = ServiceSpec(
+    name="tuning-worker",
+    indexes=INDEXES,
+    consumers=[Consumer(group="tuning-worker", topic=TUNING_TOPIC, handlers=worker.HANDLERS)],
+    background=[worker.run_worker],
+    uses_models=True,
+)
