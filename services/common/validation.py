@@ -20,6 +20,20 @@ def _check_name(value: str) -> str:
 
 ResourceName = Annotated[str, AfterValidator(_check_name)]
 
+# Jobs and services (tables 6-4, 7-3, 8-1): the same rule without '.', e.g. "sft-qwen_2".
+_TASK_NAME = re.compile(r"^[A-Za-z\u4e00-\u9fff][A-Za-z0-9\u4e00-\u9fff_\-]{0,63}$")
+TASK_NAME_RULE = ("must be 1-64 characters, start with a letter or Chinese character, and contain only "
+                  "letters, digits, Chinese characters, '-' and '_'")
+
+
+def _check_task_name(value: str) -> str:
+    if not _TASK_NAME.fullmatch(value):
+        raise ValueError(TASK_NAME_RULE)
+    return value
+
+
+TaskName = Annotated[str, AfterValidator(_check_task_name)]
+
 
 def limited_text(max_length: int):
     """A free-text field of at most ``max_length`` characters (descriptions: 100, 256 or 1000)."""

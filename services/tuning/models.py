@@ -1,7 +1,6 @@
 """Tuning documents, request bodies (table 6-4) and the views the API returns."""
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -10,7 +9,7 @@ from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
 from services.common.mongo import IndexSpec
-from services.common.validation import Description100, ResourceName, limited_text
+from services.common.validation import Description100, ResourceName, TaskName, limited_text
 
 JOBS = "tuning_jobs"
 LOGS = "tuning_logs"
@@ -54,19 +53,7 @@ class TuneType(StrEnum):
 TUNE_TYPE_LABELS = {TuneType.full: "full-parameter tuning", TuneType.lora: "LoRA tuning",
                     TuneType.pretrain: "incremental pretraining"}
 
-# Table 6-4, task name: like other names but without '.', e.g. "sft-qwen_2".
-_JOB_NAME = re.compile(r"^[A-Za-z\u4e00-\u9fff][A-Za-z0-9\u4e00-\u9fff_\-]{0,63}$")
-JOB_NAME_RULE = ("must be 1-64 characters, start with a letter or Chinese character, and contain only "
-                 "letters, digits, Chinese characters, '-' and '_'")
-
-
-def _check_job_name(value: str) -> str:
-    if not _JOB_NAME.fullmatch(value):
-        raise ValueError(JOB_NAME_RULE)
-    return value
-
-
-JobName = Annotated[str, AfterValidator(_check_job_name)]
+JobName = TaskName   # the guide's name rule for jobs and services: like model names, without '.'
 
 # Flavors (规格): the card count feeds the duration estimate (table 6-5); training runs one
 # data-parallel process per node on whatever accelerator or CPU the worker has.

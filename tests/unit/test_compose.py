@@ -190,8 +190,27 @@ def address_hosts(value: str) -> list[str]:
     return [host_port(part)[0] for part in netloc.split(",")]
 
 
+def service_settings_classes() -> list[type]:
+    """The per-service option classes (services/<name>/settings.py, env prefix MAAS_<NAME>_)."""
+    import importlib
+
+    from pydantic_settings import BaseSettings
+
+    classes = []
+    for path in sorted((ROOT / "services").glob("*/settings.py")):
+        module = importlib.import_module(f"services.{path.parent.name}.settings")
+        classes += [obj for obj in vars(module).values() if isinstance(obj, type) and issubclass(obj, BaseSettings)
+                    and obj is not BaseSettings and obj.__module__ == module.__name__]
+    return classes
+
+
 def settings_field_env() -> set[str]:
-    return {f"MAAS_{name.upper()}" for name in Settings.model_fields}
+    names = {f"MAAS_{name.upper()}" for name in Settings.model_fields}
+    for cls in service_settings_classes():
+        prefix = cls.model_config.get("env_prefix", "")
+        if cls is not Settings and prefix:
+            names |= {f"{prefix}{name}".upper() for name in cls.model_fields}
+    return names
 
 
 def container_port(spec: Any) -> int:
@@ -302,6 +321,8 @@ def check_settings_values(compose: dict) -> None:
                     mp.setenv(key, value)
             try:
                 Settings(_env_file=None)
+                for cls in service_settings_classes():
+                    cls()
             except Exception as exc:  # pydantic ValidationError
                 raise AssertionError(f"{name}: invalid MAAS_* value: {exc}") from exc
 

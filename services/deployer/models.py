@@ -1,0 +1,21 @@
+"""The deployer's documents: ``service_instances`` (what runs where) and ``service_logs``.
+
+Instance document: _id, service_id, tenant_id, version_id, status (starting | ready | unhealthy |
+draining), url, node, details (backend-specific), backend, started_at, ready_at, message.
+Log line: service_id, tenant_id, instance_id, seq (global order), at, line.
+"""
+from __future__ import annotations
+
+from pymongo import ASCENDING
+
+from services.common.mongo import IndexSpec
+from services.common.serving_refs import INSTANCES, SERVICE_LOGS
+
+LOGS_KEPT_DAYS = 30
+
+INDEXES: list[IndexSpec] = [
+    (INSTANCES, [("service_id", ASCENDING), ("status", ASCENDING)], {}),
+    (INSTANCES, [("status", ASCENDING)], {}),
+    (SERVICE_LOGS, [("service_id", ASCENDING), ("seq", ASCENDING)], {}),
+    (SERVICE_LOGS, [("at", ASCENDING)], {"expireAfterSeconds": LOGS_KEPT_DAYS * 24 * 3600}),
+]

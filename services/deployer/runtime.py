@@ -1,0 +1,61 @@
+"""The deployer's process-wide parts: its backend, its reconciler and the loops that keep them honest."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from services.common.context import Platform
+from services.deployer.backend import InstanceBackend
+from services.deployer.local import LocalProcessBackend
+from services.deployer.modelcache import ModelCache
+from services.deployer.reconciler import Reconciler
+from services.deployer.settings import DeployerSettings, deployer_settings
+
+log = logging.getLogger(__name__)
+_RECONCILERS: dict[int, Reconciler] = {}   # one per Platform (tests may host several in one process)
+
+
+def make_backend(platform: Platform, settings: DeployerSettings) -> InstanceBackend:
+    if settings.backend != "local":
+        raise ValueError(f"unknown deployer backend {settings.backend!r}; available: local")
+    root = Path(settings.root or Path(platform.settings.work_dir or ".") / "deployer").resolve()
+    models = ModelCache(platform.store, root / "models", cache_bucket=platform.settings.system_bucket)
+    return LocalProcessBackend(root=root, models=models, host=settings.host,
+                               advertise_host=settings.advertise_host or None)
+
+
+def reconciler_for(platform: Platform) -> Reconciler:
+    reconciler = _RECONCILERS.get(id(platform))
+    if reconciler is None:
+        settings = deployer_settings()
+        reconciler = _RECONCILERS[id(platform)] = Reconciler(platform, make_backend(platform, settings), settings)
+    return reconciler
+
+
+async def _every(seconds: float, what, name: str) -> None:
+    while True:
+        try:
+            await what()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("deployer %s failed", name)
+        await asyncio.sleep(seconds)
+
+
+async def run_deployer(platform: Platform) -> None:
+    """Background task: resync, health checks and log shipping; stops every instance on shutdown."""
+    reconciler = reconciler_for(platform)
+    settings = reconciler.settings
+    loops = [asyncio.create_task(_every(settings.resync_seconds, reconciler.resync, "resync")),
+             asyncio.create_task(_every(settings.health_interval_seconds, reconciler.check_health, "health check")),
+             asyncio.create_task(_every(settings.log_ship_seconds, reconciler.ship_logs, "log shipping"))]
+    try:
+        await asyncio.gather(*loops)
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await reconciler.close()
+        _RECONCILERS.pop(id(platform), None)

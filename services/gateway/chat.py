@@ -1,0 +1,413 @@
+"""One chat call through the gateway: resolve the service, check, limit, route, relay, meter.
+
+Order of checks (each rejection is an OpenAI-style error and meters nothing):
+1. the service (404 unknown, 403 another tenant's), the parameters (400) and the template's max
+   input+output length (400 ``context_length_exceeded``);
+2. the free quota of a preset service (403 not claimed, 429 used up);
+3. the service's state (409 not running, 503 deploying; a preset that is not running is started
+   and waited for: a cold start);
+4. content moderation of the input (400 ``content_filter``);
+5. the service's QPS limit (429 with Retry-After).
+Then the least-busy ready instance answers; a refused connection (an instance that just stopped)
+moves the call to another one. Streams are relayed line by line as they arrive; the gateway always
+asks the instance for the usage chunk and drops it again when the client did not ask for it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import defaultdict
+
+import httpx
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from contracts.openai import ChatCompletionRequest
+from contracts.serving import PresetServiceWakeRequested
+from services.common.context import Platform
+from services.common.serving_refs import InstanceRef, ServiceRef
+from services.gateway import quota
+from services.gateway.keys import Caller
+from services.gateway.metering import UsageRecorder
+from services.gateway.moderation import Moderation, message_text
+from services.gateway.oai_errors import OpenAIError, invalid
+from services.gateway.ratelimit import QpsLimiter
+from services.gateway.routing import Router
+from services.gateway.settings import GatewaySettings, gateway_settings
+
+log = logging.getLogger(__name__)
+_RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError)
+
+
+def _token_count(usage: dict | None, key: str) -> int:
+    value = (usage or {}).get(key)
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
+class ChatGateway:
+    def __init__(self, platform: Platform, settings: GatewaySettings | None = None):
+        self.platform = platform
+        self.settings = settings or gateway_settings()
+        self.router = Router(platform, refresh=self.settings.routing_refresh_seconds)
+        self.limiter = QpsLimiter()
+        self.meter = UsageRecorder(platform)
+        self.moderation = Moderation(platform)
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=self.settings.upstream_connect_timeout,
+                                  read=self.settings.upstream_read_timeout, write=60.0, pool=60.0),
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=256), trust_env=False)
+        self._woken: dict[str, float] = {}
+
+    async def close(self) -> None:
+        await self.meter.flush()
+        await self.http.aclose()
+
+    # ------------------------------------------------------------------------------------ resolve
+
+    async def resolve(self, caller: Caller, *, service_id: str | None, model) -> ServiceRef:
+        if model is not None and not isinstance(model, str):
+            raise invalid("model must be a string", param="model")
+        if service_id is not None:
+            service = await self.router.service(service_id)
+            if service is None:
+                raise OpenAIError(404, f"The service '{service_id}' does not exist.", code="service_not_found")
+            if not service.preset and service.tenant_id != caller.tenant_id:
+                raise OpenAIError(403, f"This API key has no access to service '{service_id}'.",
+                                  code="permission_denied")
+            if model and model != service.name:
+                raise OpenAIError(404, f"The model '{model}' does not exist on this service; call it with "
+                                  f"model '{service.name}'.", param="model", code="model_not_found")
+            return service
+        if not model:
+            raise invalid("model is required: the name of a running service or of a preset service",
+                          param="model", code="missing_required_parameter")
+        service = await self.router.service_by_name(tenant_id=caller.tenant_id, name=model)
+        if service is None:
+            raise OpenAIError(404, f"The model '{model}' does not exist or you do not have access to it.",
+                              param="model", code="model_not_found")
+        return service
+
+    async def ensure_callable(self, caller: Caller, service: ServiceRef) -> ServiceRef:
+        if service.callable:
+            return service
+        if service.preset and service.status != "stopping":
+            return await self._wake(caller, service)
+        if service.status == "deploying":
+            raise OpenAIError(503, f"Service '{service.name}' is still deploying; try again shortly.",
+                              code="service_deploying", retry_after=5)
+        raise OpenAIError(409, f"Service '{service.name}' is {service.status}; only a running service can be "
+                          "called (start it first).", code="service_not_running")
+
+    async def _wake(self, caller: Caller, service: ServiceRef) -> ServiceRef:
+        """Start a preset service on its first call and wait for it (a cold start)."""
+        now = time.monotonic()
+        if service.desired != "running" and now - self._woken.get(service.id, -1e9) > 30:
+            self._woken[service.id] = now
+            async with self.platform.uow() as uow:
+                uow.emit(PresetServiceWakeRequested(service_id=service.id, requested_by=caller.user_id),
+                         tenant_id=service.tenant_id, subject=f"services/{service.id}")
+            log.info("preset service %s is starting for its first call", service.name)
+        deadline = now + self.settings.preset_wake_timeout_seconds
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            service = await self.router.service(service.id, fresh=True)
+            if service is None:
+                break
+            if service.callable and await self.router.instances(service.id, fresh=True):
+                return service
+            if service.status == "failed":
+                raise OpenAIError(503, f"Preset service '{service.name}' failed to start; try again later.",
+                                  code="service_unavailable", retry_after=30)
+        raise OpenAIError(503, f"Preset service '{service.name}' is starting (cold start); try again shortly.",
+                          code="service_starting", retry_after=10)
+
+    # ------------------------------------------------------------------------------------ checks
+
+    @staticmethod
+    def _check_body(body) -> None:
+        """Types and required fields (contracts.openai); ranges are the engine's to check."""
+        if not isinstance(body, dict):
+            raise invalid("the request body must be a JSON object", code="invalid_request")
+        try:
+            ChatCompletionRequest.model_validate({**body, "model": body.get("model") or "-"})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            param = ".".join(str(p) for p in error.get("loc", ())) or None
+            if error.get("type") == "missing":
+                raise invalid(f"{param} is required", param=param, code="missing_required_parameter") from None
+            reason = error.get("msg", "invalid value").removeprefix("Value error, ")
+            raise invalid(f"{param}: {reason}", param=param) from None
+
+    @staticmethod
+    def _check_length(body: dict, service: ServiceRef) -> None:
+        for param in ("max_tokens", "max_completion_tokens"):
+            value = body.get(param)
+            if isinstance(value, int) and not isinstance(value, bool) and value > service.max_model_len:
+                raise OpenAIError(400, f"{param} ({value}) exceeds the maximum input+output length of "
+                                  f"'{service.name}' ({service.max_model_len} tokens).", param=param,
+                                  code="context_length_exceeded")
+
+    async def _moderate_input(self, body: dict, service: ServiceRef) -> None:
+        if not service.content_moderation:
+            return
+        verdict = (await self.moderation.checker()).check(message_text(body["messages"]))
+        if verdict.blocked:
+            raise OpenAIError(400, "The request was blocked by content moderation: the input contains "
+                              "non-compliant content.", param="messages", code="content_filter")
+
+    async def _limit(self, caller: Caller, service: ServiceRef) -> None:
+        # A preset service is shared by every tenant: its QPS limit applies to each user separately.
+        key = f"{service.id}:{caller.user_id}" if service.preset else service.id
+        wait = await self.limiter.acquire(key, service.qps_limit)
+        if wait is not None:
+            raise OpenAIError(429, f"Too many requests: the QPS limit of '{service.name}' is "
+                              f"{service.qps_limit} requests per second.", code="rate_limit_exceeded",
+                              retry_after=wait)
+
+    # ------------------------------------------------------------------------------------ call
+
+    async def chat(self, caller: Caller, body, *, service_id: str | None = None) -> Response:
+        self._check_body(body)
+        service = await self.resolve(caller, service_id=service_id, model=body.get("model"))
+        try:
+            self._check_length(body, service)
+            if service.preset:  # before a cold start: a caller without quota must not wake the preset
+                await quota.check(self.platform, user_id=caller.user_id, service=service,
+                                  pending=self.meter.pending_quota(caller.user_id, service.id))
+            service = await self.ensure_callable(caller, service)
+            await self._moderate_input(body, service)
+            await self._limit(caller, service)
+        except OpenAIError:
+            self.meter.call(service=service, instance_id="-", ok=False, latency_ms=0, rejected=True)
+            raise
+        payload = {**body, "model": service.name}
+        if body.get("stream"):
+            return await self._stream(caller, service, body, payload)
+        return await self._complete(caller, service, payload)
+
+    async def _send(self, service: ServiceRef, payload: dict, *, stream: bool) -> tuple[InstanceRef, httpx.Response]:
+        """Send to the least busy ready instance; on a refused connection try the next one."""
+        content = json.dumps(payload, ensure_ascii=False).encode()
+        instances = await self.router.instances(service.id)
+        tried: set[str] = set()
+        refreshed = False
+        while True:
+            instance = self.router.pick(instances, exclude=tried)
+            if instance is None:
+                if not refreshed:  # the cached view may predate a scale-out or a restart
+                    refreshed = True
+                    instances = await self.router.instances(service.id, fresh=True)
+                    continue
+                raise OpenAIError(503, f"Service '{service.name}' has no ready instance right now; try again.",
+                                  code="no_ready_instance", retry_after=1)
+            self.router.acquire(instance)
+            request = self.http.build_request("POST", f"{instance.url}/v1/chat/completions", content=content,
+                                              headers={"content-type": "application/json"})
+            try:
+                return instance, await self.http.send(request, stream=stream)
+            except _RETRYABLE:
+                self.router.release(instance)
+                tried.add(instance.id)
+            except httpx.TimeoutException:
+                self.router.release(instance)
+                raise OpenAIError(504, f"Service '{service.name}' did not answer in time.", code="timeout") from None
+            except BaseException:
+                self.router.release(instance)
+                raise
+
+    def _upstream_error(self, service: ServiceRef, instance: InstanceRef, response_body: bytes, status: int,
+                        started: float) -> Response:
+        self.meter.call(service=service, instance_id=instance.id, ok=False,
+                        latency_ms=(time.monotonic() - started) * 1000)
+        try:
+            parsed = json.loads(response_body)
+            ok_shape = isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+        except ValueError:
+            ok_shape = False
+        if not ok_shape:
+            return OpenAIError(status if status >= 400 else 502, "The model service failed to answer: "
+                               + response_body[:200].decode("utf-8", "replace"), code="upstream_error").response()
+        return Response(response_body, status_code=status, media_type="application/json",
+                        headers={"X-MaaS-Instance": instance.id})
+
+    async def _complete(self, caller: Caller, service: ServiceRef, payload: dict) -> Response:
+        started = time.monotonic()
+        instance, response = await self._send(service, payload, stream=False)
+        try:
+            body = response.content
+        finally:
+            self.router.release(instance)
+        if response.status_code != 200:
+            return self._upstream_error(service, instance, body, response.status_code, started)
+        data = json.loads(body)
+        usage = data.get("usage")
+        prompt, completion = _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
+        latency = (time.monotonic() - started) * 1000
+        # The tokens were spent even if the answer is withheld below: they count.
+        self.meter.usage(caller=caller, service=service, prompt_tokens=prompt, completion_tokens=completion)
+        blocked = service.content_moderation and await self._output_blocked(data)
+        self.meter.call(service=service, instance_id=instance.id, ok=not blocked, latency_ms=latency,
+                        prompt_tokens=prompt, completion_tokens=completion)
+        if blocked:
+            raise OpenAIError(400, "The answer was blocked by content moderation: the output contains "
+                              "non-compliant content.", code="content_filter")
+        return Response(body, media_type="application/json", headers={"X-MaaS-Instance": instance.id})
+
+    async def _output_blocked(self, data: dict) -> bool:
+        checker = await self.moderation.checker()
+        for choice in data.get("choices") or []:
+            content = ((choice or {}).get("message") or {}).get("content")
+            if isinstance(content, str) and checker.check(content).blocked:
+                return True
+        return False
+
+    async def _stream(self, caller: Caller, service: ServiceRef, body: dict, payload: dict) -> Response:
+        started = time.monotonic()
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        instance, response = await self._send(service, payload, stream=True)
+        if response.status_code != 200:
+            try:
+                error_body = await response.aread()
+            finally:
+                await response.aclose()
+                self.router.release(instance)
+            return self._upstream_error(service, instance, error_body, response.status_code, started)
+        checker = await self.moderation.checker() if service.content_moderation else None
+        return StreamingResponse(
+            self._relay(caller, service, instance, response, started=started, wants_usage=wants_usage,
+                        checker=checker),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-MaaS-Instance": instance.id})
+
+    async def _relay(self, caller: Caller, service: ServiceRef, instance: InstanceRef, response: httpx.Response, *,
+                     started: float, wants_usage: bool, checker):
+        """Forward each read from the instance at once, as one write (a fast instance's several
+        events in one read go out together: fewer syscalls, never a wait for more)."""
+        stream = _SseRelay(wants_usage=wants_usage, checker=checker)
+        pending = b""
+        try:
+            async for block in response.aiter_raw():
+                *lines, pending = (pending + block).split(b"\n")
+                out = []
+                for line in lines:
+                    piece = stream.line(line.rstrip(b"\r"))
+                    if piece:
+                        out.append(piece)
+                    if stream.ended:
+                        break
+                if out:
+                    yield b"".join(out)
+                if stream.ended:
+                    return
+        except httpx.HTTPError as exc:
+            stream.ok = False
+            log.warning("stream from instance %s broke: %s", instance.id, exc)
+            error = {"error": {"message": "The model service stopped answering mid-stream.",
+                               "type": "server_error", "param": None, "code": "upstream_error"}}
+            yield f"data: {json.dumps(error)}\n\n".encode()
+        finally:
+            await response.aclose()
+            self.router.release(instance)
+            usage = stream.usage
+            prompt = _token_count(usage, "prompt_tokens")
+            # Without the final usage chunk (the client went away), count what was streamed.
+            completion = _token_count(usage, "completion_tokens") if usage else stream.streamed
+            if prompt or completion:
+                self.meter.usage(caller=caller, service=service, prompt_tokens=prompt, completion_tokens=completion)
+            now = time.monotonic()
+            self.meter.call(service=service, instance_id=instance.id, ok=stream.ok,
+                            latency_ms=(now - started) * 1000,
+                            ttft_ms=(stream.first_at - started) * 1000 if stream.first_at else None,
+                            prompt_tokens=prompt, completion_tokens=completion)
+
+
+class _SseRelay:
+    """What the gateway does to each line of an instance's SSE stream.
+
+    Notes the usage and the first token's time, drops the usage chunk the client did not ask for,
+    checks the answer against content moderation (ending the stream with ``content_filter`` on a
+    match) and otherwise passes every event through as it came.
+    """
+
+    def __init__(self, *, wants_usage: bool, checker):
+        self.wants_usage, self.checker = wants_usage, checker
+        self.window = getattr(checker, "window", 0)
+        self.texts: dict[int, str] = defaultdict(str)
+        self.first_at: float | None = None
+        self.usage: dict | None = None
+        self.streamed = 0
+        self.ok = True
+        self.ended = False
+
+    def line(self, line: bytes) -> bytes | None:
+        if not line:
+            return None
+        if not line.startswith(b"data:"):
+            return line + b"\n\n"   # SSE comments and event names pass through
+        data = line[5:].lstrip()
+        if data == b"[DONE]":
+            return b"data: [DONE]\n\n"
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            return line + b"\n\n"
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+        if "error" in chunk:
+            self.ok = False
+            return line + b"\n\n"
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices") or []
+        for choice in choices:
+            delta = choice.get("delta") or {}
+            piece = delta.get("content")
+            if piece or delta.get("tool_calls"):
+                self.streamed += 1
+            if self.checker is not None and isinstance(piece, str) and piece:
+                index = choice.get("index", 0)
+                self.texts[index] += piece
+                tail = self.texts[index][-(self.window + len(piece)):]
+                if self.checker.check(tail).blocked:
+                    self.ok, self.ended = False, True
+                    return _filtered_chunk(chunk, index) + b"data: [DONE]\n\n"
+        if not self.wants_usage and "usage" in chunk:
+            if not choices:
+                return None  # the usage-only chunk the gateway asked for on its own behalf
+            chunk.pop("usage")
+            return b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+        return line + b"\n\n"
+
+
+def _filtered_chunk(chunk: dict, index: int) -> bytes:
+    """End one choice with finish_reason content_filter (the blocked text itself is not sent)."""
+    stop = {key: chunk[key] for key in ("id", "object", "created", "model") if key in chunk}
+    stop["choices"] = [{"index": index, "delta": {}, "finish_reason": "content_filter"}]
+    return f"data: {json.dumps(stop, ensure_ascii=False)}\n\n".encode()
+
+
+# ------------------------------------------------------------------------------------ per process
+
+_GATEWAYS: dict[int, ChatGateway] = {}
+
+
+def gateway_for(platform: Platform) -> ChatGateway:
+    gateway = _GATEWAYS.get(id(platform))
+    if gateway is None:
+        gateway = _GATEWAYS[id(platform)] = ChatGateway(platform)
+    return gateway
+
+
+async def run_gateway(platform: Platform) -> None:
+    """Background task: write metered usage every second; flush and close on shutdown."""
+    gateway = gateway_for(platform)
+    try:
+        while True:
+            await asyncio.sleep(gateway.settings.usage_flush_seconds)
+            await gateway.meter.flush()
+    finally:
+        await gateway.close()
+        _GATEWAYS.pop(id(platform), None)

@@ -1,0 +1,130 @@
+"""Content moderation (内容审核) of inputs and outputs, on by default for every service.
+
+``ContentChecker`` is the plug-in point: anything with ``check(text) -> Verdict``. The built-in
+``BlocklistChecker`` matches configured terms (shipped defaults, the environment, and the list
+admins edit through the API) case-insensitively. A blocked input is answered with 400
+(code ``content_filter``) and never reaches the model; a blocked output is withheld the same way,
+or, mid-stream, ends the stream with ``finish_reason: "content_filter"``.
+"""
+from __future__ import annotations
+
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from importlib import resources
+from typing import Protocol
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.common.auth import CurrentPrincipal
+from services.common.context import Platform, get_platform
+from services.common.errors import ApiError
+from services.gateway.settings import gateway_settings
+
+MODERATION = "moderation_settings"
+_WS = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    blocked: bool
+    reason: str | None = None
+
+
+class ContentChecker(Protocol):
+    """A moderation plug-in. ``window``: how many trailing characters of a streamed answer must be
+    re-checked with each new piece (the longest pattern it can match)."""
+    window: int
+
+    def check(self, text: str) -> Verdict: ...
+
+
+def normalize(text: str) -> str:
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text)).casefold()
+
+
+class BlocklistChecker:
+    def __init__(self, terms: list[str]):
+        self.terms = sorted({normalize(t).strip() for t in terms if t.strip()})
+        self.window = max((len(t) for t in self.terms), default=0)
+
+    def check(self, text: str) -> Verdict:
+        if not self.terms:
+            return Verdict(False)
+        folded = normalize(text)
+        for term in self.terms:
+            if term in folded:
+                return Verdict(True, f"matched the blocklist term '{term}'")
+        return Verdict(False)
+
+
+def default_terms() -> list[str]:
+    text = resources.files(__package__).joinpath("moderation_blocklist.txt").read_text(encoding="utf-8")
+    extra = gateway_settings().moderation_blocklist.split(",")
+    return [line.strip() for line in text.splitlines() + extra if line.strip() and not line.startswith("#")]
+
+
+class Moderation:
+    """The configured checker, re-read from MongoDB at most every few seconds."""
+
+    def __init__(self, platform: Platform):
+        self.platform = platform
+        self._checker: ContentChecker | None = None
+        self._loaded = 0.0
+
+    async def checker(self) -> ContentChecker:
+        ttl = gateway_settings().moderation_cache_seconds
+        if self._checker is None or time.monotonic() - self._loaded > ttl:
+            doc = await self.platform.mongo[MODERATION].find_one({"_id": "blocklist"}) or {}
+            self._checker = BlocklistChecker(default_terms() + list(doc.get("terms", [])))
+            self._loaded = time.monotonic()
+        return self._checker
+
+    def invalidate(self) -> None:
+        self._checker = None
+
+
+def message_text(messages: list) -> str:
+    """All text a request sends: every message's content (string or text parts)."""
+    parts: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------ routes
+
+router = APIRouter(prefix="/api/v1/moderation", tags=["moderation"])
+
+
+class BlocklistUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    terms: list[str] = Field(max_length=10_000, description="blocked terms (case-insensitive, matched anywhere)")
+
+
+@router.get("/blocklist", summary="The blocked terms of content moderation")
+async def get_blocklist(_: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    doc = await platform.mongo[MODERATION].find_one({"_id": "blocklist"}) or {}
+    return {"terms": doc.get("terms", []), "default_terms": default_terms()}
+
+
+@router.put("/blocklist", summary="Replace the admin-managed blocked terms (admins only)")
+async def put_blocklist(body: BlocklistUpdate, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    if principal.role != "admin":
+        raise ApiError(403, "forbidden", "only admins can change the moderation blocklist")
+    terms = [t.strip() for t in body.terms if t.strip()]
+    if any(len(t) > 200 for t in terms):
+        raise ApiError(400, "invalid_parameter", "terms: each term must be at most 200 characters", field="terms")
+    await platform.mongo[MODERATION].update_one({"_id": "blocklist"}, {"$set": {"terms": terms}}, upsert=True)
+    from services.gateway.chat import gateway_for
+
+    gateway_for(platform).moderation.invalidate()
+    return {"terms": terms}

@@ -1,0 +1,83 @@
+"""The OpenAI-compatible API (guide 11): ``/v1/chat/completions`` and ``/v1/models``.
+
+Two ways to address a service, as the guide shows and as OpenAI SDKs expect:
+- per service: base URL ``/v1/infers/{service_id}/v1`` (``model`` = the service name);
+- unified: base URL ``/v1`` with ``model`` = the name of one of your services or of a preset service.
+Every route needs ``Authorization: Bearer <API key>``; every error has OpenAI's shape.
+"""
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from services.common.context import Platform, get_platform
+from services.common.serving_refs import PRESET_TENANT, ServiceRef, list_callable_services
+from services.gateway.chat import gateway_for
+from services.gateway.keys import authenticate
+from services.gateway.oai_errors import OpenAIError, invalid
+
+router = APIRouter(tags=["OpenAI-compatible API"])
+
+
+async def _body(request: Request):
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise invalid(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def _model_card(service: ServiceRef) -> dict:
+    return {"id": service.name, "object": "model", "created": 0,
+            "owned_by": "openmaas" if service.tenant_id == PRESET_TENANT else "you",
+            "service_id": service.id, "max_model_len": service.max_model_len}
+
+
+async def _chat(request: Request, platform: Platform, service_id: str | None):
+    try:
+        caller = await authenticate(platform, request)
+        return await gateway_for(platform).chat(caller, await _body(request), service_id=service_id)
+    except OpenAIError as exc:
+        return exc.response()
+
+
+@router.post("/v1/chat/completions", summary="Chat completion; `model` names one of your services or a preset")
+async def chat_completions(request: Request, platform: Platform = Depends(get_platform)):
+    return await _chat(request, platform, None)
+
+
+@router.post("/v1/infers/{service_id}/v1/chat/completions", summary="Chat completion of one service")
+async def service_chat_completions(service_id: str, request: Request, platform: Platform = Depends(get_platform)):
+    return await _chat(request, platform, service_id)
+
+
+@router.get("/v1/models", summary="Models you can call: your running services and the preset services")
+async def list_models(request: Request, platform: Platform = Depends(get_platform)):
+    try:
+        caller = await authenticate(platform, request)
+    except OpenAIError as exc:
+        return exc.response()
+    services = await list_callable_services(platform, tenant_id=caller.tenant_id)
+    return {"object": "list", "data": [_model_card(s) for s in sorted(services, key=lambda s: s.name)]}
+
+
+@router.get("/v1/models/{model}", summary="One model (service) by name")
+async def get_model(model: str, request: Request, platform: Platform = Depends(get_platform)):
+    try:
+        caller = await authenticate(platform, request)
+        service = await gateway_for(platform).resolve(caller, service_id=None, model=model)
+    except OpenAIError as exc:
+        return exc.response()
+    return _model_card(service)
+
+
+@router.get("/v1/infers/{service_id}/v1/models", summary="The model of one service")
+async def service_models(service_id: str, request: Request, platform: Platform = Depends(get_platform)):
+    try:
+        caller = await authenticate(platform, request)
+        service = await gateway_for(platform).resolve(caller, service_id=service_id, model=None)
+    except OpenAIError as exc:
+        return exc.response()
+    return JSONResponse({"object": "list", "data": [_model_card(service)]})

@@ -1,0 +1,75 @@
+"""Which service a call is for, and which of its ready instances serves it.
+
+The view of services and instances is re-read from MongoDB at most every ``refresh`` seconds; the
+deployer marks an instance ``draining`` and waits longer than that before stopping it, so a draining
+instance gets no new request. Among ready instances the one with the fewest requests in flight from
+this gateway wins (least outstanding requests); ties go round-robin.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+
+from services.common.context import Platform
+from services.common.serving_refs import (InstanceRef, ServiceRef, find_service_by_name, get_service,
+                                          ready_instances)
+
+
+@dataclass
+class _Cached:
+    value: object
+    at: float
+
+
+class Router:
+    def __init__(self, platform: Platform, *, refresh: float = 0.5):
+        self.platform, self.refresh = platform, refresh
+        self._services: dict[str, _Cached] = {}
+        self._names: dict[tuple[str, str], _Cached] = {}
+        self._instances: dict[str, _Cached] = {}
+        self.outstanding: dict[str, int] = {}
+        self._turn = itertools.count()
+
+    def _fresh(self, entry: _Cached | None) -> bool:
+        return entry is not None and time.monotonic() - entry.at < self.refresh
+
+    async def service(self, service_id: str, *, fresh: bool = False) -> ServiceRef | None:
+        entry = self._services.get(service_id)
+        if fresh or not self._fresh(entry):
+            entry = self._services[service_id] = _Cached(await get_service(self.platform, service_id), time.monotonic())
+        return entry.value
+
+    async def service_by_name(self, *, tenant_id: str, name: str) -> ServiceRef | None:
+        key = (tenant_id, name)
+        entry = self._names.get(key)
+        if not self._fresh(entry):
+            entry = self._names[key] = _Cached(
+                await find_service_by_name(self.platform, tenant_id=tenant_id, name=name), time.monotonic())
+        return entry.value
+
+    async def instances(self, service_id: str, *, fresh: bool = False) -> list[InstanceRef]:
+        entry = self._instances.get(service_id)
+        if fresh or not self._fresh(entry):
+            entry = self._instances[service_id] = _Cached(await ready_instances(self.platform, service_id),
+                                                          time.monotonic())
+        return entry.value
+
+    def pick(self, instances: list[InstanceRef], *, exclude: set[str] = frozenset()) -> InstanceRef | None:
+        candidates = [i for i in instances if i.id not in exclude]
+        if not candidates:
+            return None
+        least = min(self.outstanding.get(i.id, 0) for i in candidates)
+        best = [i for i in candidates if self.outstanding.get(i.id, 0) == least]
+        return best[next(self._turn) % len(best)]
+
+    def acquire(self, instance: InstanceRef) -> None:
+        """Count one more request in flight on ``instance`` (until ``release``)."""
+        self.outstanding[instance.id] = self.outstanding.get(instance.id, 0) + 1
+
+    def release(self, instance: InstanceRef) -> None:
+        left = self.outstanding.get(instance.id, 1) - 1
+        if left > 0:
+            self.outstanding[instance.id] = left
+        else:
+            self.outstanding.pop(instance.id, None)

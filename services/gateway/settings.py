@@ -1,0 +1,27 @@
+"""Gateway options for the OpenAI-compatible API (environment variables ``MAAS_GATEWAY_*``)."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAAS_GATEWAY_", extra="ignore")
+
+    routing_refresh_seconds: float = Field(0.5, gt=0, description="how stale the service/instance view may be")
+    key_cache_seconds: float = Field(2.0, ge=0)
+    upstream_connect_timeout: float = Field(5.0, gt=0)
+    upstream_read_timeout: float = Field(600.0, gt=0, description="longest silence from an instance mid-answer")
+    preset_wake_timeout_seconds: float = Field(180.0, gt=0, description="how long a first call waits for a preset")
+    free_quota_tokens: int = Field(1_000_000, ge=0, description="guide 9: free tokens per preset service per user")
+    max_api_keys: int = Field(5, ge=1, description="guide 11: at most 5 API keys per user")
+    usage_flush_seconds: float = Field(1.0, gt=0)
+    moderation_blocklist: str = Field("", description="extra blocked terms, comma separated")
+    moderation_cache_seconds: float = Field(5.0, ge=0)
+
+
+@lru_cache
+def gateway_settings() -> GatewaySettings:
+    return GatewaySettings()

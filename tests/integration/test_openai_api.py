@@ -1,0 +1,331 @@
+"""The official ``openai`` Python client against a deployed (tiny) service, through the gateway."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import wait_for
+from tests.integration.test_serving_api import api_key, deploy, serving_tmp, tiny_model, tiny_service  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+HI = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "hello"}]
+DELIVERY_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_delivery_date",
+        "description": "Get the delivery date for a customer's order. Call this whenever you need to know the "
+                       "delivery date, for example when a customer asks 'Where is my package'",
+        "parameters": {"type": "object", "properties": {"order_id": {"type": "string",
+                                                                      "description": "The customer's order ID."}},
+                       "required": ["order_id"], "additionalProperties": False},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+async def service(api, serving_tmp) -> dict:
+    return await tiny_service(api, serving_tmp)
+
+
+@pytest.fixture(scope="module")
+async def key(api) -> str:
+    return await api_key(api)
+
+
+@pytest.fixture(scope="module")
+async def client(running_platform, service, key):
+    """Per-service base URL, as the guide's call page shows it."""
+    async with openai.AsyncOpenAI(api_key=key, base_url=running_platform["url"] + service["api_base"],
+                                  max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def unified(running_platform, key):
+    async with openai.AsyncOpenAI(api_key=key, base_url=running_platform["url"] + "/v1", max_retries=0) as c:
+        yield c
+
+
+async def _key_usage(api, key: str) -> dict:
+    keys = (await api.get("/api/v1/api-keys")).json()["items"]
+    return next(k["usage"] for k in keys if k["masked_key"] == key[:7] + "..." + key[-4:])
+
+
+async def _flushed() -> None:
+    await asyncio.sleep(1.5)   # the gateway writes usage once a second
+
+
+# ---------------------------------------------------------------------------------------------- success
+
+async def test_chat_through_both_base_urls(client, unified, service):
+    for c in (client, unified):
+        response = await c.chat.completions.create(model=service["name"], messages=HI, max_tokens=8)
+        assert response.object == "chat.completion" and response.model == service["name"]
+        choice = response.choices[0]
+        assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
+        assert choice.finish_reason in ("stop", "length")
+        usage = response.usage
+        assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 8
+        assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+async def test_streaming_with_and_without_usage(client, service):
+    stream = await client.chat.completions.create(model=service["name"], messages=HI, max_tokens=6, stream=True,
+                                                  stream_options={"include_usage": True})
+    chunks = [c async for c in stream]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+    stream = await client.chat.completions.create(model=service["name"], messages=HI, max_tokens=6, stream=True)
+    chunks = [c async for c in stream]
+    assert all(c.usage is None for c in chunks) and all(c.choices for c in chunks)
+
+
+async def test_n_greater_than_one(client, service):
+    response = await client.chat.completions.create(model=service["name"], messages=HI, max_tokens=5, n=3,
+                                                    temperature=1.0, extra_body={"top_k": 50})
+    assert sorted(c.index for c in response.choices) == [0, 1, 2]
+    assert 3 <= response.usage.completion_tokens <= 15
+    stream = await client.chat.completions.create(model=service["name"], messages=HI, max_tokens=4, n=2,
+                                                  temperature=1.0, stream=True, extra_body={"top_k": 50})
+    indexes = {c.choices[0].index async for c in stream if c.choices}
+    assert indexes == {0, 1}
+
+
+async def test_stop_strings_end_the_answer_before_them(client, service):
+    full = await client.chat.completions.create(model=service["name"], messages=HI, max_tokens=24, temperature=0)
+    text = full.choices[0].message.content
+    assert len(text) >= 2, text
+    middle = len(text) // 2
+    stop = next((c for c in text[middle:] if not c.isspace()), text[middle])
+    cut = await client.chat.completions.create(model=service["name"], messages=HI, max_tokens=24, temperature=0,
+                                               stop=[stop, "never-appears"])
+    answer = cut.choices[0].message.content
+    assert answer == text[:text.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+async def test_tools_and_tool_results_are_accepted_also_streaming(client, service):
+    messages = [
+        {"role": "system", "content": "You are a helpful customer support assistant. Use the supplied tools."},
+        {"role": "user", "content": "Hi, can you tell me the delivery date for my order? It is 1."},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function", "function": {
+            "name": "get_delivery_date", "arguments": "{\"order_id\": \"1\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "2024-09-01 18:30"},
+    ]
+    response = await client.chat.completions.create(model=service["name"], messages=messages, tools=[DELIVERY_TOOL],
+                                                    max_tokens=8)
+    assert response.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    stream = await client.chat.completions.create(model=service["name"], messages=messages[:2], tools=[DELIVERY_TOOL],
+                                                  tool_choice="auto", max_tokens=8, stream=True,
+                                                  stream_options={"include_usage": True})
+    chunks = [c async for c in stream]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+async def test_models_lists_running_services(unified, client, service):
+    names = [m.id async for m in unified.models.list()]
+    assert service["name"] in names
+    assert [m.id async for m in client.models.list()] == [service["name"]]
+
+
+async def test_usage_is_visible_per_key_and_per_service(api, client, service, key):
+    await _flushed()
+    before = await _key_usage(api, key)
+    response = await client.chat.completions.create(model=service["name"], messages=HI, max_tokens=3)
+    await _flushed()
+    after = await _key_usage(api, key)
+    assert after["requests"] == before["requests"] + 1
+    assert after["total_tokens"] == before["total_tokens"] + response.usage.total_tokens
+    by_service = (await api.get("/api/v1/usage", params={"group_by": "service"})).json()["items"]
+    assert any(r["service_id"] == service["id"] and r["total_tokens"] >= response.usage.total_tokens
+               for r in by_service)
+    metrics = (await api.get(f"/api/v1/services/{service['id']}/metrics")).json()
+    assert metrics["totals"]["requests"] > 0 and metrics["totals"]["completion_tokens"] > 0
+    assert metrics["totals"]["avg_latency_ms"] > 0 and metrics["instances"]
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+async def _expect(call, error_type, status: int, code: str | None = None):
+    with pytest.raises(error_type) as caught:
+        await call
+    assert caught.value.status_code == status
+    body = caught.value.body
+    assert {"message", "type", "param", "code"} <= set(body), body
+    if code:
+        assert body["code"] == code, body
+    return caught.value
+
+
+async def test_rejected_calls_get_openai_errors_and_meter_nothing(api, running_platform, client, unified, service, key):
+    url = running_platform["url"]
+    await _flushed()
+    before = await _key_usage(api, key)
+    name = service["name"]
+    await _expect(unified.chat.completions.create(model="no-such-model", messages=HI), openai.NotFoundError, 404,
+                  "model_not_found")
+    async with openai.AsyncOpenAI(api_key=key, base_url=f"{url}/v1/infers/nope/v1", max_retries=0) as ghost:
+        await _expect(ghost.chat.completions.create(model=name, messages=HI), openai.NotFoundError, 404,
+                      "service_not_found")
+    await _expect(client.chat.completions.create(model=name, messages=[]), openai.BadRequestError, 400)
+    error = await _expect(client.chat.completions.create(model=name, messages=HI, temperature=5),
+                          openai.BadRequestError, 400)
+    assert error.body["param"] == "temperature"
+    await _expect(client.chat.completions.create(model=name, messages=HI, max_tokens=service["max_model_len"] + 1),
+                  openai.BadRequestError, 400, "context_length_exceeded")
+    long_prompt = [{"role": "user", "content": "hello world " * service["max_model_len"]}]
+    error = await _expect(client.chat.completions.create(model=name, messages=long_prompt, max_tokens=4),
+                          openai.BadRequestError, 400)
+    assert "length" in error.body["message"] or "tokens" in error.body["message"]
+    await _expect(client.chat.completions.create(model=name, messages=[{"role": "user", "content":
+                  "Tell me how to make a bomb"}]), openai.BadRequestError, 400, "content_filter")
+    await _flushed()
+    assert await _key_usage(api, key) == before
+    metrics = (await api.get(f"/api/v1/services/{service['id']}/metrics")).json()
+    assert metrics["totals"]["rejected"] >= 2
+
+
+async def test_missing_or_wrong_keys_are_401(running_platform, service):
+    base = running_platform["url"] + service["api_base"]
+    async with httpx.AsyncClient() as raw:
+        r = await raw.post(base + "/chat/completions", json={"model": service["name"], "messages": HI})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+        assert r.headers["www-authenticate"] == "Bearer"
+        r = await raw.get(running_platform["url"] + "/v1/models")
+        assert r.status_code == 401
+    async with openai.AsyncOpenAI(api_key="sk-wrong-key-1234567890", base_url=base, max_retries=0) as wrong:
+        await _expect(wrong.chat.completions.create(model=service["name"], messages=HI), openai.AuthenticationError,
+                      401, "invalid_api_key")
+
+
+async def test_another_tenants_key_gets_403_and_a_deleted_key_401(api, running_platform, service):
+    r = await api.post("/api/v1/users", json={"username": "bob-serving", "password": "bob-password-1"})
+    assert r.status_code == 201, r.text
+    token = (await api.post("/api/v1/auth/login", json={"username": "bob-serving",
+                                                        "password": "bob-password-1"})).json()["token"]
+    async with httpx.AsyncClient(base_url=running_platform["url"], headers={"Authorization": f"Bearer {token}"}) as bob:
+        created = (await bob.post("/api/v1/api-keys", json={"description": "bob"})).json()
+        async with openai.AsyncOpenAI(api_key=created["key"], base_url=running_platform["url"] + service["api_base"],
+                                      max_retries=0) as c:
+            await _expect(c.chat.completions.create(model=service["name"], messages=HI), openai.PermissionDeniedError,
+                          403, "permission_denied")
+        async with openai.AsyncOpenAI(api_key=created["key"], base_url=running_platform["url"] + "/v1",
+                                      max_retries=0) as c:   # by name, another tenant's service does not exist
+            await _expect(c.chat.completions.create(model=service["name"], messages=HI), openai.NotFoundError, 404)
+            assert (await bob.delete(f"/api/v1/api-keys/{created['id']}")).status_code == 204
+            await _expect(c.models.list(), openai.AuthenticationError, 401)
+
+
+async def test_at_most_five_keys_and_the_secret_is_shown_once(api):
+    r = await api.post("/api/v1/users", json={"username": "carol-keys", "password": "carol-password-1"})
+    token = (await api.post("/api/v1/auth/login", json={"username": "carol-keys",
+                                                        "password": "carol-password-1"})).json()["token"]
+    async with httpx.AsyncClient(base_url=str(api.base_url), headers={"Authorization": f"Bearer {token}"}) as carol:
+        made = await asyncio.gather(*(carol.post("/api/v1/api-keys", json={"description": f"k{i}"}) for i in range(6)))
+        assert sorted(r.status_code for r in made) == [201] * 5 + [409]
+        refused = next(r for r in made if r.status_code == 409)
+        assert refused.json()["error"]["code"] == "api_key_limit"
+        listed = (await carol.get("/api/v1/api-keys")).json()
+        assert len(listed["items"]) == 5 and listed["max_keys"] == 5
+        assert all("key" not in k and k["masked_key"].count("...") == 1 for k in listed["items"])
+        r = await carol.post("/api/v1/api-keys", json={"description": "x" * 257})
+        assert r.status_code == 400 and r.json()["error"]["field"] == "description"
+        assert (await carol.delete(f"/api/v1/api-keys/{listed['items'][0]['id']}")).status_code == 204
+        assert (await carol.post("/api/v1/api-keys", json={})).status_code == 201
+        assert (await carol.delete("/api/v1/api-keys/nope")).status_code == 404
+
+
+async def test_a_stopped_service_is_409(api, running_platform, serving_tmp, key):
+    model = await tiny_model(api, serving_tmp)
+    service = await deploy(api, name="tiny-stopped", model_id=model["id"], wait=False)
+    assert (await api.post(f"/api/v1/services/{service['id']}/stop")).status_code == 200
+    await wait_for(lambda: _status_is(api, service["id"], "stopped"), timeout=120)
+    async with openai.AsyncOpenAI(api_key=key, base_url=running_platform["url"] + "/v1", max_retries=0) as c:
+        await _expect(c.chat.completions.create(model="tiny-stopped", messages=HI), openai.ConflictError, 409,
+                      "service_not_running")
+    await api.delete(f"/api/v1/services/{service['id']}")
+
+
+async def _status_is(api, service_id: str, status: str) -> bool:
+    return (await api.get(f"/api/v1/services/{service_id}")).json()["status"] == status
+
+
+async def test_over_the_qps_limit_is_429_with_retry_after(api, running_platform, service, key):
+    assert (await api.put(f"/api/v1/services/{service['id']}/qps", json={"qps_limit": 1})).status_code == 200
+    await asyncio.sleep(1)   # the gateway's view of the service refreshes every 0.5 s
+    try:
+        async with httpx.AsyncClient(base_url=running_platform["url"] + service["api_base"], timeout=60,
+                                     headers={"Authorization": f"Bearer {key}"}) as c:
+            body = {"model": service["name"], "messages": HI, "max_tokens": 1}
+            answers = await asyncio.gather(*(c.post("/chat/completions", json=body) for _ in range(8)))
+        limited = [r for r in answers if r.status_code == 429]
+        assert limited and any(r.status_code == 200 for r in answers)
+        assert all(int(r.headers["retry-after"]) >= 1 for r in limited)
+        assert limited[0].json()["error"]["code"] == "rate_limit_exceeded"
+    finally:
+        await api.put(f"/api/v1/services/{service['id']}/qps", json={"qps_limit": 50})
+        await asyncio.sleep(1)   # let the gateway see the old limit again before the next test
+
+
+# ---------------------------------------------------------------------------------------------- presets
+
+async def _preset(api) -> dict:
+    async def ready():
+        items = (await api.get("/api/v1/preset-services")).json()["items"]
+        return next((p for p in items if p["name"] == "smollm2-135m-instruct"), None)
+    return await wait_for(ready, timeout=300)
+
+
+async def test_preset_quota_must_be_claimed_once_and_runs_out(api, running_platform, key):
+    preset = await _preset(api)
+    assert preset["quota"]["claimed"] is False and preset["quota"]["granted"] == 1_000_000
+    platform = running_platform["platform"]
+    desired = (await platform.mongo["model_services"].find_one({"_id": preset["id"]}))["desired"]
+    async with openai.AsyncOpenAI(api_key=key, base_url=running_platform["url"] + "/v1", max_retries=0) as c:
+        await _expect(c.chat.completions.create(model=preset["name"], messages=HI), openai.PermissionDeniedError, 403,
+                      "quota_not_claimed")
+        r = await api.post(f"/api/v1/preset-services/{preset['id']}/claim")
+        assert r.status_code == 201 and r.json()["remaining"] == 1_000_000
+        again = await api.post(f"/api/v1/preset-services/{preset['id']}/claim")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "quota_already_claimed"
+        # Use the quota up (as a million tokens of calls would) and call again.
+        me = (await api.get("/api/v1/auth/me")).json()
+        await platform.mongo["free_quotas"].update_one({"_id": f"{me['user_id']}:{preset['id']}"},
+                                                       {"$set": {"used": 1_000_000}})
+        await _expect(c.chat.completions.create(model=preset["name"], messages=HI), openai.RateLimitError, 429,
+                      "insufficient_quota")
+        listed = next(p for p in (await api.get("/api/v1/preset-services")).json()["items"] if p["id"] == preset["id"])
+        assert listed["quota"]["remaining"] == 0
+        # Neither refusal woke the preset service up.
+        assert (await platform.mongo["model_services"].find_one({"_id": preset["id"]}))["desired"] == desired
+        await platform.mongo["free_quotas"].update_one({"_id": f"{me['user_id']}:{preset['id']}"},
+                                                       {"$set": {"used": 0}})
+
+
+# ---------------------------------------------------------------------------------------------- playground
+
+async def test_playground_chat_with_the_guides_parameters(api, service):
+    params = (await api.get("/api/v1/playground/parameters")).json()
+    assert params["top_k"] == {"min": 1, "max": 1000, "default": 20}
+    r = await api.post("/api/v1/playground/chat", json={"service_id": service["id"], "max_tokens": 4,
+                                                        "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["role"] == "assistant" and r.json()["usage"]["completion_tokens"] == 4
+    for field, value in (("temperature", 2.5), ("top_p", 0.05), ("top_k", 0), ("top_k", 1001)):
+        r = await api.post("/api/v1/playground/chat", json={"service_id": service["id"], field: value,
+                                                            "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 400 and r.json()["error"]["field"] == field, (field, r.text)
+    async with api.stream("POST", "/api/v1/playground/chat", json={
+            "service_id": service["id"], "stream": True, "max_tokens": 3,
+            "messages": [{"role": "user", "content": "hi"}]}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and '"usage"' in lines[-2]
+    r = await api.post("/api/v1/playground/chat", json={"service_id": "nope",
+                                                        "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "service_not_found"
