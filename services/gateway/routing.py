@@ -11,9 +11,15 @@ import itertools
 import time
 from dataclasses import dataclass
 
+from services.common import metrics
 from services.common.context import Platform
 from services.common.serving_refs import (InstanceRef, ServiceRef, find_service_by_name, get_service,
                                           ready_instances)
+
+
+# Sequences an instance decodes at once: the engine's default (services.inference.engine
+# DEFAULT_MAX_NUM_SEQS, which the deployer keeps); utilisation = requests in flight / this.
+INSTANCE_SLOTS = 16
 
 
 @dataclass
@@ -29,6 +35,7 @@ class Router:
         self._names: dict[tuple[str, str], _Cached] = {}
         self._instances: dict[str, _Cached] = {}
         self.outstanding: dict[str, int] = {}
+        self._service_names: dict[str, str] = {}   # service id -> name, for metric labels
         self._turn = itertools.count()
 
     def _fresh(self, entry: _Cached | None) -> bool:
@@ -38,6 +45,7 @@ class Router:
         entry = self._services.get(service_id)
         if fresh or not self._fresh(entry):
             entry = self._services[service_id] = _Cached(await get_service(self.platform, service_id), time.monotonic())
+        self._remember(entry.value)
         return entry.value
 
     async def service_by_name(self, *, tenant_id: str, name: str) -> ServiceRef | None:
@@ -46,7 +54,12 @@ class Router:
         if not self._fresh(entry):
             entry = self._names[key] = _Cached(
                 await find_service_by_name(self.platform, tenant_id=tenant_id, name=name), time.monotonic())
+        self._remember(entry.value)
         return entry.value
+
+    def _remember(self, service: ServiceRef | None) -> None:
+        if service is not None:
+            self._service_names[service.id] = service.name
 
     async def instances(self, service_id: str, *, fresh: bool = False) -> list[InstanceRef]:
         entry = self._instances.get(service_id)
@@ -66,6 +79,7 @@ class Router:
     def acquire(self, instance: InstanceRef) -> None:
         """Count one more request in flight on ``instance`` (until ``release``)."""
         self.outstanding[instance.id] = self.outstanding.get(instance.id, 0) + 1
+        self._report(instance)
 
     def release(self, instance: InstanceRef) -> None:
         left = self.outstanding.get(instance.id, 1) - 1
@@ -73,3 +87,9 @@ class Router:
             self.outstanding[instance.id] = left
         else:
             self.outstanding.pop(instance.id, None)
+        self._report(instance)
+
+    def _report(self, instance: InstanceRef) -> None:
+        service = self._service_names.get(instance.service_id, instance.service_id)
+        metrics.instance_utilisation.labels(service=service, instance=instance.id).set(
+            min(1.0, self.outstanding.get(instance.id, 0) / INSTANCE_SLOTS))
