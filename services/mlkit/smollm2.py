@@ -76,8 +76,11 @@ def convert_to_hf(out_dir: Path, *, dtype: str = "float32") -> Path:
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
 
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=getattr(torch, dtype))
+    from services.mlkit import MODEL_LOADING
+
+    with MODEL_LOADING:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                     dtype=getattr(torch, dtype))
     model.config.bos_token_id = im_start
     model.config.eos_token_id = im_end
     model.config.pad_token_id = im_end

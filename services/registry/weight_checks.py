@@ -269,9 +269,12 @@ def _check_weights(folder: Path, t: Template, *, materialize_limit: int) -> None
 def _load_weights(folder: Path, t: Template) -> None:
     import torch
 
-    model, info = _auto_class(t).from_pretrained(
-        folder, trust_remote_code=False, local_files_only=True, low_cpu_mem_usage=True,
-        dtype="auto", output_loading_info=True)
+    from services.mlkit import MODEL_LOADING
+
+    with MODEL_LOADING:
+        model, info = _auto_class(t).from_pretrained(
+            folder, trust_remote_code=False, local_files_only=True, low_cpu_mem_usage=True,
+            dtype="auto", output_loading_info=True)
     problems = [f"{k}: {sorted(v)[:10]}" for k, v in info.items()
                 if k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs") and v]
     # Random init of missing tensors only warns in transformers; for us it is a broken upload.

@@ -96,8 +96,11 @@ def merge_lora(*, base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     base_dir, adapter_dir, out_dir = Path(base_dir), Path(adapter_dir), Path(out_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ValueError(f"adapter_dir: {adapter_dir} holds no LoRA adapter (no adapter_config.json)")
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    from services.mlkit import MODEL_LOADING
+
+    with MODEL_LOADING:
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     tok_src = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

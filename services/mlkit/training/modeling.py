@@ -22,11 +22,14 @@ def load_model(model_dir: Path, config: TrainConfig, *, resume_from: Path | None
     """
     from transformers import AutoModelForCausalLM
 
+    from services.mlkit import MODEL_LOADING
+
     source = resume_from if (resume_from is not None and not config.is_lora) else model_dir
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    model.config.use_cache = False          # no KV cache while training
-    if config.is_lora:
-        model = _with_lora(model, config, resume_from)
+    with MODEL_LOADING:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        model.config.use_cache = False          # no KV cache while training
+        if config.is_lora:
+            model = _with_lora(model, config, resume_from)
     model.to(device)
     model.train()
     return model
