@@ -8,23 +8,19 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 
-from contracts.events import TaskRecordChanged
 from contracts.notifications import NotificationRuleChanged
+from services.common import jobs as common
+from services.common.jobs import now  # noqa: F401 (re-exported for the API, worker and watchdog)
 from services.tuning.models import JOBS, JobStatus
 from services.tuning.states import allowed_from
 
 
 T = TypeVar("T")
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
+TASK_KIND = "tuning"
 
 
 def subject(job_id: str) -> str:
@@ -32,14 +28,7 @@ def subject(job_id: str) -> str:
 
 
 def announce_task_record(uow, job: dict, *, removed: bool = False) -> None:
-    """Tell the registry that this job uses the source model version (its "task records")."""
-    source = job["source"]
-    if source.get("kind") != "model":
-        return  # a template's preset weights: no model of the user's to record it on
-    uow.emit(TaskRecordChanged(task_id=job["_id"], task_kind="tuning", task_name=job["name"],
-                               model_id=source["model_id"], version_id=source["version_id"],
-                               status=job["status"], removed=removed),
-             tenant_id=job["tenant_id"], subject=f"models/{source['model_id']}")
+    common.announce_task_record(uow, job, task_kind=TASK_KIND, removed=removed)
 
 
 def announce_notification_rule(uow, job: dict, *, removed: bool = False) -> None:
@@ -56,19 +45,9 @@ async def transition(uow, job_id: str, target: JobStatus, *, message: str | None
                      where: dict[str, Any] | None = None, set_: dict[str, Any] | None = None,
                      inc: dict[str, Any] | None = None) -> dict | None:
     """Move a job to ``target`` if its current status allows it; the updated document, or None."""
-    at = now()
-    update: dict[str, Any] = {
-        "$set": {"status": target.value, "status_message": message, "updated_at": at, **(set_ or {})},
-        "$push": {"history": {"status": target.value, "at": at, "message": message}},
-    }
-    if inc:
-        update["$inc"] = inc
-    doc = await uow.collection(JOBS).find_one_and_update(
-        {"_id": job_id, "status": {"$in": allowed_from(target)}, **(where or {})}, update,
-        return_document=ReturnDocument.AFTER, session=uow.session)
-    if doc is not None:
-        announce_task_record(uow, doc)
-    return doc
+    return await common.transition(uow, collection=JOBS, task_kind=TASK_KIND, job_id=job_id, target=target.value,
+                                   allowed_from=allowed_from(target), message=message, where=where, set_=set_,
+                                   inc=inc)
 
 
 async def transact(platform, work: Callable[[Any], Awaitable[T]], *, attempts: int = 8) -> T | None:

@@ -9,6 +9,7 @@ from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
 from services.common.mongo import IndexSpec
+from services.common.jobs import PermanentLog
 from services.common.validation import Description100, ResourceName, TaskName, limited_text
 
 JOBS = "tuning_jobs"
@@ -70,17 +71,6 @@ FLAVORS: dict[str, tuple[int, str]] = {
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class PermanentLog(Strict):
-    enabled: bool = False
-    path: str | None = Field(None, description="bucket/folder that keeps the job's logs for good")
-
-    @model_validator(mode="after")
-    def _path_when_enabled(self):
-        if self.enabled and not (self.path or "").strip():
-            raise ValueError("permanent_log.path is required when permanent_log.enabled is true")
-        return self
 
 
 class AutoStop(Strict):

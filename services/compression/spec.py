@@ -1,0 +1,21 @@
+from contracts.compression import COMPRESSION_TOPIC
+from contracts.events import REGISTRY_TOPIC
+from services.common.service_spec import Consumer, ServiceSpec
+from services.compression import api, handlers, worker
+from services.compression.models import INDEXES
+
+COMPRESSION = ServiceSpec(
+    name="compression",
+    routers=[api.router],
+    indexes=INDEXES,
+    consumers=[Consumer(group="compression", topic=REGISTRY_TOPIC, handlers=handlers.HANDLERS)],
+)
+
+# The compression worker scales on its own: each process is one more member of its consumer group.
+COMPRESSION_WORKER = ServiceSpec(
+    name="compression-worker",
+    indexes=INDEXES,
+    consumers=[Consumer(group="compression-worker", topic=COMPRESSION_TOPIC, handlers=worker.HANDLERS)],
+    background=[worker.run_worker],
+    uses_models=True,
+)
