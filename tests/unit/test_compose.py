@@ -32,7 +32,7 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 # Settings with no safe production default (the defaults point at 127.0.0.1 / dev credentials).
 REQUIRED_SETTINGS = ("kafka_bootstrap", "mongo_url", "s3_endpoint", "s3_access_key", "s3_secret_key")
 # MAAS_* variables read directly from os.environ rather than through Settings (verified below).
-DIRECT_ENV = {"MAAS_LOG_LEVEL": ROOT / "services" / "cli.py"}
+DIRECT_ENV = {"MAAS_LOG_LEVEL": ROOT / "services" / "cli" / "main.py"}
 
 TOP_LEVEL_KEYS = {"name", "version", "services", "volumes", "networks", "configs", "secrets", "include"}
 SERVICE_KEYS = {

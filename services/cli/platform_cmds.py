@@ -1,8 +1,7 @@
-"""The ``maas`` command: start the platform (embedded or against external servers)."""
+"""``maas up``, ``maas serve``, ``maas bootstrap-admin``: start the platform (embedded or against external servers)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
-app = typer.Typer(help="OpenMaaS: self-hosted Model-as-a-Service.", no_args_is_help=True)
 console = Console()
 
 
@@ -58,7 +56,6 @@ def _show_admin(admin, url: str) -> None:
         title="Bootstrap admin — shown once, store it now", border_style="yellow"))
 
 
-@app.command()
 def up(
     data_dir: Path = typer.Option(None, "--data-dir", help="where all data lives (default: the user data dir)"),
     host: str = typer.Option("127.0.0.1", help="API bind address"),
@@ -89,9 +86,10 @@ def up(
         console.print("stopped.")
 
 
-@app.command()
 def serve(
-    services: str = typer.Option("all", help="comma-separated services to host: " + "gateway, registry, registry-worker"),
+    services: str = typer.Option("all", help="comma-separated services to host, or 'all': gateway, registry, registry-worker, tuning, "
+                                               "tuning-worker, compression, compression-worker, serving, deployer, "
+                                               "notifier, observability, console"),
     host: str = typer.Option("0.0.0.0", envvar="MAAS_API_HOST"),
     port: int = typer.Option(8000, envvar="MAAS_API_PORT"),
 ) -> None:
@@ -99,17 +97,12 @@ def serve(
     _serve(host=host, port=port, services=services)
 
 
-@app.command("bootstrap-admin")
 def bootstrap_admin() -> None:
     """Create the first admin on an external database (prints its secrets once)."""
     _show_admin(asyncio.run(_bootstrap_admin()), "http://<gateway>")
 
 
-def main() -> None:
-    logging.basicConfig(level=os.environ.get("MAAS_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app()
-
-
-if __name__ == "__main__":
-    main()
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(serve)
+    app.command("bootstrap-admin")(bootstrap_admin)

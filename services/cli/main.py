@@ -1,0 +1,33 @@
+"""The ``maas`` command: start the platform, and operate it over HTTP (login, models, tuning, …)."""
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from services.cli import (account_cmds, auth_cmds, chat_cmds, compress_cmds, keys_cmds, models_cmds, notify_cmds,
+                          platform_cmds, services_cmds, storage_cmds, templates_cmds, tuning_cmds)
+
+# No locals in tracebacks: they would print the bearer token.
+app = typer.Typer(help="OpenMaaS: self-hosted Model-as-a-Service.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+
+platform_cmds.register(app)
+auth_cmds.register(app)
+app.add_typer(templates_cmds.app, name="templates")
+app.add_typer(models_cmds.app, name="models")
+app.add_typer(storage_cmds.app, name="storage")
+app.add_typer(tuning_cmds.app, name="tune")
+app.add_typer(compress_cmds.app, name="compress")
+services_cmds.register(app)
+app.add_typer(keys_cmds.app, name="keys")
+chat_cmds.register(app)
+app.add_typer(notify_cmds.app, name="notify")
+account_cmds.register(app)
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("MAAS_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app(prog_name="maas")
