@@ -281,30 +281,36 @@ async def _preset(api) -> dict:
     return await wait_for(ready, timeout=300)
 
 
-async def test_preset_quota_must_be_claimed_once_and_runs_out(api, running_platform, key):
-    preset = await _preset(api)
-    assert preset["quota"]["claimed"] is False and preset["quota"]["granted"] == 1_000_000
-    platform = running_platform["platform"]
-    desired = (await platform.mongo["model_services"].find_one({"_id": preset["id"]}))["desired"]
-    async with openai.AsyncOpenAI(api_key=key, base_url=running_platform["url"] + "/v1", max_retries=0) as c:
-        await _expect(c.chat.completions.create(model=preset["name"], messages=HI), openai.PermissionDeniedError, 403,
-                      "quota_not_claimed")
-        r = await api.post(f"/api/v1/preset-services/{preset['id']}/claim")
-        assert r.status_code == 201 and r.json()["remaining"] == 1_000_000
-        again = await api.post(f"/api/v1/preset-services/{preset['id']}/claim")
-        assert again.status_code == 409 and again.json()["error"]["code"] == "quota_already_claimed"
-        # Use the quota up (as a million tokens of calls would) and call again.
-        me = (await api.get("/api/v1/auth/me")).json()
-        await platform.mongo["free_quotas"].update_one({"_id": f"{me['user_id']}:{preset['id']}"},
-                                                       {"$set": {"used": 1_000_000}})
-        await _expect(c.chat.completions.create(model=preset["name"], messages=HI), openai.RateLimitError, 429,
-                      "insufficient_quota")
-        listed = next(p for p in (await api.get("/api/v1/preset-services")).json()["items"] if p["id"] == preset["id"])
-        assert listed["quota"]["remaining"] == 0
-        # Neither refusal woke the preset service up.
-        assert (await platform.mongo["model_services"].find_one({"_id": preset["id"]}))["desired"] == desired
-        await platform.mongo["free_quotas"].update_one({"_id": f"{me['user_id']}:{preset['id']}"},
-                                                       {"$set": {"used": 0}})
+async def test_preset_quota_must_be_claimed_once_and_runs_out(api, running_platform):
+    # A user of its own: other tests (console, CLI) claim the admin's quota in the same session.
+    r = await api.post("/api/v1/users", json={"username": "dave-quota", "password": "dave-password-1"})
+    assert r.status_code == 201, r.text
+    token = (await api.post("/api/v1/auth/login", json={"username": "dave-quota",
+                                                        "password": "dave-password-1"})).json()["token"]
+    async with httpx.AsyncClient(base_url=str(api.base_url), headers={"Authorization": f"Bearer {token}"}) as dave:
+        key = (await dave.post("/api/v1/api-keys", json={"description": "quota"})).json()["key"]
+        preset = await _preset(dave)
+        assert preset["quota"]["claimed"] is False and preset["quota"]["granted"] == 1_000_000
+        platform = running_platform["platform"]
+        desired = (await platform.mongo["model_services"].find_one({"_id": preset["id"]}))["desired"]
+        async with openai.AsyncOpenAI(api_key=key, base_url=running_platform["url"] + "/v1", max_retries=0) as c:
+            await _expect(c.chat.completions.create(model=preset["name"], messages=HI), openai.PermissionDeniedError,
+                          403, "quota_not_claimed")
+            r = await dave.post(f"/api/v1/preset-services/{preset['id']}/claim")
+            assert r.status_code == 201 and r.json()["remaining"] == 1_000_000
+            again = await dave.post(f"/api/v1/preset-services/{preset['id']}/claim")
+            assert again.status_code == 409 and again.json()["error"]["code"] == "quota_already_claimed"
+            # Use the quota up (as a million tokens of calls would) and call again.
+            me = (await dave.get("/api/v1/auth/me")).json()
+            await platform.mongo["free_quotas"].update_one({"_id": f"{me['user_id']}:{preset['id']}"},
+                                                           {"$set": {"used": 1_000_000}})
+            await _expect(c.chat.completions.create(model=preset["name"], messages=HI), openai.RateLimitError, 429,
+                          "insufficient_quota")
+            listed = next(p for p in (await dave.get("/api/v1/preset-services")).json()["items"]
+                          if p["id"] == preset["id"])
+            assert listed["quota"]["remaining"] == 0
+            # Neither refusal woke the preset service up.
+            assert (await platform.mongo["model_services"].find_one({"_id": preset["id"]}))["desired"] == desired
 
 
 # ---------------------------------------------------------------------------------------------- playground
