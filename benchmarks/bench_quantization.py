@@ -15,13 +15,18 @@ on-disk size (model.onnx + external data). Rows:
   compression job runs them: SmoothQuant-W8A8 (smoothing with α, then 8-bit MatMulNBits with int8
   activations) and AWQ-W4A16 (scale + clip search, 4-bit MatMulNBits, float zero points where the
   size budget allows).
+- ``SmoothQuant-W8A8 previous recipe`` (diagnostic): the same smoothing with int8 activations in every
+  linear and the LM head, and the embedding/head at block 64 - the recipe whose held-out perplexity was
+  fine while a chat prompt's first answer token flipped.
 - diagnostics (not with ``--quick``): int4 round-to-nearest with float zero points everywhere, and
   AWQ-W4A16 with integer zero points only (the usual AWQ format). SmolLM2 here is converted from a
   Q4_1 GGUF file: every linear's blocks of 32 already sit on a 16-level [min, max] grid, which float
   zero points reproduce exactly. These rows show how much of the W4A16 figure comes from that.
 
 Goals (ratios vs fp32): W8A8 perplexity <= 1.05x and size <= 0.30x; W4A16 perplexity <= 1.15x and
-size <= 0.20x. Prints a table to stderr and one JSON object as the last line of stdout. Nothing is
+size <= 0.20x. Chat figures, from the chat template (``calibration.CHAT_SAMPLES``): the chat-turn
+perplexity ratio, and for the first answer token of each chat prompt the mean KL divergence from the
+fp32 export's distribution and the share of prompts whose greedy token is unchanged. Prints a table to stderr and one JSON object as the last line of stdout. Nothing is
 asserted.
 """
 from __future__ import annotations
@@ -63,13 +68,16 @@ class Bench:
     def __init__(self, model_dir: Path, work: Path, *, seq_len: int, calibration_tokens: int):
         from transformers import AutoTokenizer
 
-        from services.mlkit.quantize.calibration import builtin_calibration_texts, heldout_texts, token_windows
+        from services.mlkit.quantize.calibration import (builtin_calibration_texts, chat_samples, heldout_texts,
+                                                         token_windows)
 
         self.model_dir, self.work, self.seq_len = model_dir, work, seq_len
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.evaluation = token_windows(self.tokenizer, heldout_texts(), seq_len=seq_len)
         self.calibration = token_windows(self.tokenizer, builtin_calibration_texts(), seq_len=seq_len,
                                          max_tokens=calibration_tokens, equal=True)
+        self.chat_prompts, self.chat_conversations = chat_samples(self.tokenizer)
+        self.chat_reference = None
         self.hidden = json.loads((model_dir / "config.json").read_text())["hidden_size"]
         self.rows: list[dict] = []
         self.reference: dict | None = None
@@ -104,23 +112,34 @@ class Bench:
     def measure(self, name: str, folder: Path, *, family: str, note: str, seconds: float,
                 perplexity: float | None = None) -> dict:
         from services.mlkit.quantize.onnx_quant import model_bytes
-        from services.mlkit.quantize.perplexity import onnx_perplexity
+        from services.mlkit.quantize.perplexity import next_token_drift, onnx_next_logprobs, onnx_perplexity
 
         started = time.monotonic()
         ppl = perplexity if perplexity is not None else onnx_perplexity(folder, self.evaluation)
         size = model_bytes(folder)
         row = {"recipe": name, "family": family, "note": note, "size_bytes": size, "size_mb": round(size / 1e6, 2),
-               "perplexity": round(ppl, 4), "quantize_s": round(seconds, 1),
-               "eval_s": round(time.monotonic() - started, 1)}
+               "perplexity": round(ppl, 4), "quantize_s": round(seconds, 1)}
+        if self.chat_prompts:
+            row["chat_perplexity"] = round(onnx_perplexity(folder, self.chat_conversations), 4)
+            first = onnx_next_logprobs(folder, self.chat_prompts)
+            if self.chat_reference is None:
+                self.chat_reference = first
+            kl, same = next_token_drift(self.chat_reference, first)
+            row["first_token_kl"], row["first_token_agreement"] = round(kl, 5), round(same, 3)
+        row["eval_s"] = round(time.monotonic() - started, 1)
         if self.reference is None:
             self.reference = row
         row["ppl_ratio"] = round(ppl / self.reference["perplexity"], 4)
         row["size_ratio"] = round(size / self.reference["size_bytes"], 4)
+        if "chat_perplexity" in row:
+            row["chat_ppl_ratio"] = round(row["chat_perplexity"] / self.reference["chat_perplexity"], 4)
         goal = GOALS.get(family)
         row["meets_goal"] = None if goal is None else (row["ppl_ratio"] <= goal[0] and row["size_ratio"] <= goal[1])
         self.rows.append(row)
+        chat = (f"  chat ppl {row['chat_ppl_ratio']:.3f}x, first-token KL {row['first_token_kl']:.4f}, "
+                f"same {100 * row['first_token_agreement']:.0f}%") if "chat_perplexity" in row else ""
         log(f"  {name:<34} ppl {row['perplexity']:8.3f} ({row['ppl_ratio']:.3f}x)  size {row['size_mb']:7.1f} MB "
-            f"({row['size_ratio']:.3f}x)  {note}")
+            f"({row['size_ratio']:.3f}x){chat}  {note}")
         if folder != self.reference_folder:
             shutil.rmtree(folder, ignore_errors=True)
         return row
@@ -181,7 +200,23 @@ class Bench:
 
         log(f"SmoothQuant-W8A8 (alpha {alpha}), as a job runs it")
         self.platform(f"SmoothQuant-W8A8 a{alpha} (platform)", family="w8a8", strategy=SMOOTHQUANT, alpha=alpha,
-                      note="smoothing, MatMulNBits 8-bit + int8 activations, embedding/head int8 shared")
+                      note="smoothing, MatMulNBits 8-bit + int8 activations (float for outlier-input linears "
+                           "and the LM head), embedding/head int8 shared, block 32")
+        log("SmoothQuant-W8A8 previous recipe (diagnostic)")
+        from services.mlkit.quantize.smoothquant import smooth
+
+        model = self.float_model()
+        smooth(model, self.calibration, alpha=alpha)
+        smoothed = self.export(f"sq{alpha}", model)
+        del model
+
+        def previous(m):
+            onnx_quant.quantize_embeddings(m, bits=8, block_size=64, accuracy_level=4)
+            return onnx_quant.quantize_matmul_nbits(m, bits=8, block_size=32, accuracy_level=4)
+        folder, s = self.quantized("sq-previous", smoothed, previous)
+        self.measure(f"SmoothQuant-W8A8 a{alpha} previous recipe", folder, family="diagnostic", seconds=s,
+                     note="int8 activations everywhere incl. the LM head, embedding/head block 64")
+        shutil.rmtree(smoothed, ignore_errors=True)
         log("AWQ-W4A16, as a job runs it")
         self.platform("AWQ-W4A16 (platform)", family="w4a16", strategy=AWQ,
                       note="AWQ scales + clipping, 4-bit, float zero points within the size budget, "
@@ -212,11 +247,13 @@ def main() -> None:
             f"{sum(map(len, bench.calibration))} calibration tokens")
         bench.run(alpha=args.alpha, quick=args.quick)
     log("")
-    log(f"{'recipe':<44} {'ppl':>9} {'ratio':>7} {'MB':>8} {'ratio':>7}  goal")
+    log(f"{'recipe':<44} {'ppl':>9} {'ratio':>7} {'MB':>8} {'ratio':>7} {'chat':>7} {'1st KL':>7} {'same':>5}  goal")
     for row in bench.rows:
         goal = {True: "meets", False: "misses", None: ""}[row["meets_goal"]]
+        chat = (f"{row['chat_ppl_ratio']:7.3f} {row['first_token_kl']:7.4f} {100 * row['first_token_agreement']:4.0f}%"
+                if "chat_perplexity" in row else " " * 21)
         log(f"{row['recipe']:<44} {row['perplexity']:9.3f} {row['ppl_ratio']:7.3f} {row['size_mb']:8.1f} "
-            f"{row['size_ratio']:7.3f}  {goal}")
+            f"{row['size_ratio']:7.3f} {chat}  {goal}")
     print(json.dumps({"model": args.model, "alpha": args.alpha, "seconds": round(time.monotonic() - started, 1),
                       "goals": GOALS, "rows": bench.rows}))
 

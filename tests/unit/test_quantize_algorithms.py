@@ -11,7 +11,7 @@ import torch
 from services.mlkit.quantize.awq import apply_awq, fake_quantize, search_clip
 from services.mlkit.quantize.calibration import builtin_calibration_texts, token_windows
 from services.mlkit.quantize.modules import UnsupportedModel, decoder_layers, scale_groups
-from services.mlkit.quantize.smoothquant import activation_absmax, smooth
+from services.mlkit.quantize.smoothquant import SmoothReport, activation_absmax, activation_outliers, smooth
 
 
 @pytest.fixture(scope="module", params=["qwen2", "llama"])
@@ -56,6 +56,21 @@ def test_smoothing_keeps_the_function_and_flattens_activations(tiny):
     q_proj = scale_groups(model, layer)[0].linears[0]
     spread = lambda a: float(a.max() / a.median())  # noqa: E731
     assert spread(act_after[id(q_proj)]) < spread(act_before[id(q_proj)]) / 2
+    # Every scale group of every layer reports its linears (module names) and its input range after smoothing.
+    layers = len(decoder_layers(model))
+    assert sorted(g for g, _, _ in report.inputs) == sorted(["attn_in", "mlp_in", "down", "o"] * layers)
+    names = dict(model.named_modules())
+    assert all(isinstance(names[n], torch.nn.Linear) for _, linears, _ in report.inputs for n in linears)
+    assert max(m for _, _, m in report.inputs) == pytest.approx(report.max_act_after)
+
+
+def test_outlier_inputs_are_judged_against_the_same_linear_in_other_layers():
+    down = [("down", [f"layers.{i}.down_proj"], m) for i, m in enumerate([4.0, 5.0, 6.0, 120.0, 5.5])]
+    attn = [("attn_in", [f"layers.{i}.q_proj", f"layers.{i}.k_proj"], m) for i, m in enumerate([2.0, 2.5, 9.0, 3.0, 2.2])]
+    report = SmoothReport(alpha=0.5, groups=("down",), layers=5, max_act_before=0, max_act_after=0, inputs=down + attn)
+    # 120 is far over the median down_proj (5.5); 9 is over 3x the median q/k input (2.5): both of its linears.
+    assert activation_outliers(report) == ["layers.3.down_proj", "layers.2.q_proj", "layers.2.k_proj"]
+    assert activation_outliers(report, factor=10) == ["layers.3.down_proj"]
 
 
 def test_alpha_bounds():

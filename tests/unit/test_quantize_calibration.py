@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from services.mlkit.quantize.calibration import (CalibrationDataError, builtin_calibration_texts, heldout_texts,
-                                                 parse_calibration_file, token_windows)
+from services.mlkit.quantize.calibration import (CHAT_SAMPLES, CalibrationDataError, builtin_calibration_texts,
+                                                 chat_samples, heldout_texts, parse_calibration_file, token_windows)
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +75,20 @@ def test_token_windows(tokenizer):
     separator = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
     first = tokenizer(texts[0], add_special_tokens=False)["input_ids"]
     assert windows[0][:len(first) + len(separator)] == (first + separator)[:128]
+
+
+def test_chat_samples_follow_the_chat_template(tokenizer):
+    prompts, conversations = chat_samples(tokenizer)
+    assert len(prompts) == len(conversations) == len(CHAT_SAMPLES)
+    for (question, answer), prompt, conversation in zip(CHAT_SAMPLES, prompts, conversations):
+        assert conversation[:len(prompt)] == prompt and len(conversation) > len(prompt)
+        assert question in tokenizer.decode(prompt) and answer in tokenizer.decode(conversation[len(prompt):])
+        assert tokenizer.decode(prompt) != question   # the template's markup is there
+
+
+def test_no_chat_samples_without_a_chat_template(tokenizer):
+    import copy
+
+    plain = copy.copy(tokenizer)
+    plain.chat_template = None
+    assert chat_samples(plain) == ([], [])

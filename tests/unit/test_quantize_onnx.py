@@ -12,7 +12,7 @@ import pytest
 from onnx import helper, numpy_helper
 
 from services.mlkit.quantize.pipeline import (AWQ, SMOOTHQUANT, CompressionConfig, CompressionInputError, check_source,
-                                              compress)
+                                              compress, onnx_node_name)
 
 logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
 # The tiny model is mostly embedding: a size budget that leaves its linears room for float zero points.
@@ -75,8 +75,16 @@ def test_output_folder_is_a_quantized_onnx_model(outputs, strategy, bits, method
         assert 0 < len(listed) <= len(linears)
     else:
         assert listed == []
-    # W8A8 multiplies in int8 (accuracy_level 4); W4A16 keeps float activations.
-    assert {attr(n, "accuracy_level") for n in nbits} == ({4} if strategy == SMOOTHQUANT else {None})
+    # W8A8 multiplies in int8 (accuracy_level 4) except the LM head and the listed outlier-input linears;
+    # W4A16 keeps float activations.
+    float_act = config["quantization_config"].get("modules_with_float_activations", [])
+    if strategy == SMOOTHQUANT:
+        assert attr(head, "accuracy_level") is None
+        assert {n.name.rsplit("_Q", 1)[0] for n in linears if attr(n, "accuracy_level") is None} == {
+            onnx_node_name(m) for m in float_act}
+        assert sum(attr(n, "accuracy_level") == 4 for n in linears) == len(linears) - len(float_act) > 0
+    else:
+        assert float_act == [] and {attr(n, "accuracy_level") for n in nbits} == {None}
     # The tied embedding is stored once: the lookup and the LM head read the same packed bytes.
     [gather] = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
     [reshape] = [n for n in model.graph.node if n.output[0] == gather.input[0]]

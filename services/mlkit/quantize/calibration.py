@@ -113,3 +113,31 @@ def token_windows(tokenizer, texts: list[str], *, seq_len: int, max_tokens: int 
     if equal:
         return [w for w in windows if len(w) == seq_len] or windows[:1]
     return [w for w in windows if len(w) >= 16]
+
+
+# Chat turns the jobs also measure on: held-out perplexity is plain prose, so it cannot show what the
+# chat template's special tokens and the answer's first token go through (a W8A8 SmolLM2 once kept its
+# held-out perplexity within 0.1% while answering these prompts with garbage).
+CHAT_SAMPLES = (
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Name three primary colors.", "Red, yellow and blue are the three primary colors."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by William Shakespeare."),
+    ("What is 12 times 12?", "12 times 12 is 144."),
+    ("Give me a synonym for happy.", "A synonym for happy is joyful."),
+    ("What do bees make?", "Bees make honey from the nectar of flowers."),
+    ("Translate 'thank you' into Spanish.", "'Thank you' in Spanish is 'gracias'."),
+)
+
+
+def chat_samples(tokenizer) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompts ending where the answer starts, whole conversations) as token ids; empty without a chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return [], []
+    prompts, conversations = [], []
+    for question, answer in CHAT_SAMPLES:
+        turn = [{"role": "user", "content": question}]
+        prompts.append(list(tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=True)))
+        conversations.append(list(tokenizer.apply_chat_template(
+            turn + [{"role": "assistant", "content": answer}], tokenize=True)))
+    return prompts, conversations

@@ -22,6 +22,33 @@ def _nll_sum(logits: np.ndarray, ids: list[int]) -> float:
     return float((logz - target).sum())
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def torch_next_logprobs(model, prompts: list[list[int]]) -> np.ndarray:
+    """log p(next token) after each prompt [P, V]: for a chat prompt, the answer's first token."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        return np.stack([_log_softmax(model(torch.tensor([ids])).logits[0, -1].float().numpy()) for ids in prompts])
+
+
+def onnx_next_logprobs(folder: Path, prompts: list[list[int]], *, threads: int | None = None) -> np.ndarray:
+    lm = OnnxLM(folder, threads=threads)
+    return np.stack([_log_softmax(lm.logits(ids)[-1]) for ids in prompts])
+
+
+def next_token_drift(reference: np.ndarray, other: np.ndarray) -> tuple[float, float]:
+    """(mean KL(reference || other), share of prompts whose greedy next token is unchanged)."""
+    kl = (np.exp(reference) * (reference - other)).sum(axis=-1)
+    same = reference.argmax(axis=-1) == other.argmax(axis=-1)
+    return float(kl.mean()), float(same.mean())
+
+
 def torch_perplexity(model, windows: list[list[int]]) -> float:
     import torch
 
@@ -71,3 +98,4 @@ def onnx_perplexity(folder: Path, windows: list[list[int]], *, threads: int | No
         total += _nll_sum(lm.logits(ids), ids)
         count += len(ids) - 1
     return math.exp(total / count)
+

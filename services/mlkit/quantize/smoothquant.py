@@ -8,13 +8,19 @@ migration strength: 0 leaves activations alone, 1 moves all of their range into 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from statistics import median
 
 import torch
 
 from services.mlkit.quantize.modules import batches, decoder_layers, scale_groups
 
 DEFAULT_GROUPS = ("attn_in", "mlp_in", "down", "o")
+# A linear keeps float activations (W8A16) when its input range after smoothing is this many times the
+# median of the same linear over all layers. On SmolLM2-135M that is the down_proj of the few layers with
+# "massive activations" (inputs ~120 where the median layer has ~5): their int8 activation noise alone
+# moved the first answer token of chat prompts (KL to float32 halves when they stay float).
+OUTLIER_FACTOR = 3.0
 
 
 @dataclass
@@ -24,6 +30,8 @@ class SmoothReport:
     layers: int
     max_act_before: float   # largest per-channel activation range the int8 quantizer would see
     max_act_after: float
+    # (group, linear module names, largest input after smoothing) for every scale group of every layer
+    inputs: list[tuple[str, list[str], float]] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -68,14 +76,26 @@ def smooth(model, windows: list[list[int]], *, alpha: float = 0.5,
     stats = activation_absmax(model, windows, progress=progress)
     before = after = 0.0
     layers = decoder_layers(model)
+    names = {id(m): name for name, m in model.named_modules()}
+    inputs: list[tuple[str, list[str], float]] = []
     for layer in layers:
         for group in scale_groups(model, layer):
-            if group.name not in groups:
-                continue
             act = stats[id(group.linears[0])]
+            linears = [names[id(linear)] for linear in group.linears]
+            if group.name not in groups:
+                inputs.append((group.name, linears, float(act.max())))
+                continue
             s = smoothing_scales(group, act, alpha)
+            smoothed = float((group.reduce(act, "max") / s).max())
             before = max(before, float(act.max()))
-            after = max(after, float((group.reduce(act, "max") / s).max()))
+            after = max(after, smoothed)
+            inputs.append((group.name, linears, smoothed))
             group.fold(s)
     return SmoothReport(alpha=alpha, groups=tuple(groups), layers=len(layers),
-                        max_act_before=before, max_act_after=after)
+                        max_act_before=before, max_act_after=after, inputs=inputs)
+
+
+def activation_outliers(report: SmoothReport, *, factor: float = OUTLIER_FACTOR) -> list[str]:
+    """Linears whose inputs stay far wider than the same linear's in the other layers (see OUTLIER_FACTOR)."""
+    typical = {g: median(m for name, _, m in report.inputs if name == g) for g, _, _ in report.inputs}
+    return [linear for g, linears, m in report.inputs if m > factor * typical[g] for linear in linears]
