@@ -350,7 +350,8 @@ class TuningWorker:
         view = {"iteration": progress["iteration"], "total_iterations": progress["total_iterations"],
                 "lm_loss": progress["lm_loss"], "tokens_per_sec_per_card": progress["tokens_per_sec_per_card"],
                 "elapsed_time_per_iteration_s": progress["elapsed_time_per_iteration_s"],
-                "learning_rate": progress["learning_rate"], "updated_at": now()}
+                "learning_rate": progress["learning_rate"], "world_size": progress.get("world_size", 1),
+                "rank_tokens": progress.get("rank_tokens"), "updated_at": now()}
         await self.platform.mongo[JOBS].update_one({"_id": run.job_id, "run.run_id": run.run_id},
                                                    {"$set": {"progress": view, "hang_reported": False}})
         last = progress["iteration"] == progress["total_iterations"]

@@ -329,3 +329,15 @@ async def test_a_failing_job_records_why_and_unconditional_restarts_stop_after_t
     assert errors["total"] == 4 and "SafetensorError" in errors["items"][-1]["line"]
     assert (await api.post(f"/api/v1/tuning-jobs/{job['id']}/continue")).status_code == 409
     assert (await api.delete(f"/api/v1/tuning-jobs/{job['id']}")).status_code == 204
+
+
+async def test_two_nodes_train_data_parallel_and_both_ranks_contribute(api, tiny_model, alpaca64):
+    """node_count 2: the worker runs two gloo ranks; every iteration's tokens come from both."""
+    job = await submit(api, job_body(tiny_model["id"], alpaca64, name="tune-2nodes", output_model_name="tuned-2n",
+                                     node_count=2, hyperparameters={"epochs": 1, "checkpoint_count": 1}))
+    done = await job_in(api, job["id"], "completed")
+    progress = done["progress"]
+    assert progress["world_size"] == 2 and progress["iteration"] == progress["total_iterations"] == 2
+    assert len(progress["rank_tokens"]) == 2 and all(t > 0 for t in progress["rank_tokens"]), progress
+    r = await api.get(f"/api/v1/tuning-jobs/{job['id']}/logs", params={"search": "world size 2"})
+    assert r.json()["items"], "the worker did not report a world size of 2"
