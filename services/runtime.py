@@ -141,8 +141,10 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
     app.state.platform = platform
     app.state.services = [s.name for s in specs]
     install_error_handlers(app)
-    # No span per ASGI send/receive: a streamed chat answer would otherwise cost one span per chunk.
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider(settings), excluded_urls="healthz",
+    # No span per ASGI send/receive: a streamed chat answer would otherwise cost one span per chunk;
+    # none for probes and the console's static files either (they would crowd out the traces).
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider(settings),
+                                       excluded_urls="healthz,console/assets/,favicon.ico",
                                        exclude_spans=["send", "receive"])
     isolate_request_context(app)  # outside the instrumentation: one trace per request, always
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/api/v1/storage/objects/",))

@@ -13,6 +13,7 @@ import { ServicesPage, DeployPage, ServicePage } from './pages/services.js';
 import { PlaygroundPage } from './pages/playground.js';
 import { KeysPage } from './pages/keys.js';
 import { NotificationsPage } from './pages/notifications.js';
+import { TracesPage } from './pages/traces.js';
 
 const NAV = [
   ['/console/square', 'Model square', '◈'],
@@ -23,6 +24,7 @@ const NAV = [
   ['/console/playground', 'Playground', '✦'],
   ['/console/keys', 'API keys', '⚷'],
   ['/console/notifications', 'Notifications', '✉'],
+  ['/console/traces', 'Traces', '⌇'],
 ];
 
 const ROUTES = [
@@ -44,6 +46,7 @@ const ROUTES = [
   ['/console/playground', PlaygroundPage],
   ['/console/keys', KeysPage],
   ['/console/notifications', NotificationsPage],
+  ['/console/traces', TracesPage],
 ];
 
 function route(path) {
