@@ -8,7 +8,8 @@ do), deploys the model as a service with one instance (spec cpu.2u8g: 2 engine t
 moderation on, as shipped) and measures, on the same greedy prompt (``ignore_eos``, exactly
 ``--tokens`` tokens):
 
-1. **one stream**, interleaved run by run so machine noise hits all three alike:
+1. **one stream**: the engine first, then the instance and the gateway interleaved run by run, from
+   a client in a separate process (a client in this process would share the gateway's event loop):
    - *engine*: ``services.inference.engine.Engine`` called in this process (no HTTP), 2 threads;
    - *instance*: the service's inference server called directly over HTTP (SSE);
    - *gateway*: ``POST /v1/infers/{service}/v1/chat/completions`` with an API key (auth, QPS limit,
@@ -226,26 +227,27 @@ async def main(args) -> dict:
         ids = encode(engine.tokenizer, render_prompt(engine.tokenizer, [ChatMessage(**m) for m in PROMPT]).text)
 
         results: dict[str, list[tuple[float, float, int]]] = {"engine": [], "instance": [], "gateway": []}
-        async with httpx.AsyncClient(timeout=600, headers={"Authorization": f"Bearer {key}"},
-                                     limits=httpx.Limits(max_connections=64)) as client:
-            step("warming up")
-            await engine_run(engine, ids, args.tokens)
-            await http_run(client, instance_url, service["name"], args.tokens)
-            await http_run(client, gateway_url, service["name"], args.tokens)
-            step(f"one stream, {args.runs} interleaved runs of {args.tokens} tokens")
-            for _ in range(args.runs):
-                results["engine"].append(await engine_run(engine, ids, args.tokens))
-                results["instance"].append(await http_run(client, instance_url, service["name"], args.tokens))
-                results["gateway"].append(await http_run(client, gateway_url, service["name"], args.tokens))
-            await asyncio.to_thread(engine.close)
-            engine = None
-            step("throughput at " + ", ".join(map(str, args.streams)) + " concurrent streams")
-            concurrency: dict[int, dict[str, float]] = {}
-            for n in args.streams:
-                concurrency[n] = {
-                    "instance": await throughput(client, instance_url, service["name"], args.tokens, n),
-                    "gateway": await throughput(client, gateway_url, service["name"], args.tokens, n),
-                }
+        step(f"engine in this process: {args.runs} runs of {args.tokens} tokens")
+        await engine_run(engine, ids, args.tokens)
+        for _ in range(args.runs):
+            results["engine"].append(await engine_run(engine, ids, args.tokens))
+        await asyncio.to_thread(engine.close)
+        engine = None
+        # The HTTP client runs in a process of its own: in this one it would share the event loop
+        # (and the GIL) with the gateway it measures.
+        step(f"instance and gateway from a client process: {args.runs} interleaved runs, then throughput at "
+             + ", ".join(map(str, args.streams)) + " concurrent streams")
+        spec = {"instance_url": instance_url, "gateway_url": gateway_url, "key": key, "model": service["name"],
+                "tokens": args.tokens, "runs": args.runs, "streams": args.streams}
+        child = await asyncio.create_subprocess_exec(sys.executable, __file__, "--client", json.dumps(spec),
+                                                     stdout=asyncio.subprocess.PIPE)
+        out, _ = await child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"the client process failed ({child.returncode})")
+        measured = json.loads(out.decode().strip().splitlines()[-1])
+        for path in ("instance", "gateway"):
+            results[path] = [tuple(r) for r in measured[path]]
+        concurrency = {int(n): row for n, row in measured["throughput"].items()}
     finally:
         if engine is not None:
             engine.close()
@@ -286,7 +288,29 @@ async def main(args) -> dict:
             "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
 
 
+async def client_main(spec: dict) -> dict:
+    """The client side (``--client``): single-stream runs interleaved, then throughput."""
+    import httpx
+
+    out: dict = {"instance": [], "gateway": [], "throughput": {}}
+    urls = {"instance": spec["instance_url"], "gateway": spec["gateway_url"]}
+    async with httpx.AsyncClient(timeout=600, headers={"Authorization": f"Bearer {spec['key']}"},
+                                 limits=httpx.Limits(max_connections=64)) as client:
+        for url in urls.values():   # warm-up
+            await http_run(client, url, spec["model"], spec["tokens"])
+        for _ in range(spec["runs"]):
+            for path, url in urls.items():
+                out[path].append(await http_run(client, url, spec["model"], spec["tokens"]))
+        for n in spec["streams"]:
+            out["throughput"][n] = {path: await throughput(client, url, spec["model"], spec["tokens"], n)
+                                    for path, url in urls.items()}
+    return out
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--client":
+        print(json.dumps(asyncio.run(client_main(json.loads(sys.argv[2])))))
+        sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
     parser.add_argument("--tokens", type=int, default=64)
