@@ -29,7 +29,9 @@ async def model(api, tmp_path_factory) -> dict:
 
     async def settled():  # the timeline has the final status change once the notifier consumed it
         events = (await api.get(f"/api/v1/models/{model['id']}/timeline")).json()["items"]
-        return events if any(e["type"] == "ModelVersionStatusChanged" for e in events) else None
+        # Not just any status change: the one to "created" (a "creating" change comes first).
+        return events if any(e["type"] == "ModelVersionStatusChanged" and e["kind"] == "completed"
+                             for e in events) else None
     await wait_for(settled, timeout=120)
     return model
 
