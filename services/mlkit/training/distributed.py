@@ -95,10 +95,22 @@ def rank_main(argv: list[str]) -> None:
                                 world_size=world, timeout=timedelta(seconds=payload["timeout_s"]))
         try:
             result = run(payload["inputs"], comm=GlooComm(rank, world), hooks=hooks)
+            dist.barrier()   # every rank is done before any tears gloo down under the others
         finally:
             dist.destroy_process_group()
     if conn is not None:
         conn.send(("done", result))
+        conn.close()
+
+
+def rank_process(argv: list[str]) -> None:
+    """``rank_main`` as a process's whole life: its exit skips the interpreter's teardown, where
+    gloo's threads can abort the process ("terminate called without an active exception") after
+    the work is done."""
+    rank_main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(inputs: RunInputs, hooks: Hooks, *, world_size: int, threads_per_rank: int,
