@@ -54,6 +54,22 @@ async def transition(uow, *, collection: str, task_kind: str, job_id: str, targe
     return doc
 
 
+class SourceModel(BaseModel):
+    """A job's source (request setting): one of my models (model_id + optional version) or a
+    model-square template with preset weights."""
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str | None = None
+    version: int | str | None = Field(None, description="version number, 'V2' or id; default the latest")
+    template_id: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if bool(self.model_id) == bool(self.template_id):
+            raise ValueError("source: give either model_id (my models) or template_id (model square), not both")
+        return self
+
+
 class PermanentLog(BaseModel):
     """永久保存日志 (request setting): off by default; when on, the job's log is also kept in the user's bucket."""
     model_config = ConfigDict(extra="forbid")

@@ -9,7 +9,7 @@ from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
 from services.common.mongo import IndexSpec
-from services.common.jobs import PermanentLog
+from services.common.jobs import PermanentLog, SourceModel
 from services.common.validation import Description100, ResourceName, TaskName, limited_text
 
 JOBS = "compression_jobs"
@@ -56,19 +56,6 @@ DEFAULT_SPEC = "cpu.2u8g"
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class SourceModel(Strict):
-    """One of my models (model_id + optional version) or a model-square template with preset weights."""
-    model_id: str | None = None
-    version: int | str | None = Field(None, description="version number, 'V2' or id; default the latest")
-    template_id: str | None = None
-
-    @model_validator(mode="after")
-    def _one_of(self):
-        if bool(self.model_id) == bool(self.template_id):
-            raise ValueError("source: give either model_id (my models) or template_id (model square), not both")
-        return self
 
 
 class JobCreate(Strict):

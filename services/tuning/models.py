@@ -9,7 +9,7 @@ from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
 from services.common.mongo import IndexSpec
-from services.common.jobs import PermanentLog
+from services.common.jobs import PermanentLog, SourceModel
 from services.common.validation import Description100, ResourceName, TaskName, limited_text
 
 JOBS = "tuning_jobs"
@@ -93,19 +93,6 @@ class AutoRestart(Strict):
     def _range(self):
         if not 1 <= self.max_restarts <= 128:
             raise ValueError(f"auto_restart.max_restarts must be between 1 and 128; got {self.max_restarts}")
-        return self
-
-
-class SourceModel(Strict):
-    """Either one of my models (model_id + optional version) or a model-square template with preset weights."""
-    model_id: str | None = None
-    version: int | str | None = Field(None, description="version number, 'V2' or id; default the latest")
-    template_id: str | None = None
-
-    @model_validator(mode="after")
-    def _one_of(self):
-        if bool(self.model_id) == bool(self.template_id):
-            raise ValueError("source: give either model_id (my models) or template_id (model square), not both")
         return self
 
 
