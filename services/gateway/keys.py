@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +24,7 @@ from services.common.mongo import IndexSpec
 from services.common.validation import limited_text
 from services.gateway.oai_errors import OpenAIError
 from services.gateway.settings import gateway_settings
+from services.gateway.views import ReadThroughView
 
 API_KEYS = "api_keys"
 API_KEY_COUNTS = "api_key_counts"
@@ -114,12 +114,28 @@ async def delete_key(platform: Platform, *, principal: Principal, key_id: str) -
             deleted.update(doc)
 
     await _retrying(attempt)
-    _cache.pop(deleted["_id"], None)
+    callers().forget(deleted["_id"])
 
 
 # ------------------------------------------------------------------------------------ authentication
 
-_cache: dict[str, tuple[Caller, float]] = {}
+_callers: ReadThroughView | None = None
+
+
+def callers() -> ReadThroughView:
+    """Known keys' callers by the key's SHA-256, kept fresh in the background (services.gateway.views)."""
+    global _callers
+    if _callers is None:
+        _callers = ReadThroughView(max_age=gateway_settings().key_cache_seconds)
+    return _callers
+
+
+async def _find_caller(platform: Platform, digest: str) -> Caller | None:
+    doc = await platform.mongo[API_KEYS].find_one({"_id": digest})
+    if doc is None:
+        return None
+    return Caller(user_id=doc["user_id"], tenant_id=doc["tenant_id"], username=doc.get("username", ""),
+                  role=doc.get("role", "user"), key_id=doc["key_id"])
 
 
 async def authenticate(platform: Platform, request: Request) -> Caller:
@@ -133,18 +149,12 @@ async def authenticate(platform: Platform, request: Request) -> Caller:
     if scheme.lower() != "bearer" or not secret:
         raise OpenAIError(401, "The Authorization header must be 'Bearer <API key>'.", code="invalid_api_key")
     digest = hash_token(secret)
-    cached = _cache.get(digest)
-    now = time.monotonic()
-    if cached and cached[1] > now:
-        return cached[0]
-    doc = await platform.mongo[API_KEYS].find_one({"_id": digest})
-    if doc is None:
+    caller = await callers().get(digest, lambda: _find_caller(platform, digest))
+    if caller is None:
+        callers().forget(digest)   # unknown keys are not remembered: guessing must not fill memory
         shown = mask(secret) if len(secret) > 12 else "***"
         raise OpenAIError(401, f"Incorrect API key provided: {shown}. Create a key under API keys.",
                           code="invalid_api_key")
-    caller = Caller(user_id=doc["user_id"], tenant_id=doc["tenant_id"], username=doc.get("username", ""),
-                    role=doc.get("role", "user"), key_id=doc["key_id"])
-    _cache[digest] = (caller, now + gateway_settings().key_cache_seconds)
     return caller
 
 

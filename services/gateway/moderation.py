@@ -9,7 +9,6 @@ or, mid-stream, ends the stream with ``finish_reason: "content_filter"``.
 from __future__ import annotations
 
 import re
-import time
 import unicodedata
 from dataclasses import dataclass
 from importlib import resources
@@ -22,6 +21,7 @@ from services.common.auth import CurrentPrincipal
 from services.common.context import Platform, get_platform
 from services.common.errors import ApiError
 from services.gateway.settings import gateway_settings
+from services.gateway.views import ReadThroughView
 
 MODERATION = "moderation_settings"
 _WS = re.compile(r"\s+")
@@ -67,23 +67,21 @@ def default_terms() -> list[str]:
 
 
 class Moderation:
-    """The configured checker, re-read from MongoDB at most every few seconds."""
+    """The configured checker, at most ``moderation_cache_seconds`` old (services.gateway.views)."""
 
     def __init__(self, platform: Platform):
         self.platform = platform
-        self._checker: ContentChecker | None = None
-        self._loaded = 0.0
+        self.view = ReadThroughView(max_age=gateway_settings().moderation_cache_seconds)
 
     async def checker(self) -> ContentChecker:
-        ttl = gateway_settings().moderation_cache_seconds
-        if self._checker is None or time.monotonic() - self._loaded > ttl:
-            doc = await self.platform.mongo[MODERATION].find_one({"_id": "blocklist"}) or {}
-            self._checker = BlocklistChecker(default_terms() + list(doc.get("terms", [])))
-            self._loaded = time.monotonic()
-        return self._checker
+        return await self.view.get("blocklist", self._load)
+
+    async def _load(self) -> ContentChecker:
+        doc = await self.platform.mongo[MODERATION].find_one({"_id": "blocklist"}) or {}
+        return BlocklistChecker(default_terms() + list(doc.get("terms", [])))
 
     def invalidate(self) -> None:
-        self._checker = None
+        self.view.forget("blocklist")
 
 
 def message_text(messages: list) -> str:

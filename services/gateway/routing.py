@@ -1,20 +1,19 @@
 """Which service a call is for, and which of its ready instances serves it.
 
-The view of services and instances is re-read from MongoDB at most every ``refresh`` seconds; the
-deployer marks an instance ``draining`` and waits longer than that before stopping it, so a draining
-instance gets no new request. Among ready instances the one with the fewest requests in flight from
+The view of services and instances is at most ``refresh`` seconds old (kept fresh in the background,
+services.gateway.views); the deployer marks an instance ``draining`` and waits longer than that
+before stopping it, so a draining instance gets no new request. Among ready instances the one with the fewest requests in flight from
 this gateway wins (least outstanding requests); ties go round-robin.
 """
 from __future__ import annotations
 
 import itertools
-import time
-from dataclasses import dataclass
 
 from services.common import metrics
 from services.common.context import Platform
 from services.common.serving_refs import (InstanceRef, ServiceRef, find_service_by_name, get_service,
                                           ready_instances)
+from services.gateway.views import ReadThroughView
 
 
 # Sequences an instance decodes at once: the engine's default (services.inference.engine
@@ -22,51 +21,37 @@ from services.common.serving_refs import (InstanceRef, ServiceRef, find_service_
 INSTANCE_SLOTS = 16
 
 
-@dataclass
-class _Cached:
-    value: object
-    at: float
-
-
 class Router:
     def __init__(self, platform: Platform, *, refresh: float = 0.5):
         self.platform, self.refresh = platform, refresh
-        self._services: dict[str, _Cached] = {}
-        self._names: dict[tuple[str, str], _Cached] = {}
-        self._instances: dict[str, _Cached] = {}
+        self._services = ReadThroughView(max_age=refresh)
+        self._names = ReadThroughView(max_age=refresh)
+        self._instances = ReadThroughView(max_age=refresh)
         self.outstanding: dict[str, int] = {}
         self._service_names: dict[str, str] = {}   # service id -> name, for metric labels
         self._turn = itertools.count()
 
-    def _fresh(self, entry: _Cached | None) -> bool:
-        return entry is not None and time.monotonic() - entry.at < self.refresh
+    @property
+    def views(self) -> list[ReadThroughView]:
+        return [self._services, self._names, self._instances]
 
     async def service(self, service_id: str, *, fresh: bool = False) -> ServiceRef | None:
-        entry = self._services.get(service_id)
-        if fresh or not self._fresh(entry):
-            entry = self._services[service_id] = _Cached(await get_service(self.platform, service_id), time.monotonic())
-        self._remember(entry.value)
-        return entry.value
+        service = await self._services.get(service_id, lambda: get_service(self.platform, service_id), fresh=fresh)
+        self._remember(service)
+        return service
 
     async def service_by_name(self, *, tenant_id: str, name: str) -> ServiceRef | None:
-        key = (tenant_id, name)
-        entry = self._names.get(key)
-        if not self._fresh(entry):
-            entry = self._names[key] = _Cached(
-                await find_service_by_name(self.platform, tenant_id=tenant_id, name=name), time.monotonic())
-        self._remember(entry.value)
-        return entry.value
+        service = await self._names.get((tenant_id, name), lambda: find_service_by_name(
+            self.platform, tenant_id=tenant_id, name=name))
+        self._remember(service)
+        return service
 
     def _remember(self, service: ServiceRef | None) -> None:
         if service is not None:
             self._service_names[service.id] = service.name
 
     async def instances(self, service_id: str, *, fresh: bool = False) -> list[InstanceRef]:
-        entry = self._instances.get(service_id)
-        if fresh or not self._fresh(entry):
-            entry = self._instances[service_id] = _Cached(await ready_instances(self.platform, service_id),
-                                                          time.monotonic())
-        return entry.value
+        return await self._instances.get(service_id, lambda: ready_instances(self.platform, service_id), fresh=fresh)
 
     def pick(self, instances: list[InstanceRef], *, exclude: set[str] = frozenset()) -> InstanceRef | None:
         candidates = [i for i in instances if i.id not in exclude]
