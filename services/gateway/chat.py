@@ -20,7 +20,6 @@ import logging
 import time
 from collections import defaultdict
 
-import httpx
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
@@ -28,7 +27,7 @@ from contracts.openai import ChatCompletionRequest
 from contracts.serving import PresetServiceWakeRequested
 from services.common.context import Platform
 from services.common.serving_refs import InstanceRef, ServiceRef
-from services.gateway import quota
+from services.gateway import keys, quota
 from services.gateway.keys import Caller
 from services.gateway.metering import UsageRecorder
 from services.gateway.moderation import Moderation, message_text
@@ -36,9 +35,16 @@ from services.gateway.oai_errors import OpenAIError, invalid
 from services.gateway.ratelimit import QpsLimiter
 from services.gateway.routing import Router
 from services.gateway.settings import GatewaySettings, gateway_settings
+from services.gateway.upstream import (
+    InstanceUnreachable,
+    Upstream,
+    UpstreamBroken,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+from services.gateway.views import keep_fresh
 
 log = logging.getLogger(__name__)
-_RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError)
 
 
 def _token_count(usage: dict | None, key: str) -> int:
@@ -54,15 +60,13 @@ class ChatGateway:
         self.limiter = QpsLimiter()
         self.meter = UsageRecorder(platform)
         self.moderation = Moderation(platform)
-        self.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=self.settings.upstream_connect_timeout,
-                                  read=self.settings.upstream_read_timeout, write=60.0, pool=60.0),
-            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=256), trust_env=False)
+        self.upstream = Upstream(connect_timeout=self.settings.upstream_connect_timeout,
+                                 read_timeout=self.settings.upstream_read_timeout)
         self._woken: dict[str, float] = {}
 
     async def close(self) -> None:
         await self.meter.flush()
-        await self.http.aclose()
+        await self.upstream.close()
 
     # ------------------------------------------------------------------------------------ resolve
 
@@ -187,7 +191,7 @@ class ChatGateway:
             return await self._stream(caller, service, body, payload)
         return await self._complete(caller, service, payload)
 
-    async def _send(self, service: ServiceRef, payload: dict, *, stream: bool) -> tuple[InstanceRef, httpx.Response]:
+    async def _send(self, service: ServiceRef, payload: dict) -> tuple[InstanceRef, UpstreamResponse]:
         """Send to the least busy ready instance; on a refused connection try the next one."""
         content = json.dumps(payload, ensure_ascii=False).encode()
         instances = await self.router.instances(service.id)
@@ -203,16 +207,17 @@ class ChatGateway:
                 raise OpenAIError(503, f"Service '{service.name}' has no ready instance right now; try again.",
                                   code="no_ready_instance", retry_after=1)
             self.router.acquire(instance)
-            request = self.http.build_request("POST", f"{instance.url}/v1/chat/completions", content=content,
-                                              headers={"content-type": "application/json"})
             try:
-                return instance, await self.http.send(request, stream=stream)
-            except _RETRYABLE:
+                return instance, await self.upstream.post_json(f"{instance.url}/v1/chat/completions", content)
+            except InstanceUnreachable:
                 self.router.release(instance)
                 tried.add(instance.id)
-            except httpx.TimeoutException:
+            except UpstreamTimeout:
                 self.router.release(instance)
                 raise OpenAIError(504, f"Service '{service.name}' did not answer in time.", code="timeout") from None
+            except UpstreamBroken as exc:
+                self.router.release(instance)
+                raise OpenAIError(502, f"The model service failed to answer: {exc}", code="upstream_error") from None
             except BaseException:
                 self.router.release(instance)
                 raise
@@ -234,13 +239,16 @@ class ChatGateway:
 
     async def _complete(self, caller: Caller, service: ServiceRef, payload: dict) -> Response:
         started = time.monotonic()
-        instance, response = await self._send(service, payload, stream=False)
+        instance, response = await self._send(service, payload)
         try:
-            body = response.content
+            body = await response.read()
+        except UpstreamBroken as exc:
+            raise OpenAIError(502, f"The model service failed to answer: {exc}", code="upstream_error") from None
         finally:
+            response.release()
             self.router.release(instance)
-        if response.status_code != 200:
-            return self._upstream_error(service, instance, body, response.status_code, started)
+        if response.status != 200:
+            return self._upstream_error(service, instance, body, response.status, started)
         data = json.loads(body)
         usage = data.get("usage")
         prompt, completion = _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
@@ -267,14 +275,16 @@ class ChatGateway:
         started = time.monotonic()
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        instance, response = await self._send(service, payload, stream=True)
-        if response.status_code != 200:
+        instance, response = await self._send(service, payload)
+        if response.status != 200:
             try:
-                error_body = await response.aread()
+                error_body = await response.read()
+            except UpstreamBroken:
+                error_body = b""
             finally:
-                await response.aclose()
+                response.release()
                 self.router.release(instance)
-            return self._upstream_error(service, instance, error_body, response.status_code, started)
+            return self._upstream_error(service, instance, error_body, response.status, started)
         checker = await self.moderation.checker() if service.content_moderation else None
         return StreamingResponse(
             self._relay(caller, service, instance, response, started=started, wants_usage=wants_usage,
@@ -282,14 +292,14 @@ class ChatGateway:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-MaaS-Instance": instance.id})
 
-    async def _relay(self, caller: Caller, service: ServiceRef, instance: InstanceRef, response: httpx.Response, *,
+    async def _relay(self, caller: Caller, service: ServiceRef, instance: InstanceRef, response: UpstreamResponse, *,
                      started: float, wants_usage: bool, checker):
         """Forward each read from the instance at once, as one write (a fast instance's several
         events in one read go out together: fewer syscalls, never a wait for more)."""
         stream = _SseRelay(wants_usage=wants_usage, checker=checker)
         pending = b""
         try:
-            async for block in response.aiter_raw():
+            async for block in response.blocks():
                 *lines, pending = (pending + block).split(b"\n")
                 out = []
                 for line in lines:
@@ -302,14 +312,14 @@ class ChatGateway:
                     yield b"".join(out)
                 if stream.ended:
                     return
-        except httpx.HTTPError as exc:
+        except UpstreamBroken as exc:
             stream.ok = False
             log.warning("stream from instance %s broke: %s", instance.id, exc)
             error = {"error": {"message": "The model service stopped answering mid-stream.",
                                "type": "server_error", "param": None, "code": "upstream_error"}}
             yield f"data: {json.dumps(error)}\n\n".encode()
         finally:
-            await response.aclose()
+            response.release()
             self.router.release(instance)
             usage = stream.usage
             prompt = _token_count(usage, "prompt_tokens")
@@ -402,12 +412,18 @@ def gateway_for(platform: Platform) -> ChatGateway:
 
 
 async def run_gateway(platform: Platform) -> None:
-    """Background task: write metered usage every second; flush and close on shutdown."""
+    """Background task: write metered usage every second and keep the gateway's views of the
+    database fresh (so calls do not wait on it); flush and close on shutdown."""
     gateway = gateway_for(platform)
+    views = [*gateway.router.views, gateway.moderation.view, keys.callers()]
+    period = max(0.05, min(v.max_age for v in views) / 4)
+    refresher = asyncio.create_task(keep_fresh(lambda: views, period=period), name="gateway-views")
     try:
         while True:
             await asyncio.sleep(gateway.settings.usage_flush_seconds)
             await gateway.meter.flush()
     finally:
+        refresher.cancel()
+        await asyncio.gather(refresher, return_exceptions=True)
         await gateway.close()
         _GATEWAYS.pop(id(platform), None)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 
 from services.common.serving_refs import InstanceRef, ServiceRef
@@ -11,6 +10,7 @@ from services.gateway.chat import ChatGateway
 from services.gateway.keys import Caller
 from services.gateway.moderation import BlocklistChecker, message_text
 from services.gateway.routing import Router
+from services.gateway.upstream import UpstreamBroken
 
 SERVICE = ServiceRef(id="svc", tenant_id="t", name="chat", status="running", desired="running", preset=False,
                      qps_limit=10, max_model_len=256, content_moderation=True, instance_count=1, template_id="x",
@@ -33,19 +33,29 @@ STREAM = (_chunk("Hel", usage=None) + _chunk("lo") + _chunk("!", finish="stop") 
           _chunk(choices=False, usage=USAGE) + "data: [DONE]\n\n")
 
 
-async def _relay(stream_text: str, *, wants_usage: bool, checker=None, break_after: bool = False):
-    async def body():
-        yield stream_text.encode()
-        if break_after:
-            raise httpx.ReadError("connection reset")
+class _CannedResponse:
+    """What the gateway relays from: an instance's answer arriving in one read (then maybe a break)."""
+    status = 200
 
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, content=body()))
+    def __init__(self, text: str, *, break_after: bool):
+        self.text, self.break_after, self.released = text, break_after, False
+
+    async def blocks(self):
+        yield self.text.encode()
+        if self.break_after:
+            raise UpstreamBroken("connection reset")
+
+    def release(self):
+        self.released = True
+
+
+async def _relay(stream_text: str, *, wants_usage: bool, checker=None, break_after: bool = False):
+    response = _CannedResponse(stream_text, break_after=break_after)
     gateway = ChatGateway(platform=object())
-    async with httpx.AsyncClient(transport=transport) as client:
-        response = await client.send(client.build_request("POST", "http://instance/v1/chat/completions"), stream=True)
-        gateway.router.acquire(INSTANCE)
-        out = [part async for part in gateway._relay(CALLER, SERVICE, INSTANCE, response, started=0.0,
-                                                      wants_usage=wants_usage, checker=checker)]
+    gateway.router.acquire(INSTANCE)
+    out = [part async for part in gateway._relay(CALLER, SERVICE, INSTANCE, response, started=0.0,
+                                                  wants_usage=wants_usage, checker=checker)]
+    assert response.released
     events = [line[6:] for line in b"".join(out).decode().split("\n\n") if line.startswith("data: ")]
     return gateway, events
 
