@@ -148,6 +148,8 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
                                        exclude_spans=["send", "receive"])
     isolate_request_context(app)  # outside the instrumentation: one trace per request, always
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/api/v1/storage/objects/",))
+    for router in [r for spec in specs for r in spec.hot_routers]:
+        app.include_router(router)
     app.include_router(health.router)  # every process answers /healthz, whatever it hosts
     for spec in specs:
         for router in spec.routers:

@@ -23,6 +23,9 @@ class Consumer:
 class ServiceSpec:
     name: str
     routers: list[APIRouter] = field(default_factory=list)
+    # The latency-critical data plane (the OpenAI API): included before every other router, because
+    # each request walks the route list in order, once to route and once more for its trace span.
+    hot_routers: list[APIRouter] = field(default_factory=list)
     indexes: list[IndexSpec] = field(default_factory=list)
     consumers: list[Consumer] = field(default_factory=list)
     background: list[Callable[..., Awaitable[None]]] = field(default_factory=list)  # (platform) -> None

@@ -4,7 +4,8 @@ from services.gateway import chat, identity, keys, metering, moderation, openai_
 GATEWAY = ServiceSpec(
     name="gateway",
     routers=[identity.router, storage_api.router, keys.router, quota.router, metering.router, moderation.router,
-             playground.router, openai_api.router],
+             playground.router],
+    hot_routers=[openai_api.router],
     indexes=identity.INDEXES + keys.INDEXES + quota.INDEXES + metering.INDEXES,
     background=[chat.run_gateway],
 )

@@ -159,9 +159,18 @@ class ChatHandler:
                 "stop_reason": stop_reason}
 
     async def stream(self) -> AsyncIterator[str]:
+        # The role chunks go out together with the first token, not before it: meanwhile the prefill
+        # has the cores to itself (the gateway and the client would be busy relaying and parsing
+        # them, and the first token would come later).
+        head = "".join(self._chunk([self._choice(i, {"role": "assistant", "content": ""})])
+                       for i in range(self.params.n))
+        async for event in self._events():
+            if head:
+                event, head = head + event, ""
+            yield event
+
+    async def _events(self) -> AsyncIterator[str]:
         n = self.params.n
-        for i in range(n):
-            yield self._chunk([self._choice(i, {"role": "assistant", "content": ""})])
         parsers = {i: ToolCallParser() for i in range(n)} if self.prompt.tools_enabled else {}
         held = {i: "" for i in range(n)}        # whitespace that may only separate tool calls
         tokens = {i: 0 for i in range(n)}
@@ -311,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                      max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                      threads=args.threads, on_load_failure=on_load_failure)
     # log_config=None: uvicorn keeps the logging set up above instead of replacing it.
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_config=None))
+    # No access log: the gateway records every call already, and a line per call costs the first token.
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False))
     server.run()
     return 1 if failed.is_set() else 0
 
