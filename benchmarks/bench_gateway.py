@@ -8,9 +8,11 @@ do), deploys the model as a service with one instance (spec cpu.2u8g: 2 engine t
 moderation on, as shipped) and measures, on the same greedy prompt (``ignore_eos``, exactly
 ``--tokens`` tokens):
 
-1. **one stream**: the engine first, then the instance and the gateway interleaved run by run, from
-   a client in a separate process (a client in this process would share the gateway's event loop):
-   - *engine*: ``services.inference.engine.Engine`` called in this process (no HTTP), 2 threads;
+1. **one stream**, from a client in a separate process (in this one it would share the gateway's
+   event loop), the three paths interleaved run by run (the order rotates), so the machine's load,
+   the platform's own background work included, hits them alike:
+   - *engine*: ``services.inference.engine.Engine`` called in the client process (no HTTP), 2 threads,
+     on the prompt already rendered and tokenized;
    - *instance*: the service's inference server called directly over HTTP (SSE);
    - *gateway*: ``POST /v1/infers/{service}/v1/chat/completions`` with an API key (auth, QPS limit,
      moderation, routing, SSE relay, metering).
@@ -198,7 +200,7 @@ async def main(args) -> dict:
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     serve = asyncio.create_task(server.serve())
-    engine = None
+    results: dict[str, list[tuple[float, float, int]]] = {}
     try:
         await wait(lambda: asyncio.sleep(0, server.started), 300, "platform start")
         platform = app.state.platform
@@ -218,39 +220,27 @@ async def main(args) -> dict:
         gateway_url = f"{base}/v1/infers/{service['id']}/v1/chat/completions"
         instance_url = f"{instance['url']}/v1/chat/completions"
 
-        step("loading the engine in this process")
-        from contracts.openai import ChatMessage
-        from services.inference.chat import encode, render_prompt
-        from services.inference.engine import Engine
-
-        engine = await asyncio.to_thread(Engine, folder, max_model_len=service["max_model_len"], threads=2)
-        ids = encode(engine.tokenizer, render_prompt(engine.tokenizer, [ChatMessage(**m) for m in PROMPT]).text)
-
-        results: dict[str, list[tuple[float, float, int]]] = {"engine": [], "instance": [], "gateway": []}
-        step(f"engine in this process: {args.runs} runs of {args.tokens} tokens")
-        await engine_run(engine, ids, args.tokens)
-        for _ in range(args.runs):
-            results["engine"].append(await engine_run(engine, ids, args.tokens))
-        await asyncio.to_thread(engine.close)
-        engine = None
-        # The HTTP client runs in a process of its own: in this one it would share the event loop
-        # (and the GIL) with the gateway it measures.
-        step(f"instance and gateway from a client process: {args.runs} interleaved runs, then throughput at "
-             + ", ".join(map(str, args.streams)) + " concurrent streams")
+        async with httpx.AsyncClient(timeout=10) as probe:
+            health = (await probe.get(f"{instance['url']}/health")).json()
+        # The client process runs all three paths, interleaved run by run, so a change in the
+        # machine's load (the platform's own background work included) hits them alike; in this
+        # process it would share the gateway's event loop (and the GIL).
+        step(f"engine, instance and gateway from a client process: {args.runs} interleaved runs, then "
+             "throughput at " + ", ".join(map(str, args.streams)) + " concurrent streams")
         spec = {"instance_url": instance_url, "gateway_url": gateway_url, "key": key, "model": service["name"],
-                "tokens": args.tokens, "runs": args.runs, "streams": args.streams}
+                "tokens": args.tokens, "runs": args.runs, "streams": args.streams, "folder": str(folder),
+                "max_model_len": service["max_model_len"]}
         child = await asyncio.create_subprocess_exec(sys.executable, __file__, "--client", json.dumps(spec),
                                                      stdout=asyncio.subprocess.PIPE)
         out, _ = await child.communicate()
         if child.returncode != 0:
             raise RuntimeError(f"the client process failed ({child.returncode})")
         measured = json.loads(out.decode().strip().splitlines()[-1])
-        for path in ("instance", "gateway"):
+        for path in ("engine", "instance", "gateway"):
             results[path] = [tuple(r) for r in measured[path]]
+        backends = {"engine": measured["engine_backend"], "instance": [health["backend"], health["providers"]]}
         concurrency = {int(n): row for n, row in measured["throughput"].items()}
     finally:
-        if engine is not None:
-            engine.close()
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(serve, 120)
@@ -282,25 +272,40 @@ async def main(args) -> dict:
         table.add_row(str(n), f"{row['instance']:.1f}", f"{row['gateway']:.1f}",
                       f"{row['gateway'] / row['instance']:.3f}")
     console.print(table)
-    return {"model": args.model, "tokens": args.tokens, "runs": args.runs, "single_stream": single,
+    return {"model": args.model, "tokens": args.tokens, "runs": args.runs, "backends": backends, "single_stream": single,
             "ratios": ratios, "throughput_tok_s": {str(n): {k: round(v, 1) for k, v in row.items()}
                                                    for n, row in concurrency.items()},
             "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
 
 
 async def client_main(spec: dict) -> dict:
-    """The client side (``--client``): single-stream runs interleaved, then throughput."""
+    """The client side (``--client``): the engine in this process, the instance and the gateway over
+    HTTP, one run of each per round (the order rotates), then throughput."""
     import httpx
 
-    out: dict = {"instance": [], "gateway": [], "throughput": {}}
+    from contracts.openai import ChatMessage
+    from services.inference.chat import encode, render_prompt
+    from services.inference.engine import Engine
+
+    engine = await asyncio.to_thread(Engine, Path(spec["folder"]), max_model_len=spec["max_model_len"], threads=2)
+    ids = encode(engine.tokenizer, render_prompt(engine.tokenizer, [ChatMessage(**m) for m in PROMPT]).text)
+    out: dict = {"engine": [], "instance": [], "gateway": [], "throughput": {},
+                 "engine_backend": [engine.backend_name, engine.providers]}
     urls = {"instance": spec["instance_url"], "gateway": spec["gateway_url"]}
     async with httpx.AsyncClient(timeout=600, headers={"Authorization": f"Bearer {spec['key']}"},
                                  limits=httpx.Limits(max_connections=64)) as client:
-        for url in urls.values():   # warm-up
-            await http_run(client, url, spec["model"], spec["tokens"])
-        for _ in range(spec["runs"]):
-            for path, url in urls.items():
-                out[path].append(await http_run(client, url, spec["model"], spec["tokens"]))
+        def run(path: str):
+            if path == "engine":
+                return engine_run(engine, ids, spec["tokens"])
+            return http_run(client, urls[path], spec["model"], spec["tokens"])
+
+        paths = ["engine", "instance", "gateway"]
+        for path in paths:   # warm-up
+            await run(path)
+        for r in range(spec["runs"]):
+            for path in paths[r % 3:] + paths[:r % 3]:
+                out[path].append(await run(path))
+        await asyncio.to_thread(engine.close)
         for n in spec["streams"]:
             out["throughput"][n] = {path: await throughput(client, url, spec["model"], spec["tokens"], n)
                                     for path, url in urls.items()}
@@ -308,8 +313,10 @@ async def client_main(spec: dict) -> dict:
 
 
 if __name__ == "__main__":
+    import uvloop   # the event loop `maas up` runs on (uvicorn's default when uvloop is installed)
+
     if len(sys.argv) == 3 and sys.argv[1] == "--client":
-        print(json.dumps(asyncio.run(client_main(json.loads(sys.argv[2])))))
+        print(json.dumps(uvloop.run(client_main(json.loads(sys.argv[2])))))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
@@ -317,4 +324,4 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--streams", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8])
     logging.basicConfig(level=logging.WARNING)
-    print(json.dumps(asyncio.run(main(parser.parse_args())), default=str))
+    print(json.dumps(uvloop.run(main(parser.parse_args())), default=str))
