@@ -32,7 +32,21 @@ async def _server(answer):
     return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
 
-async def test_a_streamed_answer_arrives_in_reads_and_the_connection_is_reused():
+@pytest.fixture
+async def upstreams():
+    """Make Upstream clients; all are closed after the test."""
+    made: list[Upstream] = []
+
+    def make(read_timeout: float = 5.0) -> Upstream:
+        made.append(Upstream(connect_timeout=1, read_timeout=read_timeout))
+        return made[-1]
+
+    yield make
+    for upstream in made:
+        await upstream.close()
+
+
+async def test_a_streamed_answer_arrives_in_reads_and_the_connection_is_reused(upstreams):
     connections = []
 
     async def answer(writer):
@@ -44,60 +58,45 @@ async def test_a_streamed_answer_arrives_in_reads_and_the_connection_is_reused()
         writer.write(b"0\r\n\r\n")
 
     server, url = await _server(answer)
-    upstream = Upstream(connect_timeout=1, read_timeout=5)
-    try:
-        response = await upstream.post_json(f"{url}/v1/chat/completions", b'{"a": 1}')
-        assert response.status == 200
-        assert b"".join([b async for b in response.blocks()]) == b"data: 1\n\ndata: [DONE]\n\n"
-        response.release()
-        second = await upstream.post_json(f"{url}/v1/chat/completions", b"{}")
-        assert await second.read() == b"data: 1\n\ndata: [DONE]\n\n"
-        second.release()
-        assert len({id(w) for w in connections}) == 1   # keep-alive: one connection served both
-    finally:
-        await upstream.close()
-        server.close()
+    upstream = upstreams()
+    response = await upstream.post_json(f"{url}/v1/chat/completions", b'{"a": 1}')
+    assert response.status == 200
+    assert b"".join([b async for b in response.blocks()]) == b"data: 1\n\ndata: [DONE]\n\n"
+    response.release()
+    second = await upstream.post_json(f"{url}/v1/chat/completions", b"{}")
+    assert await second.read() == b"data: 1\n\ndata: [DONE]\n\n"
+    second.release()
+    assert len({id(w) for w in connections}) == 1   # keep-alive: one connection served both
+    server.close()
 
 
-async def test_a_refused_connection_is_unreachable():
-    upstream = Upstream(connect_timeout=1, read_timeout=5)
-    try:
-        with pytest.raises(InstanceUnreachable):
-            await upstream.post_json(f"http://127.0.0.1:{_free_port()}/v1/chat/completions", b"{}")
-    finally:
-        await upstream.close()
+async def test_a_refused_connection_is_unreachable(upstreams):
+    with pytest.raises(InstanceUnreachable):
+        await upstreams().post_json(f"http://127.0.0.1:{_free_port()}/v1/chat/completions", b"{}")
 
 
-async def test_an_answer_cut_off_mid_stream_is_broken():
+async def test_an_answer_cut_off_mid_stream_is_broken(upstreams):
     async def answer(writer):
         writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n9\r\ndata: 1\n\n\r\n")
         await writer.drain()
         writer.close()
 
     server, url = await _server(answer)
-    upstream = Upstream(connect_timeout=1, read_timeout=5)
-    try:
-        response = await upstream.post_json(f"{url}/v1/chat/completions", b"{}")
-        received = []
-        with pytest.raises(UpstreamBroken):
-            async for block in response.blocks():
-                received.append(block)
-        assert b"".join(received) == b"data: 1\n\n"
-        response.release()
-    finally:
-        await upstream.close()
-        server.close()
+    response = await upstreams().post_json(f"{url}/v1/chat/completions", b"{}")
+    received = []
+    with pytest.raises(UpstreamBroken):
+        async for block in response.blocks():
+            received.append(block)
+    assert b"".join(received) == b"data: 1\n\n"
+    response.release()
+    server.close()
 
 
-async def test_a_silent_instance_times_out():
+async def test_a_silent_instance_times_out(upstreams):
     async def answer(writer):
         await asyncio.sleep(5)
 
     server, url = await _server(answer)
-    upstream = Upstream(connect_timeout=1, read_timeout=0.2)
-    try:
-        with pytest.raises(UpstreamTimeout):
-            await upstream.post_json(f"{url}/v1/chat/completions", b"{}")
-    finally:
-        await upstream.close()
-        server.close()
+    with pytest.raises(UpstreamTimeout):
+        await upstreams(read_timeout=0.2).post_json(f"{url}/v1/chat/completions", b"{}")
+    server.close()
