@@ -417,7 +417,7 @@ async def run_gateway(platform: Platform) -> None:
     gateway = gateway_for(platform)
     views = [*gateway.router.views, gateway.moderation.view, keys.callers()]
     period = max(0.05, min(v.max_age for v in views) / 4)
-    refresher = asyncio.create_task(keep_fresh(lambda: views, period=period), name="gateway-views")
+    refresher = asyncio.create_task(keep_fresh(views, period=period), name="gateway-views")
     try:
         while True:
             await asyncio.sleep(gateway.settings.usage_flush_seconds)

@@ -65,11 +65,11 @@ class ReadThroughView:
                 entry.value, entry.loaded_at = value, time.monotonic()
 
 
-async def keep_fresh(views: Callable[[], list[ReadThroughView]], *, period: float) -> None:
+async def keep_fresh(views: list[ReadThroughView], *, period: float) -> None:
     """Background task: refresh the views every ``period`` seconds (a quarter of the shortest max age)."""
     while True:
         await asyncio.sleep(period)
-        for view in views():
+        for view in views:
             try:
                 await view.refresh_due()
             except Exception:   # a database hiccup must not end the refresher
