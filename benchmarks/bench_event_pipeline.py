@@ -332,6 +332,7 @@ async def pipeline_bench(settings, n_models: int, tmp: Path) -> dict[str, Any]:
 
     from contracts.events import REGISTRY_TOPIC
     from services.common.bus import topic_name
+    from services.common.http import server_config
     from services.gateway.identity import ensure_bootstrap_admin
     from services.mlkit.tiny import build_tiny_model
     from services.runtime import build_app
@@ -346,7 +347,7 @@ async def pipeline_bench(settings, n_models: int, tmp: Path) -> dict[str, Any]:
     platform = app.state.platform
     held = await _hold_preset_imports(platform)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     server_task = asyncio.create_task(server.serve(), name="uvicorn")
     observer: RegistryObserver | None = None
     try:

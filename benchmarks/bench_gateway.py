@@ -180,6 +180,7 @@ async def main(args) -> dict:
     import httpx
     import uvicorn
 
+    from services.common.http import server_config
     from services.common.settings import get_settings
     from services.embedded.servers import EmbeddedServers
 
@@ -198,7 +199,7 @@ async def main(args) -> dict:
     settings = get_settings().model_copy(update={"work_dir": str(work / "work")})
     app = build_app(settings, services="all")
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     serve = asyncio.create_task(server.serve())
     results: dict[str, list[tuple[float, float, int]]] = {}
     try:

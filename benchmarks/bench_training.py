@@ -149,6 +149,7 @@ async def run(args, tmp: Path) -> dict:
     import httpx
     import uvicorn
 
+    from services.common.http import server_config
     from services.common.objectstore import ObjectPath
     from services.common.settings import get_settings
     from services.gateway.identity import ensure_bootstrap_admin
@@ -163,7 +164,7 @@ async def run(args, tmp: Path) -> dict:
     if not args.smollm2:
         await hold_preset_imports(platform)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
+from services.common.http import server_config
 from services.common.settings import get_settings
 from services.embedded.servers import EmbeddedServers
 
@@ -61,7 +62,7 @@ async def running_platform(platform_env, tmp_path_factory):
     settings = get_settings().model_copy(update={"work_dir": str(tmp_path_factory.mktemp("work"))})
     app = build_app(settings, services="all")
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     # Start-up loads transformers and joins Kafka groups: on a busy 2-core machine it can take a while.
     for _ in range(3600):

@@ -21,12 +21,13 @@ def _default_data_dir() -> Path:
 def _serve(*, host: str, port: int, services: str) -> None:
     import uvicorn
 
+    from services.common.http import server_config
     from services.common.settings import get_settings
     from services.runtime import build_app
 
     get_settings.cache_clear()
     settings = get_settings()
-    uvicorn.run(build_app(settings, services=services), host=host, port=port, log_level="info")
+    uvicorn.Server(server_config(build_app(settings, services=services), host=host, port=port, log_level="info")).run()
 
 
 async def _bootstrap_admin():

@@ -45,3 +45,16 @@ class BodySizeLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+# Idle keep-alive connections stay open this long. Clients must give up on an idle connection before the
+# server closes it, or a request sent on it as it closes fails with a read error. httpx (so the openai SDK)
+# and our gateway's aiohttp pool drop idle connections after 5 and 30 s; uvicorn's own default is 5 s.
+SERVER_KEEP_ALIVE_S = 75
+
+
+def server_config(app, *, host: str, port: int, **options):
+    """The uvicorn config every HTTP server of ours runs with."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, timeout_keep_alive=SERVER_KEEP_ALIVE_S, **options)

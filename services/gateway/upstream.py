@@ -50,6 +50,10 @@ class UpstreamResponse:
         self._response.release()
 
 
+# Below the instances' SERVER_KEEP_ALIVE_S: the pool drops an idle connection before the server can.
+POOL_KEEP_ALIVE_S = 30
+
+
 class Upstream:
     def __init__(self, *, connect_timeout: float, read_timeout: float):
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=read_timeout)
@@ -58,7 +62,7 @@ class Upstream:
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use: an aiohttp session belongs to the event loop it was made in.
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=2000, limit_per_host=0, keepalive_timeout=30)
+            connector = aiohttp.TCPConnector(limit=2000, limit_per_host=0, keepalive_timeout=POOL_KEEP_ALIVE_S)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False,
                                                   auto_decompress=False)
         return self._session

@@ -294,6 +294,8 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
+    from services.common.http import server_config
+
     parser = argparse.ArgumentParser(description="OpenAI-compatible server for one model")
     parser.add_argument("--model-dir", required=True, type=Path,
                         help="HF model folder (exported to ONNX on first load) or ONNX folder")
@@ -321,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                      threads=args.threads, on_load_failure=on_load_failure)
     # log_config=None: uvicorn keeps the logging set up above instead of replacing it.
     # No access log: the gateway records every call already, and a line per call costs the first token.
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_config=None, access_log=False))
+    server = uvicorn.Server(server_config(app, host=args.host, port=args.port, log_config=None, access_log=False))
     server.run()
     return 1 if failed.is_set() else 0
 

@@ -22,6 +22,7 @@ from contracts.notifications import NotificationRuleChanged
 from contracts.tuning import TuneFailed, TuneStarted
 from services.common import metrics
 from services.common.bus import topic_name
+from services.common.http import server_config
 from services.common.outbox import OUTBOX
 from services.mlkit.tiny import build_tiny_model
 from services.notifier import delivery
@@ -81,7 +82,7 @@ def _free_port() -> int:
 async def receiver():
     app = Receiver()
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         assert not task.done(), "receiver did not start"
