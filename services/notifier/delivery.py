@@ -160,8 +160,11 @@ async def run_delivery_worker(platform) -> None:
     """Background task of the notifier service."""
     waker = _wakers.setdefault(id(platform), asyncio.Event())
     settings = platform.settings
+    # Receivers are other people's servers, often closing idle connections after 5 s (uvicorn, Node) or 2 s
+    # (gunicorn). Reusing one as it closes costs a failed attempt and a backoff, so idle ones go after 1 s.
+    limits = httpx.Limits(keepalive_expiry=1.0)
     async with httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False,
-                                 trust_env=False) as client:
+                                 trust_env=False, limits=limits) as client:
         worker = DeliveryWorker(platform, client=client)
         try:
             while True:
