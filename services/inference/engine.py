@@ -92,6 +92,41 @@ class RequestHandle:
         self._request.cancelled = True
         self._engine._wake()
 
+    @property
+    def cancelled(self) -> bool:
+        return self._request.cancelled
+
+
+class UpdateStream:
+    """The updates of one submitted request, read from an asyncio loop; ends after the finished one."""
+
+    def __init__(self, engine: Engine, prompt_ids, params: SamplingParams):
+        loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Update] = asyncio.Queue()
+        self._ended = False
+        self._handle = engine.submit(prompt_ids, params, lambda u: loop.call_soon_threadsafe(self._queue.put_nowait, u))
+
+    def __aiter__(self) -> UpdateStream:
+        return self
+
+    async def __anext__(self) -> Update:
+        if self._ended:
+            raise StopAsyncIteration
+        update = await self._queue.get()
+        if update.error:
+            self._ended = True
+            raise EngineError(update.error)
+        self._ended = update.finished
+        return update
+
+    def cancel(self) -> None:
+        """Stop generating for this request (no effect once it has finished)."""
+        self._handle.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._handle.cancelled
+
 
 class Engine:
     def __init__(self, model_dir: Path, *, max_model_len: int | None = None,
@@ -145,6 +180,11 @@ class Engine:
     def providers(self) -> list[str]:
         return list(self.backend.providers)
 
+    def requests(self) -> dict[str, int]:
+        """How many requests are being generated and how many wait for a slot."""
+        with self._cond:
+            return {"running": len(self._running), "waiting": len(self._waiting)}
+
     def check(self, prompt_ids, params: SamplingParams) -> None:
         """Raise InvalidParameter when this request cannot run on this instance."""
         n_prompt = len(prompt_ids)
@@ -191,21 +231,21 @@ class Engine:
     def generate(self, prompt_ids, params: SamplingParams) -> Completion:
         return collect(self.stream(prompt_ids, params), params.n, len(prompt_ids))
 
+    def open(self, prompt_ids, params: SamplingParams) -> UpdateStream:
+        """Submit a request now and read its updates later, from asyncio code (call it on the loop).
+
+        The caller cancels it when it stops reading early; ``astream`` does that for you.
+        """
+        return UpdateStream(self, prompt_ids, params)
+
     async def astream(self, prompt_ids, params: SamplingParams) -> AsyncIterator[Update]:
         """Updates of one request for asyncio code; leaving the loop early cancels the request."""
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue[Update] = asyncio.Queue()
-        handle = self.submit(prompt_ids, params, lambda u: loop.call_soon_threadsafe(q.put_nowait, u))
+        updates = self.open(prompt_ids, params)
         try:
-            while True:
-                update = await q.get()
-                if update.error:
-                    raise EngineError(update.error)
+            async for update in updates:
                 yield update
-                if update.finished:
-                    return
         finally:
-            handle.cancel()
+            updates.cancel()
 
     async def agenerate(self, prompt_ids, params: SamplingParams) -> Completion:
         updates = [u async for u in self.astream(prompt_ids, params)]

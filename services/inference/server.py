@@ -36,7 +36,7 @@ from contracts.openai import (
     error_body,
 )
 from services.inference.chat import encode, render_prompt
-from services.inference.engine import DEFAULT_MAX_NUM_SEQS, Engine, EngineError
+from services.inference.engine import DEFAULT_MAX_NUM_SEQS, Engine, EngineError, UpdateStream
 from services.inference.params import InvalidParameter, SamplingParams
 from services.inference.tool_calls import Content, ToolCallParser, parse_tool_calls
 
@@ -125,6 +125,16 @@ class ChatHandler:
             raise _bad_request(exc) from None
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
+        self.updates: UpdateStream | None = None
+
+    def open(self) -> None:
+        """Submit to the engine now: the prefill runs while the response starts."""
+        if self.updates is None:
+            self.updates = self.engine.open(self.ids, self.params)
+
+    def cancel(self) -> None:
+        if self.updates is not None:
+            self.updates.cancel()
 
     async def complete(self) -> dict:
         try:
@@ -175,7 +185,8 @@ class ChatHandler:
         held = {i: "" for i in range(n)}        # whitespace that may only separate tool calls
         tokens = {i: 0 for i in range(n)}
         try:
-            async for update in self.engine.astream(self.ids, self.params):
+            self.open()
+            async for update in self.updates:
                 for d in update.choices:
                     tokens[d.index] = d.completion_tokens
                     for piece in self._pieces(d, parsers.get(d.index), held):
@@ -190,6 +201,8 @@ class ChatHandler:
             yield f"data: {json.dumps(error_body(str(exc), type='server_error'))}\n\n"
             yield "data: [DONE]\n\n"
             return
+        finally:
+            self.cancel()
         if self.req.stream_options and self.req.stream_options.include_usage:
             completion = sum(tokens.values())
             usage = {"prompt_tokens": len(self.ids), "completion_tokens": completion,
@@ -221,6 +234,22 @@ class ChatHandler:
             out.append({"content": held[d.index]})
             held[d.index] = ""
         return out
+
+
+class _EventStream(StreamingResponse):
+    """A streamed chat completion whose engine request ends with the response, however it ends
+    (a client gone before the first chunk never reads the stream, so the stream cannot cancel it)."""
+
+    def __init__(self, handler: ChatHandler):
+        super().__init__(handler.stream(), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.handler = handler
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.handler.cancel()
 
 
 def create_app(*, model_dir: Path, served_model_name: str | None = None, max_model_len: int | None = None,
@@ -261,8 +290,10 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
     async def health():
         if state.engine is not None:
             engine = state.engine
+            requests = engine.requests()
             return {"status": "ready", "model": name, "backend": engine.backend_name,
-                    "providers": engine.providers, "max_model_len": engine.max_model_len}
+                    "providers": engine.providers, "max_model_len": engine.max_model_len,
+                    "requests_running": requests["running"], "requests_waiting": requests["waiting"]}
         status = "loading" if state.error is None else "failed"
         return JSONResponse({"status": status, "model": name, "error": state.error}, status_code=503)
 
@@ -284,8 +315,8 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
             raise _validation_error(exc) from None
         handler = ChatHandler(state, req)
         if req.stream:
-            return StreamingResponse(handler.stream(), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            handler.open()
+            return _EventStream(handler)
         return JSONResponse(await handler.complete())
 
     return app

@@ -97,6 +97,7 @@ def test_health_reports_loading_then_ready(server):
     health = httpx.get(f"{server['url']}/health").json()
     assert health["status"] == "ready" and health["backend"] == "gqa-shared-buffer"
     assert health["providers"] == ["CPUExecutionProvider"] and health["max_model_len"] == MAX_LEN
+    assert health["requests_running"] == 0 and health["requests_waiting"] == 0
 
 
 def test_models_lists_the_served_name(server):

@@ -1,4 +1,6 @@
 """How the server turns a choice's streamed text into OpenAI deltas when tools are enabled."""
+import asyncio
+import contextlib
 import json
 
 import pytest
@@ -52,3 +54,76 @@ def test_without_tools_text_passes_through():
     assert _run("<tool_call>{}</tool_call>", 4, tools=False) == [
         {"content": "<too"}, {"content": "l_ca"}, {"content": "ll>{"}, {"content": "}</t"},
         {"content": "ool_"}, {"content": "call"}, {"content": ">"}]
+
+
+# -- a streamed response ends its engine request, however the response ends ----------------------
+
+@pytest.fixture(scope="module")
+def tiny_state(tmp_path_factory):
+    from services.inference.server import ModelState
+    from tests.unit.test_inference_engine import build_sharp_tiny
+
+    state = ModelState(model_dir=build_sharp_tiny(tmp_path_factory.mktemp("stream") / "tiny"),
+                       served_model_name="tiny", max_model_len=128, max_num_seqs=4, threads=1)
+    state.load()
+    yield state
+    state.engine.close()
+
+
+def _streamed_request(state):
+    from contracts.openai import ChatCompletionRequest
+    from services.inference.server import _EventStream
+
+    req = ChatCompletionRequest.model_validate({
+        "model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "stream": True,
+        "max_tokens": 100, "ignore_eos": True})
+    handler = ChatHandler(state, req)
+    handler.open()   # as the route does: the prefill starts before the response does
+    return handler, _EventStream(handler)
+
+
+async def _idle(engine):
+    for _ in range(500):
+        if engine.requests() == {"running": 0, "waiting": 0}:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_a_client_gone_before_the_first_chunk_cancels_the_engine_request(tiny_state):
+    handler, response = _streamed_request(tiny_state)
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        raise OSError("the client went away")
+
+    with contextlib.suppress(Exception):
+        await response({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send)
+    assert handler.updates.cancelled
+    assert await _idle(tiny_state.engine)
+
+
+async def test_a_stream_read_to_the_end_sends_every_token(tiny_state):
+    handler, response = _streamed_request(tiny_state)
+    sent = []
+    done = asyncio.Event()
+
+    async def receive():
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            done.set()
+
+    await response({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send)
+    events = b"".join(m.get("body", b"") for m in sent[1:]).decode().split("\n\n")
+    chunks = [json.loads(e[6:]) for e in events if e.startswith("data: {")]
+    assert sent[0]["status"] == 200 and events[-2] == "data: [DONE]"
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")) > 0
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert await _idle(tiny_state.engine)
