@@ -243,9 +243,11 @@ def main() -> None:
     systems.update({name: engine_runner(e, n) for name, e in engines.items()})
     if not args.skip_int4:
         engines["ours int4 (builder graph)"] = engine(paths["gqa-int4"])
+        engines["ours int4 (builder graph, all cores)"] = engine(paths["gqa-int4"], threads=None)
         engines["ours int4 (optimum graph, MatMulNBits)"] = engine(paths["optimum-int4"])
         systems["onnxruntime-genai int4"] = genai_runner(paths["gqa-int4"], n)
-        for name in ("ours int4 (builder graph)", "ours int4 (optimum graph, MatMulNBits)"):
+        for name in ("ours int4 (builder graph)", "ours int4 (builder graph, all cores)",
+                     "ours int4 (optimum graph, MatMulNBits)"):
             systems[name] = engine_runner(engines[name], n)
 
     for run in systems.values():     # warm-up (first-run allocations, thread pools)
