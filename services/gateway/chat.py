@@ -58,7 +58,8 @@ class ChatGateway:
         self.settings = settings or gateway_settings()
         self.router = Router(platform, refresh=self.settings.routing_refresh_seconds)
         self.limiter = QpsLimiter()
-        self.meter = UsageRecorder(platform)
+        self.quotas = quota.QuotaView(platform)
+        self.meter = UsageRecorder(platform, on_quota_written=self.quotas.written)
         self.moderation = Moderation(platform)
         self.upstream = Upstream(connect_timeout=self.settings.upstream_connect_timeout,
                                  read_timeout=self.settings.upstream_read_timeout)
@@ -178,7 +179,7 @@ class ChatGateway:
         try:
             self._check_length(body, service)
             if service.preset:  # before a cold start: a caller without quota must not wake the preset
-                await quota.check(self.platform, user_id=caller.user_id, service=service,
+                await quota.check(self.quotas, user_id=caller.user_id, service=service,
                                   pending=self.meter.pending_quota(caller.user_id, service.id))
             service = await self.ensure_callable(caller, service)
             await self._moderate_input(body, service)
@@ -415,7 +416,7 @@ async def run_gateway(platform: Platform) -> None:
     """Background task: write metered usage every second and keep the gateway's views of the
     database fresh (so calls do not wait on it); flush and close on shutdown."""
     gateway = gateway_for(platform)
-    views = [*gateway.router.views, gateway.moderation.view, keys.callers()]
+    views = [*gateway.router.views, gateway.moderation.view, gateway.quotas.view, keys.callers()]
     period = max(0.05, min(v.max_age for v in views) / 4)
     refresher = asyncio.create_task(keep_fresh(views, period=period), name="gateway-views")
     try:

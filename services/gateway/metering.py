@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -47,8 +48,10 @@ def _minute(at: datetime) -> datetime:
 
 
 class UsageRecorder:
-    def __init__(self, platform: Platform):
+    def __init__(self, platform: Platform, *, on_quota_written: Callable[[list[str]], None] | None = None):
+        """``on_quota_written``: called with the quota ids whose usage a flush has just written."""
         self.platform = platform
+        self._on_quota_written = on_quota_written
         self._usage: dict[str, dict] = {}
         self._metrics: dict[str, dict] = {}
         self._quota: dict[str, int] = defaultdict(int)
@@ -123,6 +126,8 @@ class UsageRecorder:
                         UpdateOne({"key_id": k}, {"$max": {"last_used_at": at}}) for k, at in keys.items()],
                         ordered=False)
                 writes = len(usage) + len(metrics) + len(quota)
+                if quota and self._on_quota_written is not None:
+                    self._on_quota_written(list(quota))
             except Exception:
                 # Keep the counts for the next round rather than lose them.
                 log.exception("writing usage failed; retrying on the next flush")

@@ -19,6 +19,7 @@ from services.common.serving_refs import PRESET_TENANT, SERVICES, find_service_b
 from services.gateway.metering import QUOTAS, quota_id
 from services.gateway.oai_errors import OpenAIError
 from services.gateway.settings import gateway_settings
+from services.gateway.views import ReadThroughView
 
 INDEXES: list[IndexSpec] = [(QUOTAS, [("user_id", ASCENDING)], {})]
 
@@ -49,9 +50,35 @@ def _quota_view(doc: dict | None, pending: int = 0) -> dict:
             "remaining": max(0, int(doc["granted"]) - used), "claimed_at": doc.get("claimed_at")}
 
 
-async def check(platform: Platform, *, user_id: str, service, pending: int) -> None:
+class QuotaView:
+    """Claimed quotas as this gateway process sees them, without a database read per call.
+
+    A quota document is at most ``max_age`` seconds old when a call uses it (views.py keeps it fresh
+    in the background), and re-read after this process writes usage to it (``written``), so what this
+    process metered is never missed: the unwritten rest is the meter's ``pending``. Usage written by
+    other gateway processes shows within ``max_age`` plus their flush period. An unclaimed quota is
+    never remembered, so a claim takes effect at once.
+    """
+
+    def __init__(self, platform: Platform, *, max_age: float = 1.0):
+        self.platform = platform
+        self.view = ReadThroughView(max_age=max_age)
+
+    async def get(self, user_id: str, service_id: str) -> dict | None:
+        key = quota_id(user_id, service_id)
+        doc = await self.view.get(key, lambda: self.platform.mongo[QUOTAS].find_one({"_id": key}))
+        if doc is None:
+            self.view.forget(key)
+        return doc
+
+    def written(self, keys) -> None:
+        for key in keys:
+            self.view.forget(key)
+
+
+async def check(quotas: QuotaView, *, user_id: str, service, pending: int) -> None:
     """Raise unless the caller has free quota left on this preset service."""
-    doc = await platform.mongo[QUOTAS].find_one({"_id": quota_id(user_id, service.id)})
+    doc = await quotas.get(user_id, service.id)
     if doc is None:
         raise OpenAIError(403, f"Claim the free quota of the preset service '{service.name}' first "
                           f"(POST /api/v1/preset-services/{service.id}/claim).", code="quota_not_claimed")
