@@ -32,7 +32,6 @@ def _serve(*, host: str, port: int, services: str) -> None:
 
 async def _bootstrap_admin():
     from services.common.context import Platform
-    from services.common.mongo import Mongo
     from services.common.settings import get_settings
     from services.gateway.identity import INDEXES, ensure_bootstrap_admin
 

@@ -102,6 +102,4 @@ def convert_to_hf(out_dir: Path, *, dtype: str = "float32") -> Path:
 
 
 if __name__ == "__main__":  # python -m services.mlkit.smollm2 OUT_DIR: the conversion in its own process
-    import sys
-
     convert_to_hf(Path(sys.argv[1]))

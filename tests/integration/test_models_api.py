@@ -174,7 +174,7 @@ async def test_a_model_with_task_records_cannot_be_deleted_until_they_go(api, bu
         async with platform.uow() as uow:
             uow.emit(TaskRecordChanged(task_id="tune-1", task_kind="tuning", task_name="my-lora-job",
                                        model_id=model["id"], version_id=version_id, status="running",
-                                       removed=removed), tenant_id=tenant, subject=f"tuning-jobs/tune-1")
+                                       removed=removed), tenant_id=tenant, subject="tuning-jobs/tune-1")
 
     await announce(False)
 

@@ -5,7 +5,6 @@ The preset starts lazily: the first call wakes it (a cold start), later calls ar
 from __future__ import annotations
 
 import asyncio
-import json
 
 import openai
 import pytest
