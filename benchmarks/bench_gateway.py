@@ -12,7 +12,7 @@ moderation on, as shipped) and measures, on the same greedy prompt (``ignore_eos
    event loop), the three paths interleaved run by run (the order rotates), so the machine's load,
    the platform's own background work included, hits them alike:
    - *engine*: ``services.inference.engine.Engine`` called in the client process (no HTTP), 2 threads,
-     on the prompt already rendered and tokenized;
+     from the same chat messages (chat template and tokenizer included, as for any caller);
    - *instance*: the service's inference server called directly over HTTP (SSE);
    - *gateway*: ``POST /v1/infers/{service}/v1/chat/completions`` with an API key (auth, QPS limit,
      moderation, routing, SSE relay, metering).
@@ -70,11 +70,16 @@ def median(values: list[float]) -> float:
 # the three ways to run one request
 # ---------------------------------------------------------------------------------------------
 
-async def engine_run(engine, ids: list[int], tokens: int) -> tuple[float, float, int]:
+async def engine_run(engine, tokens: int) -> tuple[float, float, int]:
+    """The same prompt as the HTTP runs, from the chat messages on: the chat template and the
+    tokenizer are work every caller of the engine does too."""
+    from contracts.openai import ChatMessage
+    from services.inference.chat import encode, render_prompt
     from services.inference.params import SamplingParams
 
-    params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
     start = time.perf_counter()
+    params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
+    ids = encode(engine.tokenizer, render_prompt(engine.tokenizer, [ChatMessage(**m) for m in PROMPT]).text)
     first = last = None
     count = 0
     async for update in engine.astream(ids, params):
@@ -284,12 +289,9 @@ async def client_main(spec: dict) -> dict:
     HTTP, one run of each per round (the order rotates), then throughput."""
     import httpx
 
-    from contracts.openai import ChatMessage
-    from services.inference.chat import encode, render_prompt
     from services.inference.engine import Engine
 
     engine = await asyncio.to_thread(Engine, Path(spec["folder"]), max_model_len=spec["max_model_len"], threads=2)
-    ids = encode(engine.tokenizer, render_prompt(engine.tokenizer, [ChatMessage(**m) for m in PROMPT]).text)
     out: dict = {"engine": [], "instance": [], "gateway": [], "throughput": {},
                  "engine_backend": [engine.backend_name, engine.providers]}
     urls = {"instance": spec["instance_url"], "gateway": spec["gateway_url"]}
@@ -297,7 +299,7 @@ async def client_main(spec: dict) -> dict:
                                  limits=httpx.Limits(max_connections=64)) as client:
         def run(path: str):
             if path == "engine":
-                return engine_run(engine, ids, spec["tokens"])
+                return engine_run(engine, spec["tokens"])
             return http_run(client, urls[path], spec["model"], spec["tokens"])
 
         paths = ["engine", "instance", "gateway"]
