@@ -32,5 +32,7 @@ class Platform:
         return UnitOfWork(self.mongo, self.settings, on_commit=self.relay.nudge)
 
 
-def get_platform(request: Request) -> Platform:
+async def get_platform(request: Request) -> Platform:
+    # async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
+    # on every request (the first token of every chat call waited for it).
     return request.app.state.platform
