@@ -126,7 +126,7 @@ def callers() -> ReadThroughView:
     """Known keys' callers by the key's SHA-256, kept fresh in the background (services.gateway.views)."""
     global _callers
     if _callers is None:
-        _callers = ReadThroughView(max_age=gateway_settings().key_cache_seconds)
+        _callers = ReadThroughView(max_age=gateway_settings().key_cache_seconds, remember_missing=False)
     return _callers
 
 
@@ -151,7 +151,6 @@ async def authenticate(platform: Platform, request: Request) -> Caller:
     digest = hash_token(secret)
     caller = await callers().get(digest, lambda: _find_caller(platform, digest))
     if caller is None:
-        callers().forget(digest)   # unknown keys are not remembered: guessing must not fill memory
         shown = mask(secret) if len(secret) > 12 else "***"
         raise OpenAIError(401, f"Incorrect API key provided: {shown}. Create a key under API keys.",
                           code="invalid_api_key")

@@ -62,14 +62,11 @@ class QuotaView:
 
     def __init__(self, platform: Platform, *, max_age: float = 1.0):
         self.platform = platform
-        self.view = ReadThroughView(max_age=max_age)
+        self.view = ReadThroughView(max_age=max_age, remember_missing=False)
 
     async def get(self, user_id: str, service_id: str) -> dict | None:
         key = quota_id(user_id, service_id)
-        doc = await self.view.get(key, lambda: self.platform.mongo[QUOTAS].find_one({"_id": key}))
-        if doc is None:
-            self.view.forget(key)
-        return doc
+        return await self.view.get(key, lambda: self.platform.mongo[QUOTAS].find_one({"_id": key}))
 
     def written(self, keys) -> None:
         for key in keys:

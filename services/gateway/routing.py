@@ -2,8 +2,9 @@
 
 The view of services and instances is at most ``refresh`` seconds old (kept fresh in the background,
 services.gateway.views); the deployer marks an instance ``draining`` and waits longer than that
-before stopping it, so a draining instance gets no new request. Among ready instances the one with the fewest requests in flight from
-this gateway wins (least outstanding requests); ties go round-robin.
+before stopping it, so a draining instance gets no new request. Among ready instances the one with
+the fewest requests in flight from this gateway wins (least outstanding requests); ties go
+round-robin.
 """
 from __future__ import annotations
 

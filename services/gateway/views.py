@@ -29,8 +29,11 @@ class _Entry:
 
 
 class ReadThroughView:
-    def __init__(self, *, max_age: float, keep: float = 300.0):
-        self.max_age, self.keep = max_age, keep
+    def __init__(self, *, max_age: float, keep: float = 300.0, remember_missing: bool = True):
+        """``remember_missing=False``: a load that finds nothing (None) is not kept, so the next call
+        reads again (unknown API keys: guessing must not fill memory; unclaimed quotas: a claim
+        counts at once)."""
+        self.max_age, self.keep, self.remember_missing = max_age, keep, remember_missing
         self._entries: dict[Hashable, _Entry] = {}
 
     async def get(self, key: Hashable, load: Loader, *, fresh: bool = False) -> Any:
@@ -38,7 +41,11 @@ class ReadThroughView:
         now = time.monotonic()
         entry = self._entries.get(key)
         if fresh or entry is None or now - entry.loaded_at >= self.max_age:
-            entry = self._entries[key] = _Entry(await load(), time.monotonic(), now, load)
+            entry = _Entry(await load(), time.monotonic(), now, load)
+            if entry.value is None and not self.remember_missing:
+                self._entries.pop(key, None)
+                return None
+            self._entries[key] = entry
         entry.used_at = now
         return entry.value
 
@@ -60,6 +67,8 @@ class ReadThroughView:
                 continue   # re-read or forgotten meanwhile
             if isinstance(value, BaseException):
                 log.warning("refreshing %r failed (%s); the next call re-reads it", key, value)
+                del self._entries[key]
+            elif value is None and not self.remember_missing:
                 del self._entries[key]
             else:
                 entry.value, entry.loaded_at = value, time.monotonic()

@@ -201,8 +201,6 @@ class ChatHandler:
             yield f"data: {json.dumps(error_body(str(exc), type='server_error'))}\n\n"
             yield "data: [DONE]\n\n"
             return
-        finally:
-            self.cancel()
         if self.req.stream_options and self.req.stream_options.include_usage:
             completion = sum(tokens.values())
             usage = {"prompt_tokens": len(self.ids), "completion_tokens": completion,

@@ -83,3 +83,15 @@ async def test_forget_makes_the_next_call_read(clock):
     row.value = "b"
     view.forget("k")
     assert await view.get("k", row.load) == "b"
+
+
+async def test_a_view_that_does_not_remember_missing_values_reads_them_on_every_call(clock):
+    view, row = ReadThroughView(max_age=1.0, remember_missing=False), Source(None)
+    assert await view.get("k", row.load) is None
+    assert await view.get("k", row.load) is None and row.reads == 2
+    row.value = "v1"
+    assert await view.get("k", row.load) == "v1" and row.reads == 3
+    row.value = None   # deleted meanwhile: the background refresh drops it instead of keeping None
+    clock.now += 0.6
+    await view.refresh_due()
+    assert await view.get("k", row.load) is None and row.reads == 5
