@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.inference import cpu_priority
 from services.inference.beam import Beam, BeamSearch
 from services.inference.kv_concat import ConcatBackend
 from services.inference.kv_gqa import GqaBackend
@@ -131,9 +132,12 @@ class UpdateStream:
 class Engine:
     def __init__(self, model_dir: Path, *, max_model_len: int | None = None,
                  max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, providers: list[str] | None = None,
-                 threads: int | None = None, spinning: bool | None = False):
+                 threads: int | None = None, spinning: bool | None = False,
+                 compute_niceness: int = cpu_priority.DEFAULT_COMPUTE_NICENESS):
         """``spinning``: let onnxruntime's idle threads busy-wait (None: its default, which is on).
-        Off by default: the scheduler thread and the HTTP loop need the cores between runs."""
+        Off by default: the scheduler thread and the HTTP loop need the cores between runs.
+        ``compute_niceness``: how much lower than the caller's the CPU priority of the scheduler
+        thread and of onnxruntime's threads is (0: the same); see ``cpu_priority``."""
         self.model_dir = Path(model_dir)
         plan = plan_model(self.model_dir, providers=providers or select_providers())
         from transformers import AutoTokenizer
@@ -150,12 +154,16 @@ class Engine:
         self.max_model_len = max_model_len or limit
         self.max_num_seqs = max_num_seqs
         if plan.backend == "gqa":
-            self.backend = GqaBackend(plan.onnx_dir, max_slots=max_num_seqs, max_len=self.max_model_len,
-                                      threads=threads, spinning=spinning)
-            self.max_model_len = min(self.max_model_len, self.backend.max_len)
+            def build():
+                return GqaBackend(plan.onnx_dir, max_slots=max_num_seqs, max_len=self.max_model_len,
+                                  threads=threads, spinning=spinning)
         else:
-            self.backend = ConcatBackend(plan.onnx_dir, max_slots=max_num_seqs, max_len=self.max_model_len,
-                                         providers=plan.providers, threads=threads, spinning=spinning)
+            def build():
+                return ConcatBackend(plan.onnx_dir, max_slots=max_num_seqs, max_len=self.max_model_len,
+                                     providers=plan.providers, threads=threads, spinning=spinning)
+        self.compute_niceness = compute_niceness
+        self.backend = cpu_priority.on_lowered_thread(build, by=compute_niceness)
+        self.max_model_len = min(self.max_model_len, self.backend.max_len)
         self.vocab_size = self.backend.vocab_size or len(self.tokenizer)
         self.eos_ids = eos_token_ids(plan.onnx_dir, self.tokenizer)
         log.info("engine: %s with %s on %s (max_model_len %d, %d slots)", plan.onnx_dir,
@@ -264,6 +272,7 @@ class Engine:
             self._cond.notify_all()
 
     def _loop(self) -> None:
+        cpu_priority.lower_this_thread(self.compute_niceness)
         while True:
             with self._cond:
                 while not self._closed and not self._waiting and not self._running:

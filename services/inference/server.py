@@ -36,6 +36,7 @@ from contracts.openai import (
     error_body,
 )
 from services.inference.chat import encode, render_prompt
+from services.inference.cpu_priority import DEFAULT_COMPUTE_NICENESS
 from services.inference.engine import DEFAULT_MAX_NUM_SEQS, Engine, EngineError, UpdateStream
 from services.inference.params import InvalidParameter, SamplingParams
 from services.inference.tool_calls import Content, ToolCallParser, parse_tool_calls
@@ -69,9 +70,10 @@ class ModelState:
     """The engine once loaded; what /health reports meanwhile."""
 
     def __init__(self, *, model_dir: Path, served_model_name: str, max_model_len: int | None,
-                 max_num_seqs: int, threads: int | None):
+                 max_num_seqs: int, threads: int | None, compute_niceness: int = DEFAULT_COMPUTE_NICENESS):
         self.model_dir, self.name = Path(model_dir), served_model_name
-        self._options = dict(max_model_len=max_model_len, max_num_seqs=max_num_seqs, threads=threads)
+        self._options = dict(max_model_len=max_model_len, max_num_seqs=max_num_seqs, threads=threads,
+                             compute_niceness=compute_niceness)
         self.engine: Engine | None = None
         self.error: str | None = None
         self.created = int(time.time())
@@ -252,10 +254,10 @@ class _EventStream(StreamingResponse):
 
 def create_app(*, model_dir: Path, served_model_name: str | None = None, max_model_len: int | None = None,
                max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, threads: int | None = None,
-               on_load_failure=None) -> FastAPI:
+               compute_niceness: int = DEFAULT_COMPUTE_NICENESS, on_load_failure=None) -> FastAPI:
     name = served_model_name or Path(model_dir).name
     state = ModelState(model_dir=model_dir, served_model_name=name, max_model_len=max_model_len,
-                       max_num_seqs=max_num_seqs, threads=threads)
+                       max_num_seqs=max_num_seqs, threads=threads, compute_niceness=compute_niceness)
 
     async def lifespan(app: FastAPI):
         def load():
@@ -336,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-num-seqs", type=int, default=DEFAULT_MAX_NUM_SEQS,
                         help="sequences decoded together (KV-cache slots)")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    parser.add_argument("--compute-niceness", type=int, default=DEFAULT_COMPUTE_NICENESS, choices=range(0, 20),
+                        metavar="0-19", help="how much lower the CPU priority of the decode threads is than the "
+                        "HTTP loop's, so relaying tokens never waits behind a decode step (0: the same)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s [%(levelname)s] %(message)s")
 
@@ -349,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app(model_dir=args.model_dir, served_model_name=args.served_model_name,
                      max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-                     threads=args.threads, on_load_failure=on_load_failure)
+                     threads=args.threads, compute_niceness=args.compute_niceness,
+                     on_load_failure=on_load_failure)
     # log_config=None: uvicorn keeps the logging set up above instead of replacing it.
     # No access log: the gateway records every call already, and a line per call costs the first token.
     server = uvicorn.Server(server_config(app, host=args.host, port=args.port, log_config=None, access_log=False))

@@ -79,6 +79,16 @@ def _backends(model_dir):
     return [gqa, concat]
 
 
+def test_the_scheduler_thread_computes_at_a_lower_cpu_priority(engine):
+    """So that the HTTP loop relaying a token never waits behind a decode step (cpu_priority)."""
+    import os
+
+    from services.inference.cpu_priority import DEFAULT_COMPUTE_NICENESS
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert os.getpriority(os.PRIO_PROCESS, engine._thread.native_id) == min(19, mine + DEFAULT_COMPUTE_NICENESS)
+
+
 def test_prefill_and_decode_logits_equal_transformers(model_dir, hf):
     import torch
 
