@@ -29,13 +29,12 @@ T = TypeVar("T")
 DEFAULT_COMPUTE_NICENESS = 5
 
 
-def supported() -> bool:
-    return sys.platform.startswith("linux")
+_PER_THREAD = sys.platform.startswith("linux")
 
 
 def lower_this_thread(by: int) -> None:
     """Raise the calling thread's niceness by ``by`` (never lowers it: that needs privileges)."""
-    if by <= 0 or not supported():
+    if by <= 0 or not _PER_THREAD:
         return
     tid = threading.get_native_id()
     try:
@@ -49,7 +48,7 @@ def on_lowered_thread(build: Callable[[], T], *, by: int) -> T:
 
     Threads ``build`` starts (onnxruntime's intra-op pool) inherit that niceness and outlive it.
     """
-    if by <= 0 or not supported():
+    if by <= 0 or not _PER_THREAD:
         return build()
     result: dict[str, object] = {}
 

@@ -16,6 +16,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -154,13 +155,11 @@ class Engine:
         self.max_model_len = max_model_len or limit
         self.max_num_seqs = max_num_seqs
         if plan.backend == "gqa":
-            def build():
-                return GqaBackend(plan.onnx_dir, max_slots=max_num_seqs, max_len=self.max_model_len,
-                                  threads=threads, spinning=spinning)
+            build = partial(GqaBackend, plan.onnx_dir, max_slots=max_num_seqs, max_len=self.max_model_len,
+                            threads=threads, spinning=spinning)
         else:
-            def build():
-                return ConcatBackend(plan.onnx_dir, max_slots=max_num_seqs, max_len=self.max_model_len,
-                                     providers=plan.providers, threads=threads, spinning=spinning)
+            build = partial(ConcatBackend, plan.onnx_dir, max_slots=max_num_seqs, max_len=self.max_model_len,
+                            providers=plan.providers, threads=threads, spinning=spinning)
         self.compute_niceness = compute_niceness
         self.backend = cpu_priority.on_lowered_thread(build, by=compute_niceness)
         self.max_model_len = min(self.max_model_len, self.backend.max_len)
