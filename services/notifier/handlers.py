@@ -22,12 +22,25 @@ async def on_event(platform: Platform, envelope: Envelope, event: EventData) -> 
         await uow.mark_processed(consumer=CONSUMER, event_id=envelope.id)
         if isinstance(event, NotificationRuleChanged):
             await service.apply_rule_event(uow, tenant_id=envelope.tenant_id, event=event)
-        previous = await timeline.record(uow, envelope, kind)
+            if not event.removed:
+                queued += await _catch_up(uow, envelope)
         # Notify state changes only: a repeated "running" (e.g. progress) is not news.
-        if kind is not None and kind != previous:
-            queued = await service.fan_out(uow, envelope=envelope, kind=kind)
+        if await timeline.record(uow, envelope, kind):
+            queued += await service.fan_out(uow, envelope=envelope, kind=kind)
     if queued:
         delivery.wake(platform)
+
+
+async def _catch_up(uow, rule: Envelope) -> int:
+    """Notify the state changes of the rule's subject that happened after the rule was set but were
+    consumed before it: the rule travels on the notifications topic and the job's events on the
+    job's own, and Kafka orders each topic on its own (a job's first "running" can come first)."""
+    queued = 0
+    for envelope in await timeline.state_changes_since(uow, tenant_id=rule.tenant_id, subject=rule.subject,
+                                                       since=rule.occurred_at):
+        queued += await service.fan_out(uow, envelope=envelope, kind=classify(envelope.type, envelope.data),
+                                        skip_delivered=True)
+    return queued
 
 
 def topics() -> list[str]:

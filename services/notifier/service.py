@@ -262,8 +262,11 @@ def notification_payload(envelope: Envelope, *, kind: str, topic_name: str, subs
     }}
 
 
-async def fan_out(uow, *, envelope: Envelope, kind: str) -> int:
-    """Queue one delivery per confirmed subscription whose topic a matching rule names."""
+async def fan_out(uow, *, envelope: Envelope, kind: str, skip_delivered: bool = False) -> int:
+    """Queue one delivery per confirmed subscription whose topic a matching rule names.
+
+    ``skip_delivered``: leave out subscriptions that already have this event (a second fan-out of
+    it, for a rule that arrived late); otherwise a second fan-out fails on the unique index."""
     resource = resource_of(envelope.subject)
     rules = [r async for r in uow.collection(RULES).find(
         {"tenant_id": envelope.tenant_id, "subject": {"$in": [envelope.subject, f"{resource}/*", "*"]},
@@ -278,6 +281,10 @@ async def fan_out(uow, *, envelope: Envelope, kind: str) -> int:
     # Unconfirmed subscriptions get nothing but their confirmation request.
     subs = [s async for s in uow.collection(SUBSCRIPTIONS).find(
         {"topic_id": {"$in": topic_ids}, "status": SubscriptionStatus.confirmed}, session=uow.session)]
+    if skip_delivered:
+        done = {d["subscription_id"] async for d in uow.collection(DELIVERIES).find(
+            {"event_id": envelope.id}, {"subscription_id": 1}, session=uow.session)}
+        subs = [s for s in subs if s["_id"] not in done]
     now = _now()
     docs = [delivery.new_delivery(
         tenant_id=envelope.tenant_id, subscription=s, kind=DeliveryKind.notification, event_id=envelope.id,

@@ -51,14 +51,20 @@ def _summary(data: dict) -> str | None:
     return None
 
 
-async def record(uow, envelope: Envelope, kind: str | None) -> str | None:
-    """Store the event under its subject; returns the subject's previous state when ``kind`` is set."""
+async def record(uow, envelope: Envelope, kind: str | None) -> bool:
+    """Store the event under its subject; True when it changed the subject's state (news to notify)."""
+    changed = kind is not None and kind != await _move_state(uow, envelope, kind)
     await uow.collection(EVENTS).insert_one({
         "_id": envelope.id, "tenant_id": envelope.tenant_id, "subject": envelope.subject,
         "resource": resource_of(envelope.subject), "type": envelope.type, "version": envelope.version,
-        "kind": kind, "message": _summary(envelope.data), "occurred_at": envelope.occurred_at,
-        "recorded_at": datetime.now(UTC), "data": envelope.data,
+        "kind": kind, "state_change": changed, "message": _summary(envelope.data),
+        "occurred_at": envelope.occurred_at, "recorded_at": datetime.now(UTC), "data": envelope.data,
     }, session=uow.session)
+    return changed
+
+
+async def _move_state(uow, envelope: Envelope, kind: str | None) -> str | None:
+    """Set the subject's state to ``kind``; its previous state."""
     if kind is None:
         return None
     key = {"_id": f"{envelope.tenant_id}|{envelope.subject}"}
@@ -71,6 +77,16 @@ async def record(uow, envelope: Envelope, kind: str | None) -> str | None:
             "state": kind, "event_id": envelope.id, "updated_at": envelope.occurred_at}},
             upsert=True, session=uow.session)
     return previous["state"] if previous else None
+
+
+async def state_changes_since(uow, *, tenant_id: str, subject: str, since: datetime) -> list[Envelope]:
+    """The subject's state-changing events that happened at or after ``since``, oldest first."""
+    since = since.replace(microsecond=since.microsecond // 1000 * 1000)  # MongoDB keeps milliseconds
+    cursor = uow.collection(EVENTS).find(
+        {"tenant_id": tenant_id, "subject": subject, "state_change": True, "occurred_at": {"$gte": since}},
+        session=uow.session).sort("occurred_at", ASCENDING)
+    return [Envelope(id=d["_id"], type=d["type"], version=d["version"], occurred_at=d["occurred_at"],
+                     tenant_id=d["tenant_id"], subject=d["subject"], data=d["data"]) async for d in cursor]
 
 
 def _view(doc: dict) -> TimelineEvent:

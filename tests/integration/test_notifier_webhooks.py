@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import Webhook
 from contracts import Envelope, new_id
 from contracts.events import ModelVersionStatusChanged
 from contracts.notifications import NotificationRuleChanged
-from contracts.tuning import TuneFailed, TuneStarted
+from contracts.tuning import TuneCompleted, TuneFailed, TuneStarted
 from services.common import metrics
 from services.common.bus import topic_name
 from services.common.http import server_config
@@ -27,6 +27,7 @@ from services.common.outbox import OUTBOX
 from services.mlkit.tiny import build_tiny_model
 from services.notifier import delivery
 from services.notifier.models import DELIVERIES, SUBSCRIPTIONS, DeliveryKind
+from services.notifier.timeline import EVENTS
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -264,6 +265,52 @@ async def test_a_failing_receiver_is_retried_with_backoff_then_dead_lettered(
         assert r.status_code == 200
     finally:
         settings.webhook_retry_base_seconds, settings.webhook_max_attempts = saved
+        await api.delete(f"/api/v1/notification-topics/{topic['id']}")
+
+
+async def test_a_job_rule_consumed_after_the_jobs_first_state_change_still_notifies_it(
+        api, anonymous, running_platform, receiver, tenant):
+    """The rule travels on the notifications topic, the job's events on the tuning topic: Kafka may
+    hand the notifier the job's "completed" first. Only what happened after the rule was set counts."""
+    platform = running_platform["platform"]
+    topic = await _topic(api, "late-rule")
+    try:
+        sub = await _subscribe(api, topic, f"{receiver.url}/late-rule")
+        await _confirm(anonymous, receiver, "/late-rule", sub)
+        job_id = new_id()
+        subject = f"tuning-jobs/{job_id}"
+        async with platform.uow() as uow:   # before the rule was set: not notified
+            uow.emit(TuneStarted(job_id=job_id, run_id="r1", worker_id="w1", total_iterations=10),
+                     tenant_id=tenant["tenant_id"], subject=subject)
+        await asyncio.sleep(0.01)  # the database keeps milliseconds: keep the three apart
+        rule = Envelope.wrap(NotificationRuleChanged(subject=subject, topic_name=topic["name"],
+                                                     events=["running", "completed"]),
+                             tenant_id=tenant["tenant_id"], subject=subject)
+        await asyncio.sleep(0.01)
+        async with platform.uow() as uow:
+            completed = uow.emit(TuneCompleted(job_id=job_id, iterations=10, weights_uri="s3://b/p/",
+                                               output_model_name="late-out"),
+                                 tenant_id=tenant["tenant_id"], subject=subject)
+
+        async def recorded():
+            return await platform.mongo[EVENTS].find_one({"_id": completed.id})
+        await wait_for(recorded, timeout=60)
+        assert await platform.mongo[DELIVERIES].count_documents({"subject": subject}) == 0
+
+        for _ in range(2):  # the rule, late, and then redelivered: one notification all the same
+            await platform.broker.publish(rule.model_dump(mode="json"),
+                                          topic=topic_name(platform.settings, NotificationRuleChanged.topic),
+                                          key=subject.encode())
+
+        async def notified():
+            return receiver.notifications("/late-rule", subject) or None
+        await wait_for(notified, timeout=60)
+        await asyncio.sleep(1)  # a second POST, were there one, would have gone out by now
+        got = receiver.notifications("/late-rule", subject)
+        assert [g.payload["type"] for g in got] == ["tuning-jobs.completed"]
+        assert got[0].payload["data"]["event_id"] == completed.id
+        assert await platform.mongo[DELIVERIES].count_documents({"subject": subject}) == 1
+    finally:
         await api.delete(f"/api/v1/notification-topics/{topic['id']}")
 
 
