@@ -232,6 +232,7 @@ const zh = {
   'Continue from the latest checkpoint?': '确定从最新的Checkpoint继续作业？',
   'Upload a file': '上传文件',
   'Output model': '调优后模型',
+  'registering…': '注册中…',
   'Status history': '状态历史',
   'Throughput (tokens/s/card)': '吞吐（tokens/s/卡）',
   'ETA': '预计剩余',

@@ -1,6 +1,7 @@
 // Shared building blocks: status tags, dialogs, tabs, form fields, errors, polling, toasts.
 import { html, useEffect, useRef, useState, useCallback } from './lib.js';
 import { t, statusLabel } from './i18n.js';
+import { Link } from './router.js';
 
 export function fmtTime(value) {
   if (!value) return '-';
@@ -149,6 +150,15 @@ export function KV({ items }) {
   return html`<dl class="kv">
     ${items.filter(Boolean).map(([k, v]) => html`<div class="kv-row"><dt>${k}</dt><dd>${v === null || v === undefined || v === '' ? '-' : v}</dd></div>`)}
   </dl>`;
+}
+
+// A job's output model: a link once the registry has made it, "registering…" between the job's
+// completion and that (two events later), otherwise just the requested name.
+export function OutputModel({ job }) {
+  const out = job.output;
+  if (out.model_id) return html`<${Link} href=${`/console/models/${out.model_id}`}>${out.model_name}<//>`;
+  if (job.status !== 'completed') return out.model_name;
+  return html`<span>${out.model_name} <span class="muted" data-testid="output-registering">${t('registering…')}</span></span>`;
 }
 
 export function ProgressBar({ value, total, label }) {

@@ -6,8 +6,8 @@ import { t } from '../i18n.js';
 import { Link, navigate } from '../router.js';
 import { TimelinePanel } from '../timeline.js';
 import {
-  ConfirmDelete, Empty, ErrorBox, Field, KV, PageHead, ProgressBar, Section, Spinner, StatusTag, Switch, Tabs,
-  fieldError, fmtBytes, fmtNumber, fmtTime, nameError, toast, useAction, usePoll,
+  ConfirmDelete, Empty, ErrorBox, Field, KV, OutputModel, PageHead, ProgressBar, Section, Spinner, StatusTag, Switch,
+  Tabs, fieldError, fmtBytes, fmtNumber, fmtTime, nameError, toast, useAction, usePoll,
 } from '../ui.js';
 
 const ACTIVE = ['pending', 'running'];
@@ -250,7 +250,7 @@ export function CompressionJobPage({ id }) {
           [t('Source model'), job.source.model_id ? html`<${Link} href=${`/console/models/${job.source.model_id}`}>${job.source.model_name || job.source.model_id}<//>` : job.template_id],
           [t('Compression strategy'), t(job.strategy)],
           [t('Migration strength'), job.params && job.params.alpha !== null && job.params.alpha !== undefined ? job.params.alpha : '-'],
-          [t('Output model'), job.output.model_id ? html`<${Link} href=${`/console/models/${job.output.model_id}`}>${job.output.model_name}<//>` : job.output.model_name],
+          [t('Output model'), html`<${OutputModel} job=${job} />`],
           [t('Path'), html`<span class="mono small">${job.output.path}</span>`],
           [t('Estimated duration'), minutes(job.estimate)], [t('Created'), fmtTime(job.created_at)],
         ]} />

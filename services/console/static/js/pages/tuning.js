@@ -7,8 +7,8 @@ import { Link, navigate } from '../router.js';
 import { LineChart } from '../chart.js';
 import { TimelinePanel } from '../timeline.js';
 import {
-  Confirm, ConfirmDelete, Empty, ErrorBox, Field, KV, Modal, PageHead, ProgressBar, Section, Spinner, StatusTag,
-  Switch, Tabs, fieldError, fmtBytes, fmtNumber, fmtTime, nameError, toast, useAction, usePoll,
+  Confirm, ConfirmDelete, Empty, ErrorBox, Field, KV, Modal, OutputModel, PageHead, ProgressBar, Section, Spinner,
+  StatusTag, Switch, Tabs, fieldError, fmtBytes, fmtNumber, fmtTime, nameError, toast, useAction, usePoll,
 } from '../ui.js';
 
 // services/tuning/models.py FLAVORS (cards feed the estimate, table 6-5).
@@ -446,7 +446,7 @@ export function TuningJobPage({ id }) {
           ['ID', html`<code>${job.id}</code>`], [t('Description'), job.description],
           [t('Source model'), job.source.model_id ? html`<${Link} href=${`/console/models/${job.source.model_id}`}>${job.source.model_name} V${job.source.version_number}<//>` : job.template_name],
           [t('Tune type'), t(job.tune_type)],
-          [t('Output model'), job.output.model_id ? html`<${Link} href=${`/console/models/${job.output.model_id}`}>${job.output.model_name}<//>` : job.output.model_name],
+          [t('Output model'), html`<${OutputModel} job=${job} />`],
           [t('Path'), html`<span class="mono small">${job.output.path}</span>`],
           [t('Dataset'), html`<span class="mono small">${job.dataset.path}</span>`], [t('Dataset format'), job.dataset.format],
           [t('Sample count'), fmtNumber(job.dataset.sample_count)],
