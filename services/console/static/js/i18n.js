@@ -244,6 +244,7 @@ const zh = {
   'Compression jobs': '压缩作业',
   'Compression strategy': '压缩策略',
   'Compressed model name': '压缩后模型名称',
+  'Compressed model': '压缩后模型',
   'Migration strength': '平滑系数/Migration Strength',
   'The compression API is not available on this platform yet.': '平台尚未提供模型压缩接口。',
   'Size before': '压缩前大小',

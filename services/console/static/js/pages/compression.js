@@ -250,7 +250,7 @@ export function CompressionJobPage({ id }) {
           [t('Source model'), job.source.model_id ? html`<${Link} href=${`/console/models/${job.source.model_id}`}>${job.source.model_name || job.source.model_id}<//>` : job.template_id],
           [t('Compression strategy'), t(job.strategy)],
           [t('Migration strength'), job.params && job.params.alpha !== null && job.params.alpha !== undefined ? job.params.alpha : '-'],
-          [t('Output model'), html`<${OutputModel} job=${job} />`],
+          [t('Compressed model'), html`<${OutputModel} job=${job} />`],
           [t('Path'), html`<span class="mono small">${job.output.path}</span>`],
           [t('Estimated duration'), minutes(job.estimate)], [t('Created'), fmtTime(job.created_at)],
         ]} />
