@@ -63,12 +63,8 @@ def select_services(names: str) -> list[ServiceSpec]:
     return [SERVICES[n] for n in chosen]
 
 
-def _subscribe(platform: Platform, group: str, consumers: list[Consumer]) -> None:
-    """One Kafka consumer per group, over all of its topics: each group join costs seconds."""
-    handlers = {}
-    for consumer in consumers:
-        handlers.update(envelope_handler_types(consumer))
-
+def dispatcher(platform: Platform, group: str, handlers: dict):
+    """The function a consumer group calls per message: decode, time, hand to the event's handler."""
     async def dispatch(body: dict) -> None:
         envelope = Envelope.model_validate(body)
         entry = handlers.get((envelope.type, envelope.version))
@@ -76,6 +72,11 @@ def _subscribe(platform: Platform, group: str, consumers: list[Consumer]) -> Non
             metrics.observe_consumed(group=group, event_type=envelope.type, outcome="ignored", seconds=0)
             return  # another consumer's event on a shared topic
         event_cls, handler = entry
+        waited = metrics.observe_delivery(group=group, event_type=envelope.type, occurred_at=envelope.occurred_at)
+        if waited > platform.settings.slow_event_seconds:
+            # Names the slow hop when an event chain stalls (a busy broker, a rebalance, a blocked loop).
+            log.warning("%s %s reached consumer group %s %.1f s after it occurred", envelope.type, envelope.id,
+                        group, waited)
         started, outcome = time.perf_counter(), "error"
         try:
             await handler(platform, envelope, event_cls.model_validate(envelope.data))
@@ -83,7 +84,14 @@ def _subscribe(platform: Platform, group: str, consumers: list[Consumer]) -> Non
         finally:
             metrics.observe_consumed(group=group, event_type=envelope.type, outcome=outcome,
                                      seconds=time.perf_counter() - started)
+    return dispatch
 
+
+def _subscribe(platform: Platform, group: str, consumers: list[Consumer]) -> None:
+    """One Kafka consumer per group, over all of its topics: each group join costs seconds."""
+    handlers = {}
+    for consumer in consumers:
+        handlers.update(envelope_handler_types(consumer))
     settings = platform.settings
     platform.broker.subscriber(
         *sorted({topic_name(settings, c.topic) for c in consumers}),
@@ -98,7 +106,7 @@ def _subscribe(platform: Platform, group: str, consumers: list[Consumer]) -> Non
         # Tansu answers a waiting fetch only when the wait expires, not when data arrives: a short
         # wait keeps event hops near 10 ms instead of ~250 ms (benchmarks/bench_event_pipeline.py).
         fetch_max_wait_ms=50,
-    )(dispatch)
+    )(dispatcher(platform, group, handlers))
 
 
 def build_app(settings: Settings | None = None, *, services: str | None = None) -> FastAPI:

@@ -7,7 +7,8 @@ Grafana dashboards can be checked against them (tests/unit/test_dashboards.py).
 How each family is fed:
 - HTTP requests/latency: ``HttpMetricsSpanProcessor`` turns the server spans of the OpenTelemetry
   FastAPI instrumentation into counts and latencies (route templates, never raw paths).
-- events published / consumed: ``services.common.bus.publish_envelope`` and the runtime's dispatcher.
+- events published / delivered / consumed: ``services.common.bus.publish_envelope`` and the runtime's
+  dispatcher.
 - gauges read from MongoDB or Kafka (jobs by state, consumer lag, outbox backlog, webhook backlog):
   scrape hooks (``on_scrape``) that the hosting service registers; each is re-run at most every
   ``every`` seconds, so a scrape never costs more than a few cached queries.
@@ -20,6 +21,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Awaitable, Callable
 
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
@@ -53,6 +55,9 @@ events_consumed = Counter("maas_events_consumed", "Events handled by a consumer 
                           ["group", "type", "outcome"], registry=REGISTRY)
 event_handler_duration = Histogram("maas_event_handler_duration_seconds", "Time an event handler took",
                                    ["group", "type"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+event_delivery = Histogram("maas_event_delivery_seconds",
+                           "Time from an event occurring to a consumer group starting to handle it",
+                           ["group", "type"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
 consumer_lag = Gauge("maas_consumer_lag_messages", "Messages a consumer group has not committed yet",
                      ["group", "topic"], registry=REGISTRY)
 outbox_pending = Gauge("maas_outbox_pending_events", "Committed events the outbox relay has not published yet",
@@ -102,6 +107,13 @@ def forget_instance(*, service: str, instance: str) -> None:
 
 def count_published(*, topic: str, event_type: str) -> None:
     events_published.labels(topic=topic, type=event_type).inc()
+
+
+def observe_delivery(*, group: str, event_type: str, occurred_at: datetime) -> float:
+    """Record how long an event took from its transaction to a handler; returns the seconds."""
+    seconds = max(0.0, (datetime.now(UTC) - occurred_at).total_seconds())
+    event_delivery.labels(group=group, type=event_type).observe(seconds)
+    return seconds
 
 
 def observe_consumed(*, group: str, event_type: str, outcome: str, seconds: float) -> None:

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
 
     # Outbox relay poll interval when no in-process nudge arrives.
     outbox_poll_seconds: float = 0.5
+    # An event reaching a consumer later than this after it occurred is logged as a warning
+    # (every delivery is in the maas_event_delivery_seconds histogram).
+    slow_event_seconds: float = Field(5.0, gt=0, description="warn when an event is delivered later than this")
 
     # Work area for workers (downloads of weights etc.).
     work_dir: str = ""
