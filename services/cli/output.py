@@ -112,6 +112,23 @@ def print_error(exc: CliError) -> None:
         err_console.print(escape(f"  hint: {exc.hint}"), highlight=False)
 
 
+# A completed job's output model is made by the registry two events later: --watch waits this long for it.
+REGISTRATION_WAIT_S = 120.0
+
+
+def registering(job: dict) -> bool:
+    """A tuning or compression job that completed but whose output model the registry has not made yet."""
+    return job.get("status") == "completed" and not job["output"].get("model_id")
+
+
+def output_model(job: dict) -> str:
+    """A tuning or compression job's output model: its id once registered, 'registering…' until then."""
+    out = job["output"]
+    if out.get("model_id"):
+        return f"{out['model_name']} ({out['model_id']})"
+    return f"{out['model_name']} (registering…)" if registering(job) else out["model_name"]
+
+
 def human_bytes(n: float | None) -> str:
     if n is None:
         return "-"

@@ -79,6 +79,10 @@ async def test_compression_with_a_progress_bar_gives_a_deploy_only_model(maas, c
     assert metrics["size_after_bytes"] < metrics["size_before_bytes"] and metrics["perplexity_after"] > 0
     out = (await maas("models", "show", "cli-journey-sq", "--json")).json()
     assert out["quantization"] == "smoothquant-w8a8"
+    # --watch ended once the registry had made the model, so the job links to it.
+    assert job["output"]["model_id"] == out["id"]
+    shown = await maas("compress", "show", "cli-sq")
+    assert f"cli-journey-sq ({out['id']})" in " ".join(shown.out.split())
     refused = await maas("compress", "create", "cli-sq-again", "--model", "cli-journey-sq", "-o", "x-sq")
     assert refused.code == 1 and "field: source" in refused.err
 

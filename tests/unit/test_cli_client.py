@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from services.cli.client import CliError, Client, error_from_response, resolve
 from services.cli.common import command
-from services.cli.output import print_error
+from services.cli.output import output_model, print_error
 
 
 def response(status: int, body=None, text: str | None = None) -> httpx.Response:
@@ -108,3 +108,12 @@ def test_resolve_accepts_an_id_or_an_exact_name():
     assert resolve(c, "/api/v1/models", "qwen-a", what="model")["id"] == "m1"  # exact, not the substring match
     with pytest.raises(CliError, match="model 'nope' does not exist"):
         resolve(c, "/api/v1/models", "nope", what="model")
+
+
+def test_a_jobs_output_model_shows_its_id_once_registered_and_registering_before():
+    def job(status, model_id=None):
+        return {"status": status, "output": {"model_name": "tiny-sq", "model_id": model_id}}
+    assert output_model(job("running")) == "tiny-sq"
+    assert output_model(job("completed")) == "tiny-sq (registering…)"
+    assert output_model(job("completed", "4c7110af")) == "tiny-sq (4c7110af)"
+    assert output_model(job("failed")) == "tiny-sq"
