@@ -121,6 +121,21 @@ class ModelArtifactProduced(EventData):
     validate_weights: bool = True
 
 
+class ModelArtifactRejected(EventData):
+    """The registry could not make the model or version a ModelArtifactProduced asked for.
+
+    Why: the target model is gone or already has the most versions a model may have, or the template
+    is unknown. The producing job (task_id: a job or a checkpoint conversion) records the reason;
+    the weights stay where the job wrote them.
+    """
+    type = "ModelArtifactRejected"
+    topic = REGISTRY_TOPIC
+    task_id: str
+    task_kind: Literal["tuning", "compression"]
+    weights_uri: str
+    reason: str
+
+
 def _collect() -> tuple[type[EventData], ...]:
     """Every concrete event in this package: each domain has its own module (contracts/<domain>.py)."""
     import importlib

@@ -118,7 +118,8 @@ REGISTRATION_WAIT_S = 120.0
 
 def registering(job: dict) -> bool:
     """A tuning or compression job that completed but whose output model the registry has not made yet."""
-    return job.get("status") == "completed" and not job["output"].get("model_id")
+    out = job["output"]
+    return job.get("status") == "completed" and not out.get("model_id") and not out.get("error")
 
 
 def output_model(job: dict) -> str:
@@ -126,6 +127,8 @@ def output_model(job: dict) -> str:
     out = job["output"]
     if out.get("model_id"):
         return f"{out['model_name']} ({out['model_id']})"
+    if out.get("error"):
+        return f"{out['model_name']} (not registered: {out['error']})"
     return f"{out['model_name']} (registering…)" if registering(job) else out["model_name"]
 
 

@@ -54,6 +54,7 @@ EVENT_KINDS: dict[str, KindRule] = {
     "WeightValidationRequested": IGNORE,
     "WeightValidationCompleted": IGNORE,   # answered by ModelVersionStatusChanged
     "ModelArtifactProduced": IGNORE,
+    "ModelArtifactRejected": IGNORE,       # the producing job shows the reason (output.error)
     "TaskRecordChanged": IGNORE,           # mirrors the owning job's own events
     "NotificationRuleChanged": IGNORE,
     # fine-tuning (contracts/tuning.py)

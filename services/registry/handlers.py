@@ -68,7 +68,8 @@ async def on_model_deleted(platform: Platform, envelope: Envelope, event: ModelD
 
 
 async def on_artifact_produced(platform: Platform, envelope: Envelope, event: ModelArtifactProduced) -> None:
-    await register_artifact(platform, tenant_id=envelope.tenant_id, event_id=envelope.id, artifact=event)
+    await register_artifact(platform, tenant_id=envelope.tenant_id, event_id=envelope.id, subject=envelope.subject,
+                            artifact=event)
 
 
 HANDLERS = {

@@ -8,7 +8,8 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from contracts import new_id
-from contracts.events import ModelCreated, ModelDeleted, ModelVersionCreated, WeightValidationRequested
+from contracts.events import (ModelArtifactRejected, ModelCreated, ModelDeleted, ModelVersionCreated,
+                             WeightValidationRequested)
 from services.common.context import Platform
 from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.common.objectstore import ObjectPath
@@ -134,44 +135,62 @@ async def _insert_model(uow, *, tenant_id: str, name: str, description: str, tem
     return model, version
 
 
-async def register_artifact(platform: Platform, *, tenant_id: str, event_id: str, artifact) -> None:
-    """Turn a job's output (ModelArtifactProduced) into a new model or a new version; once per event."""
-    template = default_catalog().get(artifact.template_id)
-    if template is None:
-        log.error("artifact of %s names unknown template %s", artifact.task_id, artifact.template_id)
-        return
-    origin = {"task_kind": artifact.task_kind, "task_id": artifact.task_id}
+async def register_artifact(platform: Platform, *, tenant_id: str, event_id: str, subject: str, artifact) -> None:
+    """Turn a job's output (ModelArtifactProduced) into a new model or a new version; once per event.
+
+    When that cannot be done, the job hears why (ModelArtifactRejected) rather than waiting forever.
+    """
     async with platform.uow() as uow:
         await uow.mark_processed(consumer="registry", event_id=event_id)
-        if artifact.target == "new_model":
-            name = artifact.model_name or f"{artifact.task_kind}-{artifact.task_id[:8]}"
-            if await uow.collection(MODELS).find_one({"tenant_id": tenant_id, "name": name}, session=uow.session):
-                name = f"{name[:55]}-{artifact.task_id[:8]}"  # the job's name was taken meanwhile
-            await _insert_model(uow, tenant_id=tenant_id, name=name, description=artifact.description,
-                                template=template, quantization=artifact.quantization, source_uri=artifact.weights_uri,
-                                preset=False, validate=artifact.validate_weights, origin=origin)
-            return
-        model = await uow.collection(MODELS).find_one({"_id": artifact.model_id, "tenant_id": tenant_id},
-                                                      session=uow.session)
-        if model is None or model["version_count"] >= MAX_VERSIONS:
-            log.error("cannot add a version to model %s for %s (missing or at %d versions)",
-                      artifact.model_id, artifact.task_id, MAX_VERSIONS)
-            return
-        number = model["latest_version"] + 1
-        version = _version_doc(tenant_id=tenant_id, model_id=model["_id"], number=number,
-                               source_uri=artifact.weights_uri, description=artifact.description,
-                               validate=artifact.validate_weights, template=template, preset=False,
-                               base_version=model["latest_version"])
-        version["origin"] = origin
-        await uow.collection(MODELS).update_one(
-            {"_id": model["_id"]}, {"$inc": {"version_count": 1}, "$set": {"latest_version": number,
-                                                                           "updated_at": _now()}},
-            session=uow.session)
-        await uow.collection(VERSIONS).insert_one(version, session=uow.session)
-        await _start_import(uow, tenant_id=tenant_id, model_id=model["_id"], version=version, template=template)
-        uow.emit(ModelVersionCreated(model_id=model["_id"], version_id=version["_id"], version_number=number,
-                                     weights_uri=artifact.weights_uri, validate_weights=artifact.validate_weights),
-                 tenant_id=tenant_id, subject=f"models/{model['_id']}")
+        reason = await _make_model_or_version(uow, tenant_id=tenant_id, artifact=artifact)
+        if reason is not None:
+            log.warning("cannot register the output of %s %s: %s", artifact.task_kind, artifact.task_id, reason)
+            uow.emit(ModelArtifactRejected(task_id=artifact.task_id, task_kind=artifact.task_kind,
+                                           weights_uri=artifact.weights_uri, reason=reason),
+                     tenant_id=tenant_id, subject=subject)
+
+
+async def _make_model_or_version(uow, *, tenant_id: str, artifact) -> str | None:
+    """Make what the artifact asks for, in the caller's transaction; None, or why it cannot be made."""
+    template = default_catalog().get(artifact.template_id)
+    if template is None:
+        return f"template_id: the template '{artifact.template_id}' is unknown"
+    origin = {"task_kind": artifact.task_kind, "task_id": artifact.task_id}
+    if artifact.target == "new_model":
+        name = artifact.model_name or f"{artifact.task_kind}-{artifact.task_id[:8]}"
+        if await uow.collection(MODELS).find_one({"tenant_id": tenant_id, "name": name}, session=uow.session):
+            name = f"{name[:55]}-{artifact.task_id[:8]}"  # the job's name was taken meanwhile
+        await _insert_model(uow, tenant_id=tenant_id, name=name, description=artifact.description,
+                            template=template, quantization=artifact.quantization, source_uri=artifact.weights_uri,
+                            preset=False, validate=artifact.validate_weights, origin=origin)
+        return None
+    model = await uow.collection(MODELS).find_one({"_id": artifact.model_id, "tenant_id": tenant_id},
+                                                  session=uow.session)
+    if model is None:
+        return f"model_id: the model {artifact.model_id} no longer exists"
+    if model["version_count"] >= MAX_VERSIONS:
+        return (f"model_id: model '{model['name']}' already has {MAX_VERSIONS} versions, the most a model may "
+                "have; delete one and convert again")
+    await _add_version(uow, tenant_id=tenant_id, model=model, template=template, artifact=artifact, origin=origin)
+    return None
+
+
+async def _add_version(uow, *, tenant_id: str, model: dict, template: Template, artifact, origin: dict) -> None:
+    number = model["latest_version"] + 1
+    version = _version_doc(tenant_id=tenant_id, model_id=model["_id"], number=number,
+                           source_uri=artifact.weights_uri, description=artifact.description,
+                           validate=artifact.validate_weights, template=template, preset=False,
+                           base_version=model["latest_version"])
+    version["origin"] = origin
+    await uow.collection(MODELS).update_one(
+        {"_id": model["_id"]}, {"$inc": {"version_count": 1}, "$set": {"latest_version": number,
+                                                                       "updated_at": _now()}},
+        session=uow.session)
+    await uow.collection(VERSIONS).insert_one(version, session=uow.session)
+    await _start_import(uow, tenant_id=tenant_id, model_id=model["_id"], version=version, template=template)
+    uow.emit(ModelVersionCreated(model_id=model["_id"], version_id=version["_id"], version_number=number,
+                                 weights_uri=artifact.weights_uri, validate_weights=artifact.validate_weights),
+             tenant_id=tenant_id, subject=f"models/{model['_id']}")
 
 
 async def _model_or_404(platform: Platform, *, tenant_id: str, model_id: str) -> dict:

@@ -1,12 +1,13 @@
 """Tuning service event handlers: queue submitted jobs, and learn which models the registry made
-from the job outputs (so the job shows its output model and conversions get their task record).
+from the job outputs (so the job shows its output model and conversions get their task record), or
+why it could not make one.
 
 Each handler claims the event id inside its transaction, so a redelivered event has no second effect.
 """
 from __future__ import annotations
 
 from contracts import Envelope
-from contracts.events import ModelCreated, ModelVersionCreated, TaskRecordChanged
+from contracts.events import ModelArtifactRejected, ModelCreated, ModelVersionCreated, TaskRecordChanged
 from contracts.tuning import TuneRequested
 from services.common.context import Platform
 from services.tuning.jobs import now, transact, transition
@@ -55,8 +56,23 @@ async def on_version_created(platform: Platform, envelope: Envelope, event: Mode
                        weights_uri=event.weights_uri)
 
 
+async def on_artifact_rejected(platform: Platform, envelope: Envelope, event: ModelArtifactRejected) -> None:
+    if event.task_kind != "tuning":
+        return
+    async def record(uow) -> None:
+        await uow.mark_processed(consumer=CONSUMER, event_id=envelope.id)
+        at, where = now(), {"_id": event.task_id, "tenant_id": envelope.tenant_id}
+        # The task is the job itself (its output model) or one of its checkpoint conversions.
+        await uow.collection(JOBS).update_one(where, {"$set": {"output.error": event.reason, "updated_at": at}},
+                                              session=uow.session)
+        await uow.collection(CONVERSIONS).update_one(
+            where, {"$set": {"status": "failed", "message": event.reason, "updated_at": at}}, session=uow.session)
+    await transact(platform, record)
+
+
 HANDLERS = {
     TuneRequested: on_tune_requested,
     ModelCreated: on_model_created,
     ModelVersionCreated: on_version_created,
+    ModelArtifactRejected: on_artifact_rejected,
 }

@@ -239,7 +239,7 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
         "source": source, "template_id": template.id, "template_name": template.name,
         "tune_type": request.tune_type.value,
         "output": {"model_name": request.output_model_name, "description": request.output_model_description,
-                   "path": output_root.uri, "weights_uri": None, "model_id": None},
+                   "path": output_root.uri, "weights_uri": None, "model_id": None, "error": None},
         "dataset": {"path": ObjectPath.parse(request.dataset_path).uri, "format": parsed.dataset_format.value,
                     "converted_from": parsed.converted_from.value if parsed.converted_from else None,
                     "converted_uri": converted_uri, "examples_uri": examples.uri,

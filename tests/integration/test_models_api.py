@@ -277,3 +277,30 @@ async def test_a_jobs_artifact_becomes_a_deploy_only_model_and_then_a_version(ap
         detail = (await api.get(f"/api/v1/models/{model['id']}")).json()
         return len(detail["versions"]) == 2 and detail["versions"][1]["status"] == "created"
     await wait_for(second_version)
+
+
+async def test_an_artifact_the_registry_cannot_register_is_answered_with_the_reason(api, running_platform):
+    """A version for a model that is gone, or a template nobody knows: the job hears why (ModelArtifactRejected)."""
+    from contracts.events import ModelArtifactProduced
+
+    platform = running_platform["platform"]
+    tenant = (await api.get("/api/v1/auth/me")).json()["tenant_id"]
+    cases = {"compress-gone": dict(target="new_version", model_id="0" * 32, template_id="qwen2-custom"),
+             "compress-tpl": dict(target="new_model", model_name="never-made", template_id="no-such-template")}
+    for task_id, fields in cases.items():
+        async with platform.uow() as uow:
+            uow.emit(ModelArtifactProduced(task_id=task_id, task_kind="compression", validate_weights=False,
+                                           weights_uri=f"s3://maas-jobs/{task_id}/out/", **fields),
+                     tenant_id=tenant, subject=f"compression-jobs/{task_id}")
+
+    async def rejection(task_id: str):
+        r = await api.get("/api/v1/events", params={"subject": f"compression-jobs/{task_id}",
+                                                    "type": "ModelArtifactRejected"})
+        items = r.json()["items"]
+        return items[0]["data"] if items else None
+    gone = await wait_for(lambda: rejection("compress-gone"))
+    assert gone["reason"] == f"model_id: the model {'0' * 32} no longer exists"
+    assert gone["task_kind"] == "compression" and gone["weights_uri"] == "s3://maas-jobs/compress-gone/out/"
+    unknown = await wait_for(lambda: rejection("compress-tpl"))
+    assert unknown["reason"] == "template_id: the template 'no-such-template' is unknown"
+    assert (await api.get("/api/v1/models", params={"name": "never-made"})).json()["items"] == []

@@ -228,6 +228,22 @@ async def test_a_checkpoint_becomes_a_new_version_of_the_tuned_model(api, comple
     assert model["versions"][1]["description"] == "iteration 2"
 
 
+async def test_a_checkpoint_for_a_deleted_output_model_fails_its_conversion_saying_why(api, completed_job):
+    job = (await api.get(f"/api/v1/tuning-jobs/{completed_job['id']}")).json()
+    assert (await api.delete(f"/api/v1/models/{job['output']['model_id']}")).status_code == 204
+    r = await api.post(f"/api/v1/tuning-jobs/{completed_job['id']}/checkpoints/2/models",
+                       json={"target": "new_version", "description": "too late"})
+    assert r.status_code == 202, r.text  # the registry, not the tuning service, knows the model is gone
+
+    async def failed():
+        items = (await api.get(f"/api/v1/tuning-jobs/{completed_job['id']}/conversions")).json()["items"]
+        item = next(c for c in items if c["id"] == r.json()["id"])
+        return item if item["status"] == "failed" else None
+    item = await wait_for(failed, timeout=120)
+    assert item["message"] == f"model_id: the model {job['output']['model_id']} no longer exists"
+    assert item["version_id"] is None
+
+
 async def test_deleting_the_job_removes_its_task_record(api, tiny_model, completed_job, alpaca64):
     # Runs last in this group: the job and its record go away.
     r = await api.delete(f"/api/v1/tuning-jobs/{completed_job['id']}")

@@ -117,3 +117,6 @@ def test_a_jobs_output_model_shows_its_id_once_registered_and_registering_before
     assert output_model(job("completed")) == "tiny-sq (registering…)"
     assert output_model(job("completed", "4c7110af")) == "tiny-sq (4c7110af)"
     assert output_model(job("failed")) == "tiny-sq"
+    refused = job("completed")
+    refused["output"]["error"] = "model_id: the model m9 no longer exists"
+    assert output_model(refused) == "tiny-sq (not registered: model_id: the model m9 no longer exists)"

@@ -33,6 +33,14 @@ def test_watch_waits_for_the_registry_to_make_the_output_model(module):
 
 
 @pytest.mark.parametrize("module", WATCHES)
+def test_a_model_the_registry_refused_ends_the_watch(module):
+    refused = job("completed")
+    refused["output"]["error"] = "model_id: the model m9 no longer exists"
+    feed = JobFeed(job("completed"), refused, job("completed", "m1"))
+    assert module.watch(feed, "j1", quiet=True, interval=0)["output"]["error"] and feed.gets == 2
+
+
+@pytest.mark.parametrize("module", WATCHES)
 def test_a_failed_job_ends_the_watch_at_once(module):
     feed = JobFeed(job("running"), job("failed"), job("completed", "m1"))
     assert module.watch(feed, "j1", quiet=True, interval=0)["status"] == "failed" and feed.gets == 2

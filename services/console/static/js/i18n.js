@@ -233,6 +233,7 @@ const zh = {
   'Upload a file': '上传文件',
   'Output model': '调优后模型',
   'registering…': '注册中…',
+  'not registered': '未能注册',
   'Status history': '状态历史',
   'Throughput (tokens/s/card)': '吞吐（tokens/s/卡）',
   'ETA': '预计剩余',

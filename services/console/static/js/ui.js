@@ -153,10 +153,11 @@ export function KV({ items }) {
 }
 
 // A job's output model: a link once the registry has made it, "registering…" between the job's
-// completion and that (two events later), otherwise just the requested name.
+// completion and that (two events later), why the registry refused it, otherwise the requested name.
 export function OutputModel({ job }) {
   const out = job.output;
   if (out.model_id) return html`<${Link} href=${`/console/models/${out.model_id}`}>${out.model_name}<//>`;
+  if (out.error) return html`<span>${out.model_name} <span class="danger" data-testid="output-error">${t('not registered')}: ${out.error}</span></span>`;
   if (job.status !== 'completed') return out.model_name;
   return html`<span>${out.model_name} <span class="muted" data-testid="output-registering">${t('registering…')}</span></span>`;
 }
