@@ -248,7 +248,8 @@ class Reconciler:
     async def _start_one(self, svc: dict) -> _Outcome:
         model = svc["model"]
         doc = {"_id": new_id(), "service_id": svc["_id"], "tenant_id": svc["tenant_id"],
-               "version_id": model["version_id"], "status": "starting", "url": None, "node": None, "details": {},
+               "version_id": model["version_id"], "version_number": model.get("version_number"),
+               "status": "starting", "url": None, "node": None, "details": {},
                "backend": self.backend.name, "started_at": _now(), "ready_at": None, "message": None}
         async with self.platform.uow() as uow:
             await uow.collection(INSTANCES).insert_one(doc, session=uow.session)

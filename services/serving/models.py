@@ -145,6 +145,7 @@ class InstanceView(BaseModel):
     id: str
     status: str
     version_id: str
+    version_number: int | None = Field(None, description="the model version it serves (V<n>); absent on old instances")
     url: str | None = None
     started_at: datetime | None = None
     ready_at: datetime | None = None
@@ -205,6 +206,7 @@ def service_view(doc: dict, *, per_instance_qps: float | None = None,
 
 def instance_view(doc: dict) -> InstanceView:
     return InstanceView(id=doc["_id"], status=doc["status"], version_id=doc.get("version_id", ""),
+                        version_number=doc.get("version_number"),
                         url=doc.get("url"), started_at=doc.get("started_at"), ready_at=doc.get("ready_at"),
                         message=doc.get("message"))
 

@@ -65,6 +65,9 @@ async def test_scale_switch_moderation_upgrade_stop_and_start_a_service(console,
     upgraded = await settled(api, url, lambda s: s["operation"] is None and s["version_number"] == v2, timeout=240)
     assert upgraded["status"] == "running" and upgraded["ready_instances"] == 2
     assert [i["version_id"] for i in upgraded["instances"]] == [upgraded["version_id"]] * 2  # the old ones stopped
+    instance_rows = page.locator("table tbody tr")
+    await expect(instance_rows).to_have_count(2)
+    await expect(instance_rows.locator("td:nth-child(3)")).to_have_text([f"V{v2}", f"V{v2}"])
     await console.shot("upgraded")
 
     # Stop, then start again (the guide asks before starting: a running service is billed).

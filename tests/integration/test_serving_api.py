@@ -279,7 +279,8 @@ async def test_upgrade_rolls_to_another_version_while_answering(api, running_pla
     def upgraded(s):
         return (s["status"] == "running" and s["version_number"] == number and len(s["instances"]) == 1
                 and not {i["id"] for i in s["instances"]} & old_instances and s["operation"] is None)
-    await settled(api, f"/api/v1/services/{service['id']}", upgraded, timeout=240)
+    done = await settled(api, f"/api/v1/services/{service['id']}", upgraded, timeout=240)
+    assert [(i["version_id"], i["version_number"]) for i in done["instances"]] == [(done["version_id"], number)]
     stop.set()
     await loader
     assert failures == [] and answered > 0

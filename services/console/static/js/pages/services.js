@@ -420,7 +420,7 @@ export function ServicePage({ id }) {
         ${s.instances && s.instances.length ? html`<div class="span-2"><h4>${t('Instance')}</h4><table class="table">
           <thead><tr><th>ID</th><th>${t('Status')}</th><th>${t('Version')}</th><th>${t('Created')}</th><th>${t('Message')}</th></tr></thead>
           <tbody>${s.instances.map((i) => html`<tr><td class="mono small">${i.id}</td><td><${StatusTag} status=${i.status} /></td>
-            <td class="mono small">${i.version_id.slice(0, 8)}</td><td>${fmtTime(i.started_at)}</td><td>${i.message || ''}</td></tr>`)}</tbody></table></div>` : null}
+            <td>${i.version_number ? `V${i.version_number}` : html`<span class="mono small">${i.version_id.slice(0, 8)}</span>`}</td><td>${fmtTime(i.started_at)}</td><td>${i.message || ''}</td></tr>`)}</tbody></table></div>` : null}
       </div>` : null}
       ${tab === 'monitoring' ? html`<${MonitoringPanel} service=${s} />` : null}
       ${tab === 'events' ? html`<${EventsPanel} service=${s} />` : null}
