@@ -1,5 +1,5 @@
 """Managing a running service from its console page: scale it, switch content moderation off (with the
-guide's confirmation) and on, upgrade it to another version, stop and start it."""
+guide's confirmation) and on, upgrade it to another version, connect it to Dify, stop and start it."""
 from __future__ import annotations
 
 import re
@@ -12,7 +12,7 @@ from tests.integration.test_serving_api import add_version, deploy, serving_tmp,
 pytestmark = pytest.mark.integration
 
 
-async def test_scale_switch_moderation_upgrade_stop_and_start_a_service(console, api, serving_tmp):  # noqa: F811
+async def test_scale_switch_moderation_upgrade_connect_stop_and_start_a_service(console, api, serving_tmp):  # noqa: F811
     model = await tiny_model(api, serving_tmp, name="browser-manage")
     v2 = await add_version(api, serving_tmp, model, seed=1)
     service = await deploy(api, name="browser-manage-svc", model_id=model["id"], version=1)
@@ -69,6 +69,16 @@ async def test_scale_switch_moderation_upgrade_stop_and_start_a_service(console,
     await expect(instance_rows).to_have_count(2)
     await expect(instance_rows.locator("td:nth-child(3)")).to_have_text([f"V{v2}", f"V{v2}"])
     await console.shot("upgraded")
+
+    # The application center shows what Dify's OpenAI-API-compatible provider needs (guide table 12-2).
+    await console.goto(f"/console/solutions?service={service['id']}")
+    await expect(page.get_by_test_id("dify-model")).to_have_text("browser-manage-svc")
+    await expect(page.get_by_test_id("dify-endpoint")).to_have_text(f"{console.base_url}/v1/infers/{service['id']}/v1")
+    await expect(page.get_by_test_id("dify-settings")).to_contain_text("Tool Call")
+    await console.shot("application-center")
+    await page.get_by_test_id("service-picker").select_option("")
+    await expect(page.get_by_test_id("dify-settings")).to_have_count(0)
+    await console.goto(f"/console/services/{service['id']}")
 
     # Stop, then start again (the guide asks before starting: a running service is billed).
     await page.get_by_role("button", name="Stop", exact=True).click()

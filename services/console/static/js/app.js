@@ -14,6 +14,7 @@ import { PlaygroundPage } from './pages/playground.js';
 import { KeysPage } from './pages/keys.js';
 import { NotificationsPage } from './pages/notifications.js';
 import { TracesPage } from './pages/traces.js';
+import { SolutionsPage } from './pages/solutions.js';
 
 const NAV = [
   ['/console/square', 'Model square', '◈'],
@@ -23,6 +24,7 @@ const NAV = [
   ['/console/services', 'Model deployment', '☁'],
   ['/console/playground', 'Playground', '✦'],
   ['/console/keys', 'API keys', '⚷'],
+  ['/console/solutions', 'Application center', '❖'],
   ['/console/notifications', 'Notifications', '✉'],
   ['/console/traces', 'Traces', '⌇'],
 ];
@@ -45,6 +47,7 @@ const ROUTES = [
   ['/console/services/:id', ServicePage],
   ['/console/playground', PlaygroundPage],
   ['/console/keys', KeysPage],
+  ['/console/solutions', SolutionsPage],
   ['/console/notifications', NotificationsPage],
   ['/console/traces', TracesPage],
 ];
