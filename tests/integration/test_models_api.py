@@ -145,7 +145,7 @@ async def test_duplicate_name_is_a_conflict(api, bucket, tiny_folder):
     assert r.status_code == 409 and r.json()["error"]["field"] == "name"
 
 
-async def test_versions_are_numbered_and_capped_at_ten(api, bucket, tiny_folder):
+async def test_versions_are_numbered_and_capped_at_ten(api, bucket, tiny_folder, running_platform):
     path = await upload_folder(api, tiny_folder, f"{bucket}/tiny-versions")
     model = await create(api, name="versioned", weights_path=path, validate_weights=False)
     for expected in range(2, 11):
@@ -157,6 +157,24 @@ async def test_versions_are_numbered_and_capped_at_ten(api, bucket, tiny_folder)
     assert r.status_code == 409 and r.json()["error"]["code"] == "version_limit"
     detail = (await api.get(f"/api/v1/models/{model['id']}")).json()
     assert [v["number"] for v in detail["versions"]] == list(range(1, 11))
+
+    # A job's checkpoint asking for an 11th version is refused too, and the job hears why.
+    from contracts.events import ModelArtifactProduced
+    tenant = (await api.get("/api/v1/auth/me")).json()["tenant_id"]
+    async with running_platform["platform"].uow() as uow:
+        uow.emit(ModelArtifactProduced(task_id="convert-11", task_kind="tuning", target="new_version",
+                                       model_id=model["id"], template_id="qwen2-custom", validate_weights=False,
+                                       weights_uri=f"s3://{path}/"),
+                 tenant_id=tenant, subject="tuning-jobs/convert-11")
+
+    async def rejection():
+        r = await api.get("/api/v1/events",
+                          params={"subject": "tuning-jobs/convert-11", "type": "ModelArtifactRejected"})
+        return r.json()["items"]
+    [event] = await wait_for(rejection)
+    assert event["data"]["reason"] == ("model_id: model 'versioned' already has 10 versions, the most a model may "
+                                       "have; delete one and convert again")
+    assert (await api.get(f"/api/v1/models/{model['id']}")).json()["version_count"] == 10
 
 
 async def test_a_model_with_task_records_cannot_be_deleted_until_they_go(api, bucket, tiny_folder, running_platform):
