@@ -1,10 +1,15 @@
 """What every service needs at hand: settings and the adapters to Kafka, MongoDB and S3."""
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from fastapi import Request
 from faststream.kafka import KafkaBroker
+from pymongo.errors import PyMongoError
 
 from services.common.bus import make_broker
 from services.common.mongo import Mongo
@@ -30,6 +35,30 @@ class Platform:
 
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self.mongo, self.settings, on_commit=self.relay.nudge)
+
+
+T = TypeVar("T")
+
+
+async def transact(platform: Platform, work: Callable[[UnitOfWork], Awaitable[T]], *, attempts: int = 8) -> T | None:
+    """Run ``work(uow)`` in a unit of work, again on a transient transaction error.
+
+    A transaction that touches a document another writer changes meanwhile (a worker renewing its
+    lease, the webhook sender updating a delivery, a concurrent request) loses with a write
+    conflict; MongoDB labels those TransientTransactionError and the whole transaction is safe to
+    repeat.
+    """
+    for attempt in range(attempts):
+        try:
+            async with platform.uow() as uow:
+                return await work(uow)
+        except PyMongoError as exc:
+            transient = exc.has_error_label("TransientTransactionError") or exc.has_error_label(
+                "UnknownTransactionCommitResult")
+            if not transient or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.02 * (2 ** attempt) * (0.5 + random.random()))
+    return None
 
 
 async def get_platform(request: Request) -> Platform:

@@ -6,7 +6,6 @@ creates (two transactions changing one document cannot both commit).
 """
 from __future__ import annotations
 
-import asyncio
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,11 +13,11 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict
 from pymongo import ASCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import DuplicateKeyError
 
 from contracts import new_id
 from services.common.auth import CurrentPrincipal, Principal, hash_token
-from services.common.context import Platform, get_platform
+from services.common.context import Platform, get_platform, transact
 from services.common.errors import ApiError, not_found
 from services.common.mongo import IndexSpec
 from services.common.validation import limited_text
@@ -63,31 +62,19 @@ async def create_key(platform: Platform, *, principal: Principal, description: s
            "description": description, "masked": mask(secret), "created_at": datetime.now(UTC), "last_used_at": None}
     too_many = ApiError(409, "api_key_limit", f"a user can have at most {limit} API keys; delete one first")
 
-    async def attempt() -> None:
-        async with platform.uow() as uow:
-            try:
-                counted = await uow.collection(API_KEY_COUNTS).find_one_and_update(
-                    {"_id": principal.user_id, "count": {"$lt": limit}}, {"$inc": {"count": 1}},
-                    upsert=True, return_document=ReturnDocument.AFTER, session=uow.session)
-            except DuplicateKeyError:  # the counter exists and is at the limit
-                raise too_many from None
-            if counted["count"] > limit:
-                raise too_many
-            await uow.collection(API_KEYS).insert_one(doc, session=uow.session)
-
-    await _retrying(attempt)
-    return {**_view(doc), "key": secret}
-
-
-async def _retrying(attempt, *, tries: int = 10) -> None:
-    """Run a transaction again when it lost a write conflict to a concurrent one (as MongoDB advises)."""
-    for i in range(tries):
+    async def insert(uow) -> None:
         try:
-            return await attempt()
-        except OperationFailure as exc:
-            if not exc.has_error_label("TransientTransactionError") or i == tries - 1:
-                raise
-            await asyncio.sleep(0.01 * (i + 1))
+            counted = await uow.collection(API_KEY_COUNTS).find_one_and_update(
+                {"_id": principal.user_id, "count": {"$lt": limit}}, {"$inc": {"count": 1}},
+                upsert=True, return_document=ReturnDocument.AFTER, session=uow.session)
+        except DuplicateKeyError:  # the counter exists and is at the limit
+            raise too_many from None
+        if counted["count"] > limit:
+            raise too_many
+        await uow.collection(API_KEYS).insert_one(doc, session=uow.session)
+
+    await transact(platform, insert)
+    return {**_view(doc), "key": secret}
 
 
 def _view(doc: dict) -> dict:
@@ -103,17 +90,16 @@ async def list_keys(platform: Platform, *, principal: Principal) -> list[dict]:
 async def delete_key(platform: Platform, *, principal: Principal, key_id: str) -> None:
     deleted: dict = {}
 
-    async def attempt() -> None:
-        async with platform.uow() as uow:
-            doc = await uow.collection(API_KEYS).find_one_and_delete(
-                {"key_id": key_id, "user_id": principal.user_id}, session=uow.session)
-            if doc is None:
-                raise not_found("API key", key_id)
-            await uow.collection(API_KEY_COUNTS).update_one({"_id": principal.user_id}, {"$inc": {"count": -1}},
-                                                            session=uow.session)
-            deleted.update(doc)
+    async def remove(uow) -> None:
+        doc = await uow.collection(API_KEYS).find_one_and_delete(
+            {"key_id": key_id, "user_id": principal.user_id}, session=uow.session)
+        if doc is None:
+            raise not_found("API key", key_id)
+        await uow.collection(API_KEY_COUNTS).update_one({"_id": principal.user_id}, {"$inc": {"count": -1}},
+                                                        session=uow.session)
+        deleted.update(doc)
 
-    await _retrying(attempt)
+    await transact(platform, remove)
     callers().forget(deleted["_id"])
 
 

@@ -14,7 +14,7 @@ from pymongo.errors import DuplicateKeyError
 
 from contracts import Envelope, new_id
 from contracts.notifications import EVENT_KIND_LABELS, NotificationRuleChanged
-from services.common.context import Platform
+from services.common.context import Platform, transact
 from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.notifier import delivery
 from services.notifier.endpoints import EndpointRejected
@@ -85,12 +85,15 @@ async def get_topic(platform: Platform, *, tenant_id: str, topic: str) -> TopicV
 
 async def delete_topic(platform: Platform, *, tenant_id: str, topic: str) -> None:
     doc = await _topic_or_404(platform, tenant_id=tenant_id, topic=topic)
-    async with platform.uow() as uow:
+
+    async def remove(uow) -> None:
         await uow.collection(TOPICS).delete_one({"_id": doc["_id"]}, session=uow.session)
         await uow.collection(SUBSCRIPTIONS).delete_many({"topic_id": doc["_id"]}, session=uow.session)
         await uow.collection(DELIVERIES).update_many(
             {"topic_id": doc["_id"], "status": {"$in": [DeliveryStatus.pending, DeliveryStatus.delivering]}},
             {"$set": {"status": DeliveryStatus.cancelled, "updated_at": _now()}}, session=uow.session)
+    # The webhook sender updates deliveries meanwhile: transact retries a lost write conflict.
+    await transact(platform, remove)
 
 
 # ------------------------------------------------------------------------------------ subscriptions
@@ -167,12 +170,14 @@ async def get_subscription(platform: Platform, *, tenant_id: str, subscription_i
 
 async def delete_subscription(platform: Platform, *, tenant_id: str, subscription_id: str) -> None:
     await _subscription_or_404(platform, subscription_id=subscription_id, tenant_id=tenant_id)
-    async with platform.uow() as uow:
+
+    async def remove(uow) -> None:
         await uow.collection(SUBSCRIPTIONS).delete_one({"_id": subscription_id}, session=uow.session)
         await uow.collection(DELIVERIES).update_many(
             {"subscription_id": subscription_id,
              "status": {"$in": [DeliveryStatus.pending, DeliveryStatus.delivering]}},
             {"$set": {"status": DeliveryStatus.cancelled, "updated_at": _now()}}, session=uow.session)
+    await transact(platform, remove)
 
 
 async def confirm_subscription(platform: Platform, *, subscription_id: str, token: str) -> SubscriptionView:
@@ -185,7 +190,8 @@ async def confirm_subscription(platform: Platform, *, subscription_id: str, toke
     if sub["status"] == SubscriptionStatus.confirmed:
         return subscription_view(sub)
     now = _now()
-    async with platform.uow() as uow:
+
+    async def confirm(uow) -> None:
         await uow.collection(SUBSCRIPTIONS).update_one(
             {"_id": subscription_id}, {"$set": {"status": SubscriptionStatus.confirmed, "confirmed_at": now}},
             session=uow.session)
@@ -194,6 +200,7 @@ async def confirm_subscription(platform: Platform, *, subscription_id: str, toke
             {"subscription_id": subscription_id, "kind": DeliveryKind.confirmation,
              "status": {"$in": [DeliveryStatus.pending, DeliveryStatus.dead]}},
             {"$set": {"status": DeliveryStatus.cancelled, "updated_at": now}}, session=uow.session)
+    await transact(platform, confirm)
     sub.update(status=SubscriptionStatus.confirmed, confirmed_at=now)
     return subscription_view(sub)
 
@@ -203,12 +210,13 @@ async def resend_confirmation(platform: Platform, *, tenant_id: str, subscriptio
     sub = await _subscription_or_404(platform, subscription_id=subscription_id, tenant_id=tenant_id)
     if sub["status"] == SubscriptionStatus.confirmed:
         raise conflict("the subscription is already confirmed", code="already_confirmed")
-    async with platform.uow() as uow:
+    async def requeue(uow) -> None:
         await uow.collection(DELIVERIES).update_many(
             {"subscription_id": subscription_id, "kind": DeliveryKind.confirmation,
              "status": DeliveryStatus.pending},
             {"$set": {"status": DeliveryStatus.cancelled, "updated_at": _now()}}, session=uow.session)
         await _queue_confirmation(uow, sub, confirm_base_url=confirm_base_url)
+    await transact(platform, requeue)
     delivery.wake(platform)
     return subscription_view(sub)
 

@@ -5,21 +5,15 @@ plus its events, in the caller's unit of work; the source model's task record fo
 """
 from __future__ import annotations
 
-import asyncio
-import random
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-from pymongo.errors import PyMongoError
+from typing import Any
 
 from contracts.notifications import NotificationRuleChanged
 from services.common import jobs as common
+from services.common.context import transact  # noqa: F401 (re-exported for the API, worker and watchdog)
 from services.common.jobs import now  # noqa: F401 (re-exported for the API, worker and watchdog)
 from services.tuning.models import JOBS, JobStatus
 from services.tuning.states import allowed_from
 
-
-T = TypeVar("T")
 TASK_KIND = "tuning"
 
 
@@ -48,23 +42,3 @@ async def transition(uow, job_id: str, target: JobStatus, *, message: str | None
     return await common.transition(uow, collection=JOBS, task_kind=TASK_KIND, job_id=job_id, target=target.value,
                                    allowed_from=allowed_from(target), message=message, where=where, set_=set_,
                                    inc=inc)
-
-
-async def transact(platform, work: Callable[[Any], Awaitable[T]], *, attempts: int = 8) -> T | None:
-    """Run ``work(uow)`` in a unit of work, again on a transient transaction error.
-
-    Workers renew leases and write progress on the job document outside transactions, so a
-    transaction that touches the same document can hit a write conflict; MongoDB labels those
-    TransientTransactionError and the whole transaction is safe to repeat.
-    """
-    for attempt in range(attempts):
-        try:
-            async with platform.uow() as uow:
-                return await work(uow)
-        except PyMongoError as exc:
-            transient = exc.has_error_label("TransientTransactionError") or exc.has_error_label(
-                "UnknownTransactionCommitResult")
-            if not transient or attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.02 * (2 ** attempt) * (0.5 + random.random()))
-    return None
