@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 log = logging.getLogger(__name__)
@@ -50,18 +51,6 @@ def on_lowered_thread(build: Callable[[], T], *, by: int) -> T:
     """
     if by <= 0 or not _PER_THREAD:
         return build()
-    result: dict[str, object] = {}
-
-    def run() -> None:
-        lower_this_thread(by)
-        try:
-            result["value"] = build()
-        except BaseException as exc:  # re-raised on the caller's thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, name="inference-build")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference-build",
+                            initializer=lower_this_thread, initargs=(by,)) as pool:
+        return pool.submit(build).result()
