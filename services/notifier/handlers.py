@@ -36,10 +36,9 @@ async def _catch_up(uow, rule: Envelope) -> int:
     consumed before it: the rule travels on the notifications topic and the job's events on the
     job's own, and Kafka orders each topic on its own (a job's first "running" can come first)."""
     queued = 0
-    for envelope in await timeline.state_changes_since(uow, tenant_id=rule.tenant_id, subject=rule.subject,
-                                                       since=rule.occurred_at):
-        queued += await service.fan_out(uow, envelope=envelope, kind=classify(envelope.type, envelope.data),
-                                        skip_delivered=True)
+    for envelope, kind in await timeline.state_changes_since(uow, tenant_id=rule.tenant_id, subject=rule.subject,
+                                                             since=rule.occurred_at):
+        queued += await service.fan_out(uow, envelope=envelope, kind=kind, skip_delivered=True)
     return queued
 
 

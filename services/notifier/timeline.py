@@ -79,14 +79,15 @@ async def _move_state(uow, envelope: Envelope, kind: str | None) -> str | None:
     return previous["state"] if previous else None
 
 
-async def state_changes_since(uow, *, tenant_id: str, subject: str, since: datetime) -> list[Envelope]:
-    """The subject's state-changing events that happened at or after ``since``, oldest first."""
+async def state_changes_since(uow, *, tenant_id: str, subject: str, since: datetime) -> list[tuple[Envelope, str]]:
+    """The subject's state-changing events that happened at or after ``since``, oldest first, each with
+    the kind it was recorded as."""
     since = since.replace(microsecond=since.microsecond // 1000 * 1000)  # MongoDB keeps milliseconds
     cursor = uow.collection(EVENTS).find(
         {"tenant_id": tenant_id, "subject": subject, "state_change": True, "occurred_at": {"$gte": since}},
         session=uow.session).sort("occurred_at", ASCENDING)
-    return [Envelope(id=d["_id"], type=d["type"], version=d["version"], occurred_at=d["occurred_at"],
-                     tenant_id=d["tenant_id"], subject=d["subject"], data=d["data"]) async for d in cursor]
+    return [(Envelope(id=d["_id"], type=d["type"], version=d["version"], occurred_at=d["occurred_at"],
+                      tenant_id=d["tenant_id"], subject=d["subject"], data=d["data"]), d["kind"]) async for d in cursor]
 
 
 def _view(doc: dict) -> TimelineEvent:
