@@ -11,8 +11,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from services.cli.client import CliError, Client, resolve
 from services.cli.common import client, command, confirm_delete
 from services.cli.models_cmds import find as find_model
-from services.cli.output import (REGISTRATION_WAIT_S, JsonOption, console, emit, err_console, fields, human_bytes,
-                                 output_model, registering, status_text, table, when)
+from services.cli.output import (JsonOption, WatchEnd, console, emit, err_console, fields, human_bytes, output_model,
+                                 status_text, table, watch_status, when)
 
 app = typer.Typer(help="Model compression: SmoothQuant-W8A8 and AWQ-W4A16 jobs.", no_args_is_help=True)
 JOBS = "/api/v1/compression-jobs"
@@ -40,18 +40,15 @@ def watch(c: Client, job_id: str, *, quiet: bool = False, interval: float = 2.0)
     job = c.get(f"{JOBS}/{job_id}")
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[step]}"), TextColumn("{task.fields[status]}")]
-    ended_at = None
+    end = WatchEnd(FINISHED)
     with Progress(*columns, console=err_console, disable=quiet) as bar:
         task = bar.add_task(job["name"], total=1.0, step="", status=job["status"])
         while True:
             progress = job.get("progress") or {}
             bar.update(task, completed=progress.get("fraction") or 0.0, step=escape(str(progress.get("step") or "")),
-                       status=status_text(job["status"]) + (" registering the model…" if registering(job) else ""))
-            if job["status"] in FINISHED:
-                # Until its output model exists, the next command could not deploy or tune it by name.
-                ended_at = time.monotonic() if ended_at is None else ended_at
-                if not registering(job) or time.monotonic() - ended_at > REGISTRATION_WAIT_S:
-                    return job
+                       status=watch_status(job))
+            if end.reached(job):
+                return job
             time.sleep(interval)
             job = c.get(f"{JOBS}/{job_id}")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -120,6 +121,27 @@ def registering(job: dict) -> bool:
     """A tuning or compression job that completed but whose output model the registry has not made yet."""
     out = job["output"]
     return job.get("status") == "completed" and not out.get("model_id") and not out.get("error")
+
+
+def watch_status(job: dict) -> str:
+    """A job's status for a --watch progress bar."""
+    return status_text(job["status"]) + (" registering the model…" if registering(job) else "")
+
+
+class WatchEnd:
+    """When --watch may stop: the job finished and, if it completed, its output model exists (or the
+    registry did not make it within REGISTRATION_WAIT_S). Until then the next command could not
+    deploy or tune the model by name."""
+
+    def __init__(self, finished: tuple[str, ...]):
+        self.finished, self.ended_at = finished, None
+
+    def reached(self, job: dict) -> bool:
+        if job["status"] not in self.finished:
+            return False
+        if self.ended_at is None:
+            self.ended_at = time.monotonic()
+        return not registering(job) or time.monotonic() - self.ended_at > REGISTRATION_WAIT_S
 
 
 def output_model(job: dict) -> str:

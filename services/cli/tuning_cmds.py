@@ -13,8 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from services.cli.client import CliError, Client, resolve
 from services.cli.common import client, command, confirm_delete
 from services.cli.models_cmds import find as find_model
-from services.cli.output import (REGISTRATION_WAIT_S, JsonOption, console, emit, err_console, fields, hours,
-                                 output_model, registering, status_text, table, when)
+from services.cli.output import (JsonOption, WatchEnd, console, emit, err_console, fields, hours, output_model,
+                                 status_text, table, watch_status, when)
 from services.cli.upload import upload
 
 app = typer.Typer(help="Model tuning: jobs, logs, checkpoints.", no_args_is_help=True)
@@ -74,7 +74,7 @@ def watch(c: Client, job_id: str, *, quiet: bool = False, interval: float = 2.0)
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss [cyan]{task.fields[loss]}"), TextColumn("ETA {task.fields[eta]}"),
                TextColumn("{task.fields[status]}")]
-    ended_at = None
+    end = WatchEnd(FINISHED)
     with Progress(*columns, console=err_console, disable=quiet) as bar:
         total = (job.get("progress") or {}).get("total_iterations") or None
         task = bar.add_task(job["name"], total=total, loss="-", eta="-:--", status=job["status"])
@@ -84,12 +84,9 @@ def watch(c: Client, job_id: str, *, quiet: bool = False, interval: float = 2.0)
             bar.update(task, completed=progress.get("iteration") or 0, total=progress.get("total_iterations") or total,
                        loss=f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
                        eta=fmt_eta(eta_seconds(job)) if job["status"] == "running" else "-:--",
-                       status=status_text(job["status"]) + (" registering the model…" if registering(job) else ""))
-            if job["status"] in FINISHED:
-                # Until its output model exists, the next command could not deploy or tune it by name.
-                ended_at = time.monotonic() if ended_at is None else ended_at
-                if not registering(job) or time.monotonic() - ended_at > REGISTRATION_WAIT_S:
-                    return job
+                       status=watch_status(job))
+            if end.reached(job):
+                return job
             time.sleep(interval)
             job = c.get(f"{JOBS}/{job_id}")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.cli import compress_cmds, tuning_cmds
+from services.cli import compress_cmds, output, tuning_cmds
 
 
 class JobFeed:
@@ -51,7 +51,7 @@ def test_the_watch_gives_up_on_the_output_model_after_the_registration_wait(modu
     now = [0.0]  # a clock that only sleeping advances
     monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(module.time, "sleep", lambda seconds: now.__setitem__(0, now[0] + seconds))
-    monkeypatch.setattr(module, "REGISTRATION_WAIT_S", 1.0)
+    monkeypatch.setattr(output, "REGISTRATION_WAIT_S", 1.0)
     feed = JobFeed(*[job("completed")] * 4, job("completed", "m1"))
     ended = module.watch(feed, "j1", quiet=True, interval=0.75)
     assert ended["output"]["model_id"] is None and feed.gets == 3  # polls at 0, 0.75 and 1.5 s
