@@ -14,7 +14,7 @@ from services.common.outbox import OUTBOX
 from services.mlkit.tiny import build_tiny_model
 from services.notifier.models import DELIVERIES
 from tests.integration.conftest import wait_for
-from tests.integration.test_notifier_webhooks import _confirm, _subscribe, _topic, receiver  # noqa: F401 (fixture)
+from tests.integration.test_notifier_webhooks import _confirmed, _topic, receiver  # noqa: F401 (fixture)
 from tests.integration.test_tuning_jobs import (alpaca_rows, bucket, created, create_model, job_body,  # noqa: F401
                                                 job_in, jsonl, put, upload_model)
 
@@ -26,8 +26,7 @@ async def test_a_real_tuning_job_notifies_a_confirmed_webhook_once_per_state_cha
     platform = running_platform["platform"]
     topic = await _topic(api, "tune-notify")
     try:
-        sub = await _subscribe(api, topic, f"{receiver.url}/tuning-real")
-        await _confirm(anonymous, receiver, "/tuning-real", sub)
+        sub = await _confirmed(api, anonymous, receiver, topic, "/tuning-real")
 
         path = await upload_model(api, build_tiny_model(tmp_path / "tiny"), f"{bucket}/notify-tiny")
         model = await created(api, (await create_model(api, name="notify-base", path=path))["id"])

@@ -126,6 +126,13 @@ async def _confirm(anonymous, receiver: Receiver, path: str, sub: dict) -> dict:
     return data
 
 
+async def _confirmed(api, anonymous, receiver: Receiver, topic: dict, path: str) -> dict:
+    """A subscription of ``topic`` to ``receiver``'s ``path``, handshake done."""
+    sub = await _subscribe(api, topic, f"{receiver.url}{path}")
+    await _confirm(anonymous, receiver, path, sub)
+    return sub
+
+
 async def _tiny_model(api, tenant: dict, tmp_path, name: str) -> dict:
     folder = build_tiny_model(tmp_path / name)
     for f in sorted(folder.iterdir()):
@@ -224,8 +231,7 @@ async def test_a_failing_receiver_is_retried_with_backoff_then_dead_lettered(
     settings.webhook_retry_base_seconds, settings.webhook_max_attempts = 0.2, 3
     topic = await _topic(api, "tuning")
     try:
-        sub = await _subscribe(api, topic, f"{receiver.url}/fail/tuning")
-        await _confirm(anonymous, receiver, "/fail/tuning", sub)
+        sub = await _confirmed(api, anonymous, receiver, topic, "/fail/tuning")
         job_id = new_id()
         subject = f"tuning-jobs/{job_id}"
         async with platform.uow() as uow:
@@ -275,8 +281,7 @@ async def test_a_job_rule_consumed_after_the_jobs_first_state_change_still_notif
     platform = running_platform["platform"]
     topic = await _topic(api, "late-rule")
     try:
-        sub = await _subscribe(api, topic, f"{receiver.url}/late-rule")
-        await _confirm(anonymous, receiver, "/late-rule", sub)
+        await _confirmed(api, anonymous, receiver, topic, "/late-rule")
         job_id = new_id()
         subject = f"tuning-jobs/{job_id}"
         async with platform.uow() as uow:   # before the rule was set: not notified
@@ -325,8 +330,7 @@ async def test_a_delivery_claimed_by_a_worker_that_died_is_delivered_after_its_l
     platform = running_platform["platform"]
     topic = await _topic(api, "crash")
     try:
-        sub = await _subscribe(api, topic, f"{receiver.url}/crash")
-        await _confirm(anonymous, receiver, "/crash", sub)
+        sub = await _confirmed(api, anonymous, receiver, topic, "/crash")
         sub_doc = await platform.mongo[SUBSCRIPTIONS].find_one({"_id": sub["id"]})
         now = datetime.now(UTC)
         doc = delivery.new_delivery(tenant_id=tenant["tenant_id"], subscription=sub_doc,
