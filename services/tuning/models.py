@@ -10,12 +10,13 @@ from pymongo import ASCENDING, DESCENDING
 from contracts.notifications import EventNotification
 from services.common.mongo import IndexSpec
 from services.common.jobs import PermanentLog, SourceModel
+from services.common.objectstore import ObjectPath
 from services.common.validation import Description100, ResourceName, TaskName, limited_text
 
 JOBS = "tuning_jobs"
 LOGS = "tuning_logs"
 CONVERSIONS = "tuning_conversions"
-MANAGED_BUCKET = "maas-tuning"   # platform-owned: normalised examples, converted tables
+MANAGED_BUCKET = "maas-tuning"   # platform-owned: normalised examples, converted tables, resume state
 
 MAX_ITERATIONS = 100_000         # table 6-4: Iterations 1~100000
 MAX_CHECKPOINTS = 10             # table 6-4: at most 10 checkpoints
@@ -34,6 +35,11 @@ INDEXES: list[IndexSpec] = [
     (CONVERSIONS, [("job_id", ASCENDING), ("created_at", ASCENDING)], {}),
     (CONVERSIONS, [("weights_uri", ASCENDING)], {}),
 ]
+
+
+def managed_root(tenant_id: str, job_id: str) -> ObjectPath:
+    """The job's folder in the platform's own bucket: no tenant can read or write there."""
+    return ObjectPath(MANAGED_BUCKET, f"{tenant_id}/{job_id}/")
 
 
 class JobStatus(StrEnum):

@@ -27,7 +27,8 @@ from services.tuning.jobs import (announce_notification_rule, announce_task_reco
 from services.tuning.logstore import render
 from services.tuning.models import (CONVERSIONS, FLAVORS, JOBS, LOGS, MANAGED_BUCKET, MAX_CHECKPOINTS,
                                     MAX_DATASET_BYTES, MAX_ITERATIONS, TUNE_TYPE_LABELS, ConversionCreate,
-                                    EstimateRequest, JobCreate, JobStatus, SourceModel, conversion_view, job_view)
+                                    EstimateRequest, JobCreate, JobStatus, SourceModel, conversion_view, job_view,
+                                    managed_root)
 from services.tuning.states import STOPPABLE
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
 
     # The normalised examples are the job's own copy: a resume trains on exactly the same data
     # even if the user's file changes later.
-    data_root = ObjectPath(MANAGED_BUCKET, f"{tenant_id}/{job_id}/")
+    data_root = managed_root(tenant_id, job_id)
     await platform.store.ensure_bucket(MANAGED_BUCKET)
     examples = ObjectPath(data_root.bucket, data_root.key + "examples.jsonl")
     await platform.store.put_bytes(examples, to_jsonl(parsed.examples), content_type="application/x-ndjson")
@@ -357,7 +358,7 @@ async def delete_job(platform: Platform, *, tenant_id: str, job_id: str) -> None
         uow.emit(TuneDeleted(job_id=job_id, name=job["name"]), tenant_id=tenant_id, subject=subject(job_id))
     await transact(platform, delete)
     # Platform-owned copies go; checkpoints and weights in the user's output path stay theirs.
-    await platform.store.remove_prefix(ObjectPath(MANAGED_BUCKET, f"{tenant_id}/{job_id}/"))
+    await platform.store.remove_prefix(managed_root(tenant_id, job_id))
 
 
 async def job_logs(platform: Platform, *, tenant_id: str, job_id: str, search: str | None = None,

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from services.common.child_env import child_env
+
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]   # the folder holding the `services` package
 
 
@@ -47,8 +49,8 @@ def run_training(*, payload: dict, work: Path, on_log: Callable[[dict], None],
     payload_file.write_bytes(pickle.dumps(payload))
     stderr_file = work / "train-stderr.log"
     ours, theirs = socket.socketpair()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
+    # The child trains on user data and never touches storage: it gets no platform credentials.
+    env = child_env({"PYTHONPATH": os.pathsep.join(filter(None, [str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")]))})
     with open(stderr_file, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "services.tuning.trainproc", str(payload_file),
                                  str(theirs.fileno())], env=env, stderr=err, pass_fds=[theirs.fileno()])

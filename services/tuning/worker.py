@@ -41,7 +41,7 @@ from services.common.context import Platform
 from services.common.objectstore import ObjectPath
 from services.tuning.jobs import announce_task_record, now, subject, transact, transition
 from services.tuning.logstore import append_lines, upload_permanent_log
-from services.tuning.models import CONVERSIONS, JOBS, JobStatus
+from services.tuning.models import CONVERSIONS, JOBS, JobStatus, managed_root
 from services.tuning.settings import TuningSettings
 from services.tuning.trainproc import run_training
 from services.tuning.states import CLAIMABLE, may_auto_restart
@@ -295,13 +295,17 @@ class TuningWorker:
         job = run.job
         fmt = "lora" if job["tune_type"] == "lora" else "huggingface"
         root = ObjectPath.parse(job["output"]["path"] + f"checkpoints/iter_{iteration:07d}/")
-        weights, state = ObjectPath(root.bucket, root.key + "model/"), ObjectPath(root.bucket, root.key + "state/")
+        weights = ObjectPath(root.bucket, root.key + "model/")
+        # The resume state (optimizer, scheduler, RNG, data position) is kept in the platform's own
+        # bucket, never in the user's output path: a resume must not read what a tenant can write.
+        # Keeping it apart also means a checkpoint turned into a model carries no optimizer moments.
+        managed = managed_root(run.tenant_id, run.job_id)
+        state = ObjectPath(managed.bucket, managed.key + f"resume-state/iter_{iteration:07d}/")
         store = self.platform.store
         await store.ensure_bucket(root.bucket)
         await store.remove_prefix(root)
+        await store.remove_prefix(state)
         for file in sorted(p for p in folder.iterdir() if p.is_file()):
-            # The usable weights and the resume state live apart: a checkpoint turned into a
-            # model does not drag optimizer moments into the registry.
             dest = state if file.name.startswith(TRAINING_ONLY_PREFIXES) else weights
             await store.put_file(ObjectPath(dest.bucket, dest.key + file.name), file)
         entry = {"iteration": iteration, "format": fmt, "uri": weights.uri, "state_uri": state.uri,

@@ -301,6 +301,69 @@ async def test_stop_then_continue_resumes_from_the_latest_checkpoint(api, tiny_m
     assert (await api.delete(f"/api/v1/tuning-jobs/{job['id']}")).status_code == 204
 
 
+class _RunsCodeWhenUnpickled:
+    """What an attacker would plant: unpickling it runs their code (here: writes a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+
+
+async def stopped_and_released(running_platform, job_id: str) -> None:
+    """Until the worker has saved its stop checkpoint and let the job go."""
+    jobs = running_platform["platform"].mongo["tuning_jobs"]
+
+    async def released():
+        doc = await jobs.find_one({"_id": job_id})
+        return doc["status"] == "stopped" and not (doc.get("run") or {}).get("active")
+    await wait_for(released, timeout=90)
+
+
+async def test_a_planted_pickle_in_the_resume_state_never_runs(api, bucket, tiny_model, alpaca64, running_platform,
+                                                               tmp_path):
+    """Issue 14.1: swap the optimizer/scheduler/RNG files for a pickle, continue: the code must not run."""
+    import io
+
+    import torch
+
+    job = await long_job(api, tiny_model, alpaca64, "planted-pickle", output_path=f"{bucket}/planted-out")
+    await first_checkpoint(api, job["id"])
+    assert (await api.post(f"/api/v1/tuning-jobs/{job['id']}/stop")).status_code == 200
+    await stopped_and_released(running_platform, job["id"])
+    marker = tmp_path / "pwned"
+    evil = io.BytesIO()
+    torch.save({"state": _RunsCodeWhenUnpickled(marker)}, evil)
+    checkpoints = (await api.get(f"/api/v1/tuning-jobs/{job['id']}/checkpoints")).json()["items"]
+    assert checkpoints
+    planted = []
+    for c in checkpoints:
+        # Where the API says the resume state is, and beside the weights in the user's own output path.
+        folders = [c["state_path"], c["path"].removesuffix("model/") + "state/"]
+        for folder in folders:
+            for name in ("optimizer.pt", "scheduler.pt", "rng_state_0.pt"):
+                target = ObjectPath.parse(folder + name)
+                r = await api.put(f"/api/v1/storage/objects/{target.bucket}/{target.key}", content=evil.getvalue())
+                planted.append((target.bucket, r.status_code))
+
+    continued = await api.post(f"/api/v1/tuning-jobs/{job['id']}/continue")
+    assert continued.status_code == 200, continued.text
+    latest = checkpoints[-1]["iteration"]
+
+    async def resumed_or_failed():
+        if (await api.get(f"/api/v1/tuning-jobs/{job['id']}")).json()["status"] == "failed":
+            return "failed"
+        return max(iterations_of(await iteration_lines(api, job["id"])), default=0) > latest and "resumed"
+    outcome = await wait_for(resumed_or_failed, timeout=180)
+    assert not marker.exists(), "the planted pickle ran inside the training process"
+    assert outcome == "resumed"
+    # The resume state is in the platform's bucket, which no tenant can write to.
+    assert {b for b, status in planted if status == 201} <= {bucket}, planted
+    assert all(ObjectPath.parse(c["state_path"]).bucket == "maas-tuning" for c in checkpoints)
+    assert (await api.delete(f"/api/v1/tuning-jobs/{job['id']}")).status_code == 204
+
+
 async def test_auto_stop_ends_the_job_when_its_time_is_up(api, tiny_model, alpaca64, running_platform):
     from services.tuning.watchdog import report_hangs
 

@@ -86,9 +86,21 @@ def load_state(folder: Path) -> TrainerState:
     return TrainerState(**json.loads(path.read_text(encoding="utf-8")))
 
 
+def load_tensors(path: Path):
+    """A saved state dict: tensors and plain containers only, never arbitrary pickled objects.
+
+    Resume state is kept where only the platform writes (the tuning worker's managed bucket), and is
+    still read with the restricted unpickler, so a swapped file can fail a resume but never run code.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:   # UnpicklingError and friends: say which file, not how to bypass
+        raise ValueError(f"resume_from: {Path(path).name} is not a valid training state file") from exc
+
+
 def load_rng(folder: Path, rank: int) -> dict | None:
     path = Path(folder) / f"rng_state_{rank}.pt"
-    return torch.load(path, weights_only=False) if path.is_file() else None
+    return load_tensors(path) if path.is_file() else None
 
 
 def export_final(checkpoint: Path, out: Path) -> Path:

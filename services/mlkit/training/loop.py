@@ -116,8 +116,8 @@ def run(inputs: RunInputs, *, comm: Comm, hooks: Hooks | None) -> TrainResult:
     orders: dict[int, list[int]] = {}
     last_checkpoint: Path | None = None
     if state is not None:
-        optimizer.load_state_dict(torch.load(inputs.resume_from / "optimizer.pt", weights_only=False))
-        scheduler.load_state_dict(torch.load(inputs.resume_from / "scheduler.pt", weights_only=False))
+        optimizer.load_state_dict(ckpt.load_tensors(inputs.resume_from / "optimizer.pt"))
+        scheduler.load_state_dict(ckpt.load_tensors(inputs.resume_from / "scheduler.pt"))
         rng = ckpt.load_rng(inputs.resume_from, rank)
         if rng is not None:
             ckpt.set_rng_state(rng, inputs.device)

@@ -26,7 +26,9 @@ def load_model(model_dir: Path, config: TrainConfig, *, resume_from: Path | None
 
     source = resume_from if (resume_from is not None and not config.is_lora) else model_dir
     with MODEL_LOADING:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        # A checkpoint is always written as safetensors: never fall back to a pickled weight file there.
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32,
+                                                     use_safetensors=True if source is resume_from else None)
         model.config.use_cache = False          # no KV cache while training
         if config.is_lora:
             model = _with_lora(model, config, resume_from)
