@@ -10,6 +10,7 @@ import io
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import BinaryIO
 
 from minio import Minio
@@ -18,6 +19,7 @@ from minio.error import S3Error
 from services.common.settings import Settings
 
 PART_SIZE = 16 * 1024 * 1024  # multipart upload part size for large files
+MAX_KEY_BYTES = 1024          # S3's limit on an object key
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,26 @@ class ObjectPath:
                 text = text[len(scheme):]
         bucket, _, key = text.lstrip("/").partition("/")
         return cls(bucket=bucket, key=key)
+
+    def key_problem(self) -> str | None:
+        """Why this key must not come from a user (None when it is fine).
+
+        Keys become local file names when workers download a prefix, so a '..' or absolute key could
+        write outside the download folder; control characters break logs and listings.
+        """
+        key = self.key
+        if len(key.encode()) > MAX_KEY_BYTES:
+            return f"must be at most {MAX_KEY_BYTES} bytes long"
+        if key.startswith("/") or "\\" in key:
+            return "must be a relative 'folder/name' path ('/' separated, no leading '/' or '\\')"
+        if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+            return "must not contain control characters"
+        parts = key.split("/")
+        if any(part in (".", "..") for part in parts):
+            return "must not contain '.' or '..' segments"
+        if "" in parts[:-1]:
+            return "must not contain empty segments ('//')"
+        return None
 
     @property
     def uri(self) -> str:
@@ -84,6 +106,24 @@ class ObjectStore:
         stat = await self._run(self.client.stat_object, result.bucket_name, result.object_name)
         return stat.size
 
+    async def put_chunks(self, path: ObjectPath, chunks: AsyncIterator[bytes], *, max_bytes: int) -> int:
+        """Stream an async byte source into one object, holding at most one part in memory.
+
+        Nothing is spooled to local disk. Past ``max_bytes`` it raises ``TooLarge`` and no object is
+        written (the multipart upload is aborted by the client).
+        """
+        reader = _ChunkReader(asyncio.get_running_loop(), chunks, max_bytes=max_bytes)
+        try:
+            await self._run(self.client.put_object, path.bucket, path.key, reader, -1, part_size=PART_SIZE,
+                            num_parallel_uploads=1)   # one part in memory at a time
+        except TooLarge:
+            raise
+        except Exception:
+            if reader.too_large:   # the client wrapped our exception
+                raise TooLarge(max_bytes) from None
+            raise
+        return reader.total
+
     async def put_file(self, path: ObjectPath, file: Path) -> None:
         await self._run(self.client.fput_object, path.bucket, path.key, str(file), part_size=PART_SIZE)
 
@@ -124,6 +164,10 @@ class ObjectStore:
             if not rel or info.is_dir:
                 continue
             target = dest / rel
+            # Keys written straight to S3 (presigned uploads) were never checked by the API.
+            if ObjectPath(prefix.bucket, rel).key_problem() or not target.resolve().is_relative_to(dest.resolve()):
+                raise ValueError(f"object '{prefix.bucket}/{info.key}' has a key that cannot be a file name "
+                                 f"inside the download folder")
             target.parent.mkdir(parents=True, exist_ok=True)
             await self._run(self.client.fget_object, prefix.bucket, info.key, str(target))
             files.append(target)
@@ -150,3 +194,43 @@ class ObjectStore:
 
     async def presigned_get(self, path: ObjectPath, *, expires: timedelta = timedelta(hours=1)) -> str:
         return await self._run(self.client.presigned_get_object, path.bucket, path.key, expires)
+
+
+class TooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"more than {limit} bytes")
+        self.limit = limit
+
+
+class _ChunkReader(io.RawIOBase):
+    """A blocking file object (what the minio client reads, in a worker thread) over an async
+    iterator of chunks living on the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, chunks: AsyncIterator[bytes], *, max_bytes: int):
+        self.loop, self.chunks, self.max_bytes = loop, chunks.__aiter__(), max_bytes
+        self.buffer, self.total, self.done, self.too_large = bytearray(), 0, False, False
+
+    def readable(self) -> bool:
+        return True
+
+    async def _next(self) -> bytes | None:
+        try:
+            return await self.chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+
+    def read(self, size: int = -1) -> bytes:
+        while not self.done and (size < 0 or len(self.buffer) < size):
+            chunk = asyncio.run_coroutine_threadsafe(self._next(), self.loop).result()
+            if chunk is None:
+                self.done = True
+                break
+            self.total += len(chunk)
+            if self.total > self.max_bytes:
+                self.too_large = True
+                raise TooLarge(self.max_bytes)
+            self.buffer += chunk
+        size = len(self.buffer) if size < 0 else min(size, len(self.buffer))
+        out = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return out

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from contracts import Envelope, EventData
 from services.common.mongo import IndexSpec
+from services.common.storage_acl import PlatformBucket
 
 Handler = Callable[..., Awaitable[None]]  # (platform, envelope, event) -> None
 
@@ -30,6 +31,7 @@ class ServiceSpec:
     consumers: list[Consumer] = field(default_factory=list)
     background: list[Callable[..., Awaitable[None]]] = field(default_factory=list)  # (platform) -> None
     uses_models: bool = False           # loads torch/transformers in worker threads
+    buckets: list[PlatformBucket] = field(default_factory=list)  # reserved for the platform at start-up
 
     def topics(self) -> set[str]:
         return {c.topic for c in self.consumers}

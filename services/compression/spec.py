@@ -2,12 +2,14 @@ from contracts.compression import COMPRESSION_TOPIC
 from contracts.events import REGISTRY_TOPIC
 from services.common.service_spec import Consumer, ServiceSpec
 from services.compression import api, handlers, worker
-from services.compression.models import INDEXES
+from services.common.storage_acl import PlatformBucket
+from services.compression.models import INDEXES, MANAGED_BUCKET
 
 COMPRESSION = ServiceSpec(
     name="compression",
     routers=[api.router],
     indexes=INDEXES,
+    buckets=[PlatformBucket(MANAGED_BUCKET)],
     consumers=[Consumer(group="compression", topic=REGISTRY_TOPIC, handlers=handlers.HANDLERS)],
 )
 
@@ -15,6 +17,7 @@ COMPRESSION = ServiceSpec(
 COMPRESSION_WORKER = ServiceSpec(
     name="compression-worker",
     indexes=INDEXES,
+    buckets=[PlatformBucket(MANAGED_BUCKET)],
     consumers=[Consumer(group="compression-worker", topic=COMPRESSION_TOPIC, handlers=worker.HANDLERS)],
     background=[worker.run_worker],
     uses_models=True,

@@ -2,22 +2,22 @@
 from __future__ import annotations
 
 import re
-import tempfile
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
+from services.common.account_limits import account_limits, env_name, limit_reached, refuse
 from services.common.auth import CurrentPrincipal
 from services.common.context import Platform, get_platform
 from services.common.errors import ApiError, bad_request
-from services.common.objectstore import ObjectPath
-from services.common.storage_acl import BUCKETS, check_access, grant_bucket, tenant_buckets
+from services.common.objectstore import ObjectPath, TooLarge
+from services.common.storage_acl import (BUCKETS, RESERVED_PREFIX, check_access, grant_bucket, is_reserved_name,
+                                         stored_bytes, tenant_buckets)
 
 router = APIRouter(prefix="/api/v1/storage", tags=["storage"])
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 
 class BucketCreate(BaseModel):
@@ -39,8 +39,13 @@ async def create_bucket(body: BucketCreate, principal: CurrentPrincipal, platfor
     if not _BUCKET.fullmatch(body.name):
         raise bad_request("name: must be 3-63 characters of lowercase letters, digits, '.' and '-', "
                           "starting and ending with a letter or digit", field="name")
+    if is_reserved_name(body.name):
+        raise bad_request(f"name: bucket names starting with '{RESERVED_PREFIX}' are reserved for the platform",
+                          field="name")
     if await platform.mongo[BUCKETS].find_one({"_id": body.name}) or await platform.store.bucket_exists(body.name):
         raise ApiError(409, "conflict", f"bucket '{body.name}' already exists", field="name")
+    owned = len(await tenant_buckets(platform, principal.tenant_id))
+    refuse("buckets", limit=account_limits().buckets, current=owned, field="name")
     await grant_bucket(platform, bucket=body.name, tenant_id=principal.tenant_id)
     return {"name": body.name}
 
@@ -61,14 +66,27 @@ async def upload_object(path: str, request: Request, principal: CurrentPrincipal
     if not target.key or target.key.endswith("/"):
         raise bad_request("path: must name an object, 'bucket/folder/file'", field="path")
     await check_access(platform, target, tenant_id=principal.tenant_id, field="path", write=True)
-    # Spool to disk past a few MB so a multi-GB weight file never sits in memory.
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY) as spool:
-        async for chunk in request.stream():
-            spool.write(chunk)
-        size = spool.tell()
-        spool.seek(0)
-        await platform.store.put_stream(target, spool, length=size)
+    limits = account_limits()
+    length = request.headers.get("content-length", "")
+    declared = int(length) if length.isdigit() else None
+    if declared is not None and declared > limits.object_bytes:
+        raise _too_large(limits.object_bytes)
+    used = await stored_bytes(platform, principal.tenant_id)
+    refuse("stored_bytes", limit=limits.stored_bytes, current=used, wanted=declared or 1)
+    cap = min(limits.object_bytes, limits.stored_bytes - used)
+    # Streamed straight into object storage, one part in memory at a time: nothing on local disk.
+    try:
+        size = await platform.store.put_chunks(target, request.stream(), max_bytes=cap)
+    except TooLarge:
+        if cap == limits.object_bytes:
+            raise _too_large(cap) from None
+        raise limit_reached("stored_bytes", limit=limits.stored_bytes, current=used, wanted=cap + 1) from None
     return {"path": f"{target.bucket}/{target.key}", "size": size}
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"body: an object may be at most {limit} bytes "
+                    f"(the platform operator sets {env_name('object_bytes')})", field="body")
 
 
 @router.post("/presigned-uploads", summary="A presigned S3 PUT URL for uploading straight to object storage")
@@ -79,5 +97,8 @@ async def presign_upload(body: PresignRequest, principal: CurrentPrincipal, plat
     if not target.key or target.key.endswith("/"):
         raise bad_request("path: must name an object, 'bucket/folder/file'", field="path")
     await check_access(platform, target, tenant_id=principal.tenant_id, field="path", write=True)
+    # A presigned PUT cannot carry a size limit: refuse it once the account is full (see docs/security.md).
+    limits = account_limits()
+    refuse("stored_bytes", limit=limits.stored_bytes, current=await stored_bytes(platform, principal.tenant_id))
     url = await platform.store.presigned_put(target, expires=timedelta(seconds=body.expires_seconds))
     return {"url": url, "method": "PUT", "path": f"{target.bucket}/{target.key}", "expires_seconds": body.expires_seconds}

@@ -17,7 +17,7 @@ from pymongo.errors import DuplicateKeyError
 
 from services.common.context import Platform
 from services.common.objectstore import ObjectPath
-from services.common.storage_acl import PUBLIC_READ, grant_bucket
+from services.common.storage_acl import PlatformBucket, reserve_platform_buckets
 from services.registry.catalog import Template, default_catalog
 from services.registry.models import PRESETS
 
@@ -56,7 +56,7 @@ async def import_preset(platform: Platform, template: Template) -> None:
     presets = platform.mongo[PRESETS]
     target = ObjectPath(template.preset_weights.bucket, template.preset_weights.prefix).as_prefix()
     try:
-        await grant_bucket(platform, bucket=target.bucket, tenant_id=PUBLIC_READ)
+        await reserve_platform_buckets(platform, [PlatformBucket(target.bucket, public_read=True)])
         with tempfile.TemporaryDirectory(prefix="maas-preset-", dir=platform.settings.work_dir or None) as tmp:
             folder = await _convert(template, Path(tmp))
             await presets.update_one({"_id": template.id}, {"$set": {"progress": 0.5}})

@@ -10,6 +10,7 @@ from pymongo.errors import DuplicateKeyError
 from contracts import new_id
 from contracts.events import (ModelArtifactRejected, ModelCreated, ModelDeleted, ModelVersionCreated,
                              WeightValidationRequested)
+from services.common.account_limits import account_limits, refuse
 from services.common.context import Platform
 from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.common.objectstore import ObjectPath
@@ -105,6 +106,8 @@ async def create_model(platform: Platform, *, tenant_id: str, request: ModelCrea
                   await _custom_weights_uri(platform, tenant_id=tenant_id, weights_path=request.weights_path))
     if await platform.mongo[MODELS].find_one({"tenant_id": tenant_id, "name": request.name}, {"_id": 1}):
         raise conflict(f"name: a model named '{request.name}' already exists", field="name")
+    refuse("models", limit=account_limits().models,
+           current=await platform.mongo[MODELS].count_documents({"tenant_id": tenant_id}))
     try:
         async with platform.uow() as uow:
             model, version = await _insert_model(

@@ -1,12 +1,14 @@
 from contracts.events import REGISTRY_TOPIC, TASKS_TOPIC
 from services.common.service_spec import Consumer, ServiceSpec
 from services.registry import api, handlers, presets, worker
-from services.registry.models import INDEXES
+from services.common.storage_acl import PlatformBucket
+from services.registry.models import INDEXES, MANAGED_BUCKET
 
 REGISTRY = ServiceSpec(
     name="registry",
     routers=[api.router],
     indexes=INDEXES,
+    buckets=[PlatformBucket(MANAGED_BUCKET)],
     consumers=[
         Consumer(group="registry", topic=REGISTRY_TOPIC, handlers={
             k: v for k, v in handlers.HANDLERS.items() if k.topic == REGISTRY_TOPIC}),
@@ -21,6 +23,7 @@ REGISTRY = ServiceSpec(
 REGISTRY_WORKER = ServiceSpec(
     name="registry-worker",
     indexes=INDEXES,
+    buckets=[PlatformBucket(MANAGED_BUCKET)],
     uses_models=True,
     consumers=[Consumer(group="registry-weights", topic=REGISTRY_TOPIC, handlers=worker.HANDLERS)],
 )

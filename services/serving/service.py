@@ -20,6 +20,7 @@ from contracts.notifications import NotificationRuleChanged
 from contracts.serving import (ServiceDeleted, ServiceDeployRequested, ServiceModerationChanged, ServiceQpsChanged,
                                ServiceScaled, ServiceStarted, ServiceStatusChanged, ServiceStatusReported,
                                ServiceStopped, ServiceUpgraded)
+from services.common.account_limits import account_limits, refuse
 from services.common.context import Platform
 from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.common.model_refs import resolve_model_version
@@ -153,6 +154,17 @@ async def recommend(platform: Platform, *, tenant_id: str, qps: int, model_id: s
             "max_model_len": info.context_length}
 
 
+async def _within_account_limits(platform: Platform, *, tenant_id: str, services: int = 0, instances: int = 0) -> None:
+    """403 when the account would pass its caps on services or instances (account_limits.py)."""
+    limits = account_limits()
+    mine = [d async for d in platform.mongo[SERVICES].find({"tenant_id": tenant_id}, {"instance_count": 1})]
+    if services:
+        refuse("services", limit=limits.services, current=len(mine), wanted=services)
+    if instances > 0:
+        refuse("instances", limit=limits.instances, current=sum(d.get("instance_count", 0) for d in mine),
+               wanted=instances, field="instance_count")
+
+
 async def deploy(platform: Platform, *, tenant_id: str, request: ServiceCreate) -> ServiceView:
     if request.instance_spec not in INSTANCE_SPECS:
         raise bad_request(f"instance_spec: '{request.instance_spec}' is not an instance spec; choose one of "
@@ -169,6 +181,7 @@ async def deploy(platform: Platform, *, tenant_id: str, request: ServiceCreate) 
                        code="model_not_ready", field="model_id")
     if await platform.mongo[SERVICES].find_one({"tenant_id": tenant_id, "name": request.name}, {"_id": 1}):
         raise conflict(f"name: a service named '{request.name}' already exists", field="name")
+    await _within_account_limits(platform, tenant_id=tenant_id, services=1, instances=request.instance_count)
     max_model_len = await _max_model_len(platform, template_len=info.context_length, storage_uri=ref.storage_uri)
     now = _now()
     doc = {
@@ -316,6 +329,7 @@ async def scale(platform: Platform, *, tenant_id: str, service_id: str, instance
     _require_state(doc, SCALABLE, "scale")
     if instance_count == doc["instance_count"]:
         return await _view(platform, doc, with_instances=True)
+    await _within_account_limits(platform, tenant_id=tenant_id, instances=instance_count - doc["instance_count"])
     async with platform.uow() as uow:
         previous = doc["instance_count"]
         doc = await _update(uow, doc, {"instance_count": instance_count, "operation": "scaling"})

@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import re
+import zipfile
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Iterator
@@ -426,6 +427,7 @@ def _table_rows(data: bytes, kind: FileKind) -> Iterator[tuple[int, list[Any]]]:
         return
     from openpyxl import load_workbook
 
+    _check_unzipped_size(data)
     try:
         book = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as exc:  # not a zip / not a workbook
@@ -436,6 +438,21 @@ def _table_rows(data: bytes, kind: FileKind) -> Iterator[tuple[int, list[Any]]]:
             yield number, list(cells)
     finally:
         book.close()
+
+
+MAX_XLSX_UNZIPPED_BYTES = 1024 ** 3   # an .xlsx is a zip: what it inflates to, not its size, costs memory
+
+
+def _check_unzipped_size(data: bytes) -> None:
+    """Refuse a workbook that would inflate past the cap (a zip bomb) before anything is inflated."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile:
+        raise DatasetRejected("dataset_path: not a readable .xlsx workbook (not a zip archive)") from None
+    if inflated > MAX_XLSX_UNZIPPED_BYTES:
+        raise DatasetRejected(f"dataset_path: the workbook unpacks to {inflated} bytes; at most "
+                              f"{MAX_XLSX_UNZIPPED_BYTES} bytes (save it as .jsonl or .csv instead)")
 
 
 def _cell_text(value: Any) -> str:

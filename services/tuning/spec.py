@@ -2,12 +2,14 @@ from contracts.events import REGISTRY_TOPIC
 from contracts.tuning import TUNING_TOPIC
 from services.common.service_spec import Consumer, ServiceSpec
 from services.tuning import api, handlers, watchdog, worker
-from services.tuning.models import INDEXES
+from services.common.storage_acl import PlatformBucket
+from services.tuning.models import INDEXES, MANAGED_BUCKET
 
 TUNING = ServiceSpec(
     name="tuning",
     routers=[api.router],
     indexes=INDEXES,
+    buckets=[PlatformBucket(MANAGED_BUCKET)],
     consumers=[
         Consumer(group="tuning", topic=TUNING_TOPIC, handlers={
             k: v for k, v in handlers.HANDLERS.items() if k.topic == TUNING_TOPIC}),
@@ -21,6 +23,7 @@ TUNING = ServiceSpec(
 TUNING_WORKER = ServiceSpec(
     name="tuning-worker",
     indexes=INDEXES,
+    buckets=[PlatformBucket(MANAGED_BUCKET)],
     consumers=[Consumer(group="tuning-worker", topic=TUNING_TOPIC, handlers=worker.HANDLERS)],
     background=[worker.run_worker],
     uses_models=True,

@@ -262,3 +262,25 @@ def test_format_rules_follow_table_6_2():
     assert format_rules("qwen2-7b", "full").table is DatasetFormat.moss
     assert format_rules("qwen2.5-32b", "lora").jsonl == (DatasetFormat.alpaca, DatasetFormat.sharegpt)
     assert format_rules("qwen2.5-14b", "pretrain") .table is None
+
+
+def test_an_xlsx_that_would_inflate_past_the_cap_is_refused_before_it_is_opened(monkeypatch):
+    """Issue 14.4: a zip bomb disguised as a workbook."""
+    import io
+    import zipfile
+
+    from services.tuning import datasets
+
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("xl/worksheets/sheet1.xml", b"0" * 5_000_000)   # ~5 kB compressed
+    monkeypatch.setattr(datasets, "MAX_XLSX_UNZIPPED_BYTES", 1_000_000)
+    with pytest.raises(DatasetRejected, match=r"unpacks to 5000000 bytes; at most 1000000"):
+        parse_dataset(bomb.getvalue(), filename="t.xlsx", dataset_format=None, tune_type="lora",
+                      template_id="qwen2-custom")
+
+
+def test_a_file_named_xlsx_that_is_no_zip_is_refused_saying_so():
+    with pytest.raises(DatasetRejected, match="not a zip archive"):
+        parse_dataset(b"conversation_id,human,assistant\n", filename="t.xlsx", dataset_format=None,
+                      tune_type="lora", template_id="qwen2-custom")
