@@ -8,11 +8,13 @@ from fastapi.responses import JSONResponse, Response
 
 from services.common import metrics
 from services.common.context import Platform, get_platform
+from services.common.metrics_access import require_metrics_reader
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Readiness of MongoDB, object storage and Kafka")
+@router.get("/healthz", summary="Readiness of MongoDB, object storage and Kafka",
+            responses={503: {"description": "A backing server is unreachable; the body names it"}})
 async def healthz(platform: Platform = Depends(get_platform)):
     async def mongo():
         await platform.mongo.db.command("ping")
@@ -34,7 +36,8 @@ async def healthz(platform: Platform = Depends(get_platform)):
     return JSONResponse({"status": "ok" if ok else "degraded", "checks": checks}, status_code=200 if ok else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics of this process (text format)", include_in_schema=False)
+@router.get("/metrics", summary="Prometheus metrics of this process (text format; admins and Prometheus only)",
+            include_in_schema=False, dependencies=[Depends(require_metrics_reader)])
 async def prometheus_metrics(request: Request, platform: Platform = Depends(get_platform)):
     metrics.build_info.labels(services=",".join(getattr(request.app.state, "services", [])),
                               version=request.app.version).set(1)

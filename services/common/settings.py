@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+METRICS_TOKEN_MIN_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -46,10 +49,15 @@ class Settings(BaseSettings):
         "OTLP/JSON-lines trace file; 'auto' = <work_dir>/telemetry/traces.jsonl when no otlp_endpoint "
         "is set and work_dir is, '' = off, anything else = that path"))
     traces_console: bool = Field(False, description="also print finished spans to stdout")
+    # /metrics names every tenant's services and models: it answers an admin's token or this one.
+    metrics_token: SecretStr = Field(SecretStr(""), description=(
+        "bearer token Prometheus sends to GET /metrics (at least 32 characters); empty = only platform "
+        "admins' tokens are accepted"))
 
     # Webhook notifications.
     webhook_allow_private: bool = Field(False, description=(
-        "allow webhook endpoints on private, loopback or link-local addresses (the embedded default allows them)"))
+        "allow webhook endpoints on private, loopback or link-local addresses; off everywhere, the embedded "
+        "default included, since any tenant's webhook could then reach the platform's own servers"))
     webhook_max_attempts: int = Field(6, ge=1, le=50, description="attempts before a delivery is dead-lettered")
     webhook_retry_base_seconds: float = Field(5.0, gt=0, description="first retry delay; doubles per attempt")
     webhook_retry_max_seconds: float = Field(3600.0, gt=0, description="longest delay between two attempts")
@@ -63,6 +71,14 @@ class Settings(BaseSettings):
 
     # Work area for workers (downloads of weights etc.).
     work_dir: str = ""
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if 0 < len(value.get_secret_value()) < METRICS_TOKEN_MIN_LENGTH:
+            raise ValueError(f"must be empty or at least {METRICS_TOKEN_MIN_LENGTH} characters "
+                             "(e.g. openssl rand -hex 32)")
+        return value
 
 
 @lru_cache

@@ -17,7 +17,7 @@ from typing import Protocol
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.auth import CurrentPrincipal
+from services.common.auth import CurrentPrincipal, Principal
 from services.common.context import Platform, get_platform
 from services.common.errors import ApiError
 from services.gateway.settings import gateway_settings
@@ -108,16 +108,23 @@ class BlocklistUpdate(BaseModel):
     terms: list[str] = Field(max_length=10_000, description="blocked terms (case-insensitive, matched anywhere)")
 
 
-@router.get("/blocklist", summary="The blocked terms of content moderation")
-async def get_blocklist(_: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+def _admins_only(principal: Principal) -> None:
+    # The terms are the platform's policy, and knowing them is knowing how to word around them.
+    if principal.role != "admin":
+        raise ApiError(403, "forbidden", "the moderation blocklist can be read and changed by platform "
+                                         "administrators only")
+
+
+@router.get("/blocklist", summary="The blocked terms of content moderation (admins only)")
+async def get_blocklist(principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+    _admins_only(principal)
     doc = await platform.mongo[MODERATION].find_one({"_id": "blocklist"}) or {}
     return {"terms": doc.get("terms", []), "default_terms": default_terms()}
 
 
 @router.put("/blocklist", summary="Replace the admin-managed blocked terms (admins only)")
 async def put_blocklist(body: BlocklistUpdate, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
-    if principal.role != "admin":
-        raise ApiError(403, "forbidden", "only admins can change the moderation blocklist")
+    _admins_only(principal)
     terms = [t.strip() for t in body.terms if t.strip()]
     if any(len(t) > 200 for t in terms):
         raise ApiError(400, "invalid_parameter", "terms: each term must be at most 200 characters", field="terms")

@@ -95,8 +95,8 @@ def _samples(text: str) -> dict[tuple[str, tuple], float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-async def test_metrics_endpoint_exposes_requests_events_and_jobs(anonymous, model):
-    r = await anonymous.get("/metrics")
+async def test_metrics_endpoint_exposes_requests_events_and_jobs(api, model):
+    r = await api.get("/metrics")   # an admin's token (tests/integration/test_metrics_access.py: who else)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     samples = _samples(r.text)
 

@@ -1,8 +1,9 @@
 """Webhook notifications end to end: real platform, real Kafka/MongoDB/S3, a real HTTP receiver.
 
-The receiver is a tiny ASGI app served by uvicorn on 127.0.0.1 (the embedded default allows private
-addresses). It records every request; paths under ``/fail`` answer 500 to everything but the
-confirmation request, so a subscription there can be confirmed and then fails every notification.
+The receiver is a tiny ASGI app served by uvicorn on 127.0.0.1, so its fixture opts in to private
+webhook targets as an operator would (MAAS_WEBHOOK_ALLOW_PRIVATE, off by default). It records every
+request; paths under ``/fail`` answer 500 to everything but the confirmation request, so a
+subscription there can be confirmed and then fails every notification.
 """
 from __future__ import annotations
 
@@ -80,7 +81,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-async def receiver():
+async def receiver(running_platform):
+    settings = running_platform["platform"].settings
+    saved, settings.webhook_allow_private = settings.webhook_allow_private, True
     app = Receiver()
     port = _free_port()
     server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
@@ -89,9 +92,12 @@ async def receiver():
         assert not task.done(), "receiver did not start"
         await asyncio.sleep(0.05)
     app.url = f"http://127.0.0.1:{port}"
-    yield app
-    server.should_exit = True
-    await task
+    try:
+        yield app
+    finally:
+        settings.webhook_allow_private = saved
+        server.should_exit = True
+        await task
 
 
 @pytest.fixture(scope="module")

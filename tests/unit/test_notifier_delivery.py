@@ -1,14 +1,19 @@
 """Signing, backoff and endpoint rules of webhook delivery (no servers)."""
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from services.notifier.delivery import backoff_seconds, encode_body, signed_headers
-from services.notifier.endpoints import EndpointRejected, check, check_syntax
+from services.notifier.endpoints import AddressNotAllowed, EndpointRejected, HostNotFound, check, check_syntax
+from services.notifier.webhook_http import ConnectionFailed, WebhookHttp
+from tests.fake_dns import FakeDns
 from services.notifier.models import RuleCreate
 from services.notifier.service import new_secret
 
@@ -48,15 +53,77 @@ def test_endpoint_syntax_rules(url, rule):
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9/", "http://10.1.2.3/", "http://192.168.0.1/",
                                  "http://169.254.169.254/latest/meta-data", "http://[::1]/", "http://0.0.0.0/",
-                                 "http://[::ffff:127.0.0.1]/", "http://100.64.0.1/"])
+                                 "http://[::ffff:127.0.0.1]/", "http://100.64.0.1/",
+                                 # Other spellings of loopback, and IPv6 forms that carry a private IPv4.
+                                 "http://127.1/", "http://2130706433/", "http://[::7f00:1]/",
+                                 "http://[::ffff:0:7f00:1]/", "http://[64:ff9b::7f00:1]/", "http://[64:ff9b::a00:1]/",
+                                 "http://[64:ff9b:1::a00:1]/", "http://[2002:7f00:1::]/", "http://[2002:a00:1::]/",
+                                 "http://[ff02::1]/", "http://224.0.0.1/"])
 async def test_private_addresses_are_denied_unless_allowed(url):
-    with pytest.raises(EndpointRejected, match="private, loopback or link-local"):
+    with pytest.raises(AddressNotAllowed, match="private, loopback or link-local"):
         await check(url, allow_private=False)
     assert await check(url, allow_private=True) == url
 
 
 async def test_public_addresses_are_allowed():
     assert await check("https://93.184.216.34/hook", allow_private=False)
+    assert await check("http://[64:ff9b::5db8:d822]/hook", allow_private=False)  # 93.184.216.34 over NAT64
+
+
+# ------------------------------------------------------------------ the connection keeps to the checked address
+
+async def _tcp_server():
+    """A plain HTTP server on 127.0.0.1 that records each request head and answers 204."""
+    heads: list[bytes] = []
+
+    async def handle(reader, writer):
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], heads
+
+
+def _settings(*, allow_private: bool):
+    return SimpleNamespace(webhook_allow_private=allow_private, webhook_timeout_seconds=5.0)
+
+
+async def test_a_name_that_rebinds_to_loopback_is_never_connected(monkeypatch):
+    server, port, heads = await _tcp_server()
+    dns = FakeDns(monkeypatch, {"rebind.test": ["127.0.0.1"]})
+    try:
+        async with WebhookHttp(settings=_settings(allow_private=False)) as http:
+            with pytest.raises(AddressNotAllowed) as caught:
+                await http.post(f"http://rebind.test:{port}/hook", body=b"{}", headers={})
+        assert "127.0.0.1" not in str(caught.value)
+        assert heads == [] and dns.asked == ["rebind.test"]
+    finally:
+        server.close()
+
+
+async def test_the_connection_goes_to_the_address_of_its_one_lookup_with_the_name_in_host(monkeypatch):
+    """The second answer (another address) is never asked for: one lookup per connection, then that address."""
+    server, port, heads = await _tcp_server()
+    dns = FakeDns(monkeypatch, {"receiver.test": ["127.0.0.1", "127.0.0.2"]})
+    try:
+        async with WebhookHttp(settings=_settings(allow_private=True)) as http:
+            status = await http.post(f"http://receiver.test:{port}/hook", body=b"{}", headers={"x-a": "1"})
+        assert status == 204 and dns.asked == ["receiver.test"]
+        assert f"Host: receiver.test:{port}".encode() in heads[0] and b"POST /hook HTTP/1.1" in heads[0]
+    finally:
+        server.close()
+
+
+async def test_failures_are_told_apart_only_by_kind():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    async with WebhookHttp(settings=_settings(allow_private=True)) as http:
+        with pytest.raises(ConnectionFailed):
+            await http.post(f"http://127.0.0.1:{closed}/", body=b"{}", headers={})
+        with pytest.raises(HostNotFound):
+            await http.post("http://no-such-host.invalid/", body=b"{}", headers={})
 
 
 def test_rule_subjects_and_events_are_validated():
