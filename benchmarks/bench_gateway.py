@@ -92,13 +92,13 @@ async def engine_run(engine, tokens: int) -> tuple[float, float, int]:
     return first - start, last - first, count
 
 
-async def http_run(client, url: str, model: str, tokens: int) -> tuple[float, float, int]:
+async def http_run(client, url: str, model: str, tokens: int, *, key: str) -> tuple[float, float, int]:
     body = {"model": model, "messages": PROMPT, "max_tokens": tokens, "temperature": 0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
     start = time.perf_counter()
     first = last = None
     count = 0
-    async with client.stream("POST", url, json=body) as response:
+    async with client.stream("POST", url, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
         if response.status_code != 200:
             raise RuntimeError(f"{url}: {response.status_code} {(await response.aread())[:300]!r}")
         async for line in response.aiter_lines():
@@ -115,9 +115,9 @@ async def http_run(client, url: str, model: str, tokens: int) -> tuple[float, fl
     return first - start, last - first, count
 
 
-async def throughput(client, url: str, model: str, tokens: int, streams: int) -> float:
+async def throughput(client, url: str, model: str, tokens: int, streams: int, *, key: str) -> float:
     start = time.perf_counter()
-    results = await asyncio.gather(*(http_run(client, url, model, tokens) for _ in range(streams)))
+    results = await asyncio.gather(*(http_run(client, url, model, tokens, key=key) for _ in range(streams)))
     return sum(r[2] for r in results) / (time.perf_counter() - start)
 
 
@@ -227,13 +227,16 @@ async def main(args) -> dict:
         instance_url = f"{instance['url']}/v1/chat/completions"
 
         async with httpx.AsyncClient(timeout=10) as probe:
-            health = (await probe.get(f"{instance['url']}/health")).json()
+            # The instance's secret: its health details, and the direct path, are for the platform only.
+            health = (await probe.get(f"{instance['url']}/health",
+                                      headers={"Authorization": f"Bearer {instance['secret']}"})).json()
         # The client process runs all three paths, interleaved run by run, so a change in the
         # machine's load (the platform's own background work included) hits them alike; in this
         # process it would share the gateway's event loop (and the GIL).
         step(f"engine, instance and gateway from a client process: {args.runs} interleaved runs, then "
              "throughput at " + ", ".join(map(str, args.streams)) + " concurrent streams")
-        spec = {"instance_url": instance_url, "gateway_url": gateway_url, "key": key, "model": service["name"],
+        spec = {"instance_url": instance_url, "gateway_url": gateway_url, "key": key,
+                "instance_secret": instance["secret"], "model": service["name"],
                 "tokens": args.tokens, "runs": args.runs, "streams": args.streams, "folder": str(folder),
                 "max_model_len": service["max_model_len"]}
         child = await asyncio.create_subprocess_exec(sys.executable, __file__, "--client", json.dumps(spec),
@@ -302,12 +305,12 @@ async def client_main(spec: dict) -> dict:
     out: dict = {"engine": [], "instance": [], "gateway": [], "throughput": {},
                  "engine_backend": [engine.backend_name, engine.providers]}
     urls = {"instance": spec["instance_url"], "gateway": spec["gateway_url"]}
-    async with httpx.AsyncClient(timeout=600, headers={"Authorization": f"Bearer {spec['key']}"},
-                                 limits=httpx.Limits(max_connections=64)) as client:
+    keys = {"instance": spec["instance_secret"], "gateway": spec["key"]}   # the gateway's and a user's
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=64)) as client:
         def run(path: str):
             if path == "engine":
                 return engine_run(engine, spec["tokens"])
-            return http_run(client, urls[path], spec["model"], spec["tokens"])
+            return http_run(client, urls[path], spec["model"], spec["tokens"], key=keys[path])
 
         paths = ["engine", "instance", "gateway"]
         for path in paths:   # warm-up
@@ -317,7 +320,8 @@ async def client_main(spec: dict) -> dict:
                 out[path].append(await run(path))
         await asyncio.to_thread(engine.close)
         for n in spec["streams"]:
-            out["throughput"][n] = {path: await throughput(client, url, spec["model"], spec["tokens"], n)
+            out["throughput"][n] = {path: await throughput(client, url, spec["model"], spec["tokens"], n,
+                                                           key=keys[path])
                                     for path, url in urls.items()}
     return out
 

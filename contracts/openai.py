@@ -60,6 +60,11 @@ class NamedToolChoice(BaseModel):
     function: NamedFunction
 
 
+# Response header of a model instance's streamed answer: the prompt's token count, known before
+# the first chunk, so a stream cut off before its usage chunk is still billed for its prompt.
+PROMPT_TOKENS_HEADER = "X-MaaS-Prompt-Tokens"
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 

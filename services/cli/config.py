@@ -10,6 +10,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from services.common.private_files import private_dir
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -52,7 +54,7 @@ def load() -> CliConfig:
 
 def save(config: CliConfig) -> Path:
     path = config_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     # The token is a bearer secret: readable by its owner only, from the first byte written.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -62,17 +62,20 @@ def up(
     port: int = typer.Option(8000, help="API port"),
 ) -> None:
     """Start the embedded Kafka, MongoDB and S3 servers, then every service, in the foreground."""
+    from services.common.private_files import PRIVATE_UMASK, private_dir
     from services.embedded.servers import EmbeddedServers
 
-    data_dir = (data_dir or _default_data_dir()).expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Everything this process and its children write (weights, datasets, logs, traces, credentials)
+    # is owner-only: one machine may have other users.
+    os.umask(PRIVATE_UMASK)
+    data_dir = private_dir((data_dir or _default_data_dir()).expanduser().resolve())
     console.print(f"[bold]OpenMaaS[/bold] data dir: {data_dir}")
     servers = EmbeddedServers(data_dir)
     with console.status("starting embedded servers (S3, MongoDB, Kafka)…"):
         servers.start()
     os.environ.update(servers.settings_env())
     os.environ.setdefault("MAAS_WORK_DIR", str(data_dir / "work"))
-    Path(os.environ["MAAS_WORK_DIR"]).mkdir(parents=True, exist_ok=True)
+    private_dir(Path(os.environ["MAAS_WORK_DIR"]))
     try:
         for name, value in servers.settings_env().items():
             console.print(f"  {name}={value}" if "SECRET" not in name else f"  {name}=***")

@@ -7,7 +7,7 @@ domain (like ``model_refs`` for models): the fields read here change only compat
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SERVICES = "model_services"
 INSTANCES = "service_instances"
@@ -74,8 +74,10 @@ class InstanceRef:
     service_id: str
     url: str
     status: str
+    secret: str = field(default="", repr=False)   # sent to the instance with every call; never logged
 
 
 async def ready_instances(platform, service_id: str) -> list[InstanceRef]:
     docs = platform.mongo[INSTANCES].find({"service_id": service_id, "status": "ready"})
-    return [InstanceRef(id=d["_id"], service_id=service_id, url=d["url"], status=d["status"]) async for d in docs]
+    return [InstanceRef(id=d["_id"], service_id=service_id, url=d["url"], status=d["status"],
+                        secret=d.get("secret") or "") async for d in docs]

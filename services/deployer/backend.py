@@ -20,6 +20,7 @@ class InstanceLaunch:
     served_model_name: str         # the `model` value the instance answers to (the service name)
     model_uri: str                 # s3://bucket/prefix/ of the version's weights (HF or ONNX folder)
     max_model_len: int             # template's max input+output tokens
+    secret: str                    # the instance answers only calls bearing it (services.inference.auth)
     cpus: int = 1                  # from the instance spec
     env: dict[str, str] = field(default_factory=dict)
 

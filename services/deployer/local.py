@@ -2,8 +2,13 @@
 
 The default backend of the embedded platform. Each instance is
 ``python -m services.inference.server --model-dir DIR --port P --served-model-name NAME --max-model-len N``
-with stdout and stderr in ``<root>/logs/<instance id>.log``. Children die with the deployer (Linux
-parent-death signal), so a crashed platform leaves no orphan holding a port and gigabytes of RAM.
+with stdout and stderr in ``<root>/logs/<instance id>.log`` (owner-only). Children die with the
+deployer (Linux parent-death signal), so a crashed platform leaves no orphan holding a port and
+gigabytes of RAM.
+
+An instance runs user-supplied weights and answers whatever reaches its port, so it gets none of the
+platform's credentials (services.common.child_env): only what it needs, its secret included
+(services.inference.auth). It listens on ``host`` (loopback unless the deployer is told otherwise).
 
 The first instance of a model that has no ONNX export yet starts alone: the engine exports on its
 first load, and two instances exporting into the same folder would trip over each other.
@@ -23,8 +28,12 @@ from pathlib import Path
 
 import httpx
 
+from services.common.child_env import child_env
+from services.common.private_files import PRIVATE_UMASK, open_private_append, private_dir
 from services.deployer.backend import Health, InstanceBackend, InstanceHandle, InstanceLaunch
 from services.deployer.modelcache import ModelCache, has_export
+from services.inference.auth import SECRET_ENV
+from services.inference.providers import ENV_PROVIDER
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +48,25 @@ def inference_command(launch: InstanceLaunch, model_dir: Path | None, port: int,
             "--threads", str(launch.cpus)]
 
 
+def instance_env(launch: InstanceLaunch) -> dict[str, str]:
+    """The child's environment: the interpreter's settings, no platform credentials, then what it needs."""
+    needed = {"OMP_NUM_THREADS": str(launch.cpus), "MAAS_INSTANCE_THREADS": str(launch.cpus),
+              "MAAS_INSTANCE_ID": launch.instance_id, "MAAS_SERVICE_ID": launch.service_id,
+              SECRET_ENV: launch.secret, "PYTHONUNBUFFERED": "1"}
+    if os.environ.get(ENV_PROVIDER):   # the operator's choice of execution provider
+        needed[ENV_PROVIDER] = os.environ[ENV_PROVIDER]
+    return child_env({**needed, **launch.env})
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _prepare_child() -> None:  # runs in the child between fork and exec
+    # Owner-only files; set here, not with create_subprocess_exec(umask=...), which uvloop rejects.
+    os.umask(PRIVATE_UMASK)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -60,8 +81,9 @@ class LocalProcessBackend(InstanceBackend):
                  command: CommandFactory = inference_command, host: str = "127.0.0.1",
                  advertise_host: str | None = None,
                  health_path: str = "/health", first_start_timeout: float = 900.0, node: str | None = None):
-        self.root = Path(root)
-        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        # Owner-only: tenants' weights (models/) and instance logs (prompts show up in errors).
+        self.root = private_dir(root)
+        private_dir(self.root / "logs")
         self.models, self.command, self.host, self.health_path = models, command, host, health_path
         # Where gateways reach the instances: the bind address unless that is a wildcard (containers).
         self.advertise_host = advertise_host or (
@@ -99,13 +121,11 @@ class LocalProcessBackend(InstanceBackend):
     async def _spawn(self, launch: InstanceLaunch, model_dir: Path | None) -> InstanceHandle:
         port = free_port(self.host)
         log_path = self.root / "logs" / f"{launch.instance_id}.log"
-        env = {**os.environ, "OMP_NUM_THREADS": str(launch.cpus), "MAAS_INSTANCE_THREADS": str(launch.cpus),
-               "MAAS_INSTANCE_ID": launch.instance_id, "MAAS_SERVICE_ID": launch.service_id,
-               "PYTHONUNBUFFERED": "1", **launch.env}
-        with open(log_path, "ab") as out:  # the child keeps its own descriptor
+        with open_private_append(log_path) as out:  # the child keeps its own descriptor
             proc = await asyncio.create_subprocess_exec(
                 *self.command(launch, model_dir, port, self.host), stdout=out, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, env=env, cwd=str(self.root), preexec_fn=_die_with_parent)
+                stdin=asyncio.subprocess.DEVNULL, env=instance_env(launch), cwd=str(self.root),
+                preexec_fn=_prepare_child)
         handle = InstanceHandle(instance_id=launch.instance_id, url=f"http://{self.advertise_host}:{port}", node=self.node,
                                 details={"pid": proc.pid, "port": port, "log": str(log_path),
                                          "model_dir": str(model_dir) if model_dir else None})

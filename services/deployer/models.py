@@ -1,7 +1,8 @@
 """The deployer's documents: ``service_instances`` (what runs where) and ``service_logs``.
 
 Instance document: _id, service_id, tenant_id, version_id, status (starting | ready | unhealthy |
-draining), url, node, details (backend-specific), backend, started_at, ready_at, message.
+draining), url, secret (what the gateway sends the instance; never in an API response), node, details
+(backend-specific), backend, started_at, ready_at, message.
 Log line: service_id, tenant_id, instance_id, seq (global order), at, line.
 """
 from __future__ import annotations

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -247,16 +248,19 @@ class Reconciler:
 
     async def _start_one(self, svc: dict) -> _Outcome:
         model = svc["model"]
+        # The instance's secret lives only here and in the instance: the gateway reads it from this
+        # document, and no API response shows the field (services.serving.models.instance_view).
+        secret = secrets.token_urlsafe(32)
         doc = {"_id": new_id(), "service_id": svc["_id"], "tenant_id": svc["tenant_id"],
                "version_id": model["version_id"], "version_number": model.get("version_number"),
-               "status": "starting", "url": None, "node": None, "details": {},
+               "status": "starting", "url": None, "node": None, "details": {}, "secret": secret,
                "backend": self.backend.name, "started_at": _now(), "ready_at": None, "message": None}
         async with self.platform.uow() as uow:
             await uow.collection(INSTANCES).insert_one(doc, session=uow.session)
             self._emit_instance(uow, doc, "starting", None)
         launch = InstanceLaunch(instance_id=doc["_id"], service_id=svc["_id"], served_model_name=svc["name"],
                                 model_uri=model["storage_uri"], max_model_len=svc["max_model_len"],
-                                cpus=SPEC_CPUS.get(svc.get("instance_spec", ""), 1))
+                                secret=secret, cpus=SPEC_CPUS.get(svc.get("instance_spec", ""), 1))
         try:
             handle = await self.backend.start(launch)
         except Exception as exc:

@@ -3,7 +3,8 @@
 Order of checks (each rejection is an OpenAI-style error and meters nothing):
 1. the service (404 unknown, 403 another tenant's), the parameters (400) and the template's max
    input+output length (400 ``context_length_exceeded``);
-2. the free quota of a preset service (403 not claimed, 429 used up);
+2. the free quota of a preset service: the call reserves the most it can use (403 not claimed, 429
+   when that does not fit) and settles with its true usage when it ends, however it ends;
 3. the service's state (409 not running, 503 deploying; a preset that is not running is started
    and waited for: a cold start);
 4. content moderation of the input (400 ``content_filter``);
@@ -23,15 +24,17 @@ from collections import defaultdict
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from contracts.openai import ChatCompletionRequest
+from contracts.openai import PROMPT_TOKENS_HEADER, ChatCompletionRequest
 from contracts.serving import PresetServiceWakeRequested
 from services.common.context import Platform
 from services.common.serving_refs import InstanceRef, ServiceRef
-from services.gateway import keys, quota
+from services.gateway import keys, quota_calls
 from services.gateway.keys import Caller
 from services.gateway.metering import UsageRecorder
 from services.gateway.moderation import Moderation, message_text
 from services.gateway.oai_errors import OpenAIError, invalid
+from services.gateway.quota_ledger import NO_RESERVATION, QuotaLedger, Reservation
+from services.gateway.quota_store import QUOTAS, QuotaStore
 from services.gateway.ratelimit import QpsLimiter
 from services.gateway.routing import Router
 from services.gateway.settings import GatewaySettings, gateway_settings
@@ -52,14 +55,20 @@ def _token_count(usage: dict | None, key: str) -> int:
     return int(value) if isinstance(value, (int, float)) else 0
 
 
+def _header_count(value: str | None) -> int:
+    return int(value) if value is not None and value.isdigit() else 0
+
+
 class ChatGateway:
     def __init__(self, platform: Platform, settings: GatewaySettings | None = None):
         self.platform = platform
         self.settings = settings or gateway_settings()
         self.router = Router(platform, refresh=self.settings.routing_refresh_seconds)
         self.limiter = QpsLimiter()
-        self.quotas = quota.QuotaView(platform)
-        self.meter = UsageRecorder(platform, on_quota_written=self.quotas.written)
+        self.ledger = QuotaLedger(QuotaStore(platform.mongo[QUOTAS]), chunk=self.settings.quota_chunk_tokens,
+                                  lease_seconds=self.settings.quota_lease_seconds,
+                                  idle_release=self.settings.quota_idle_release_seconds)
+        self.meter = UsageRecorder(platform)
         self.moderation = Moderation(platform)
         self.upstream = Upstream(connect_timeout=self.settings.upstream_connect_timeout,
                                  read_timeout=self.settings.upstream_read_timeout)
@@ -67,6 +76,7 @@ class ChatGateway:
 
     async def close(self) -> None:
         await self.meter.flush()
+        await self.ledger.flush(closing=True)
         await self.upstream.close()
 
     # ------------------------------------------------------------------------------------ resolve
@@ -131,12 +141,12 @@ class ChatGateway:
     # ------------------------------------------------------------------------------------ checks
 
     @staticmethod
-    def _check_body(body) -> None:
+    def _check_body(body) -> ChatCompletionRequest:
         """Types and required fields (contracts.openai); ranges are the engine's to check."""
         if not isinstance(body, dict):
             raise invalid("the request body must be a JSON object", code="invalid_request")
         try:
-            ChatCompletionRequest.model_validate({**body, "model": body.get("model") or "-"})
+            return ChatCompletionRequest.model_validate({**body, "model": body.get("model") or "-"})
         except ValidationError as exc:
             error = exc.errors()[0]
             param = ".".join(str(p) for p in error.get("loc", ())) or None
@@ -174,23 +184,30 @@ class ChatGateway:
     # ------------------------------------------------------------------------------------ call
 
     async def chat(self, caller: Caller, body, *, service_id: str | None = None) -> Response:
-        self._check_body(body)
+        request = self._check_body(body)
         service = await self.resolve(caller, service_id=service_id, model=body.get("model"))
+        reservation = NO_RESERVATION
         try:
             self._check_length(body, service)
             if service.preset:  # before a cold start: a caller without quota must not wake the preset
-                await quota.check(self.quotas, user_id=caller.user_id, service=service,
-                                  pending=self.meter.pending_quota(caller.user_id, service.id))
+                reservation = await quota_calls.reserve(self.ledger, user_id=caller.user_id, service=service,
+                                                        bound=quota_calls.call_bound(body, request, service))
             service = await self.ensure_callable(caller, service)
             await self._moderate_input(body, service)
             await self._limit(caller, service)
-        except OpenAIError:
-            self.meter.call(service=service, instance_id="-", ok=False, latency_ms=0, rejected=True)
+        except BaseException as exc:
+            reservation.release()
+            if isinstance(exc, OpenAIError):
+                self.meter.call(service=service, instance_id="-", ok=False, latency_ms=0, rejected=True)
             raise
         payload = {**body, "model": service.name}
-        if body.get("stream"):
-            return await self._stream(caller, service, body, payload)
-        return await self._complete(caller, service, payload)
+        try:
+            if body.get("stream"):
+                return await self._stream(caller, service, body, payload, reservation)
+            return await self._complete(caller, service, payload, reservation)
+        except BaseException:
+            reservation.release()   # no answer (a settled reservation is not touched again)
+            raise
 
     async def _send(self, service: ServiceRef, payload: dict) -> tuple[InstanceRef, UpstreamResponse]:
         """Send to the least busy ready instance; on a refused connection try the next one."""
@@ -209,7 +226,8 @@ class ChatGateway:
                                   code="no_ready_instance", retry_after=1)
             self.router.acquire(instance)
             try:
-                return instance, await self.upstream.post_json(f"{instance.url}/v1/chat/completions", content)
+                return instance, await self.upstream.post_json(f"{instance.url}/v1/chat/completions", content,
+                                                               secret=instance.secret)
             except InstanceUnreachable:
                 self.router.release(instance)
                 tried.add(instance.id)
@@ -238,7 +256,8 @@ class ChatGateway:
         return Response(response_body, status_code=status, media_type="application/json",
                         headers={"X-MaaS-Instance": instance.id})
 
-    async def _complete(self, caller: Caller, service: ServiceRef, payload: dict) -> Response:
+    async def _complete(self, caller: Caller, service: ServiceRef, payload: dict,
+                        reservation: Reservation) -> Response:
         started = time.monotonic()
         instance, response = await self._send(service, payload)
         try:
@@ -249,6 +268,7 @@ class ChatGateway:
             response.release()
             self.router.release(instance)
         if response.status != 200:
+            reservation.release()   # the instance refused the call: nothing generated
             return self._upstream_error(service, instance, body, response.status, started)
         data = json.loads(body)
         usage = data.get("usage")
@@ -256,6 +276,7 @@ class ChatGateway:
         latency = (time.monotonic() - started) * 1000
         # The tokens were spent even if the answer is withheld below: they count.
         self.meter.usage(caller=caller, service=service, prompt_tokens=prompt, completion_tokens=completion)
+        reservation.settle(prompt + completion)
         blocked = service.content_moderation and await self._output_blocked(data)
         self.meter.call(service=service, instance_id=instance.id, ok=not blocked, latency_ms=latency,
                         prompt_tokens=prompt, completion_tokens=completion)
@@ -272,7 +293,8 @@ class ChatGateway:
                 return True
         return False
 
-    async def _stream(self, caller: Caller, service: ServiceRef, body: dict, payload: dict) -> Response:
+    async def _stream(self, caller: Caller, service: ServiceRef, body: dict, payload: dict,
+                      reservation: Reservation) -> Response:
         started = time.monotonic()
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -285,19 +307,28 @@ class ChatGateway:
             finally:
                 response.release()
                 self.router.release(instance)
+            reservation.release()   # the instance refused the call: nothing generated
             return self._upstream_error(service, instance, error_body, response.status, started)
         checker = await self.moderation.checker() if service.content_moderation else None
-        return StreamingResponse(
-            self._relay(caller, service, instance, response, started=started, wants_usage=wants_usage,
-                        checker=checker),
+        return self._relayed(caller=caller, service=service, instance=instance, response=response, started=started,
+                             wants_usage=wants_usage, checker=checker, reservation=reservation)
+
+    def _relayed(self, *, caller: Caller, service: ServiceRef, instance: InstanceRef, response: UpstreamResponse,
+                 started: float, wants_usage: bool, checker, reservation: Reservation) -> _RelayedStream:
+        stream = _SseRelay(wants_usage=wants_usage, checker=checker,
+                           prompt_tokens=_header_count(response.headers.get(PROMPT_TOKENS_HEADER)))
+
+        def finish() -> None:
+            self._finish_stream(caller=caller, service=service, instance=instance, response=response, stream=stream,
+                                reservation=reservation, started=started)
+        return _RelayedStream(
+            self._relay(instance=instance, response=response, stream=stream, finish=finish), on_close=finish,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "X-MaaS-Instance": instance.id})
 
-    async def _relay(self, caller: Caller, service: ServiceRef, instance: InstanceRef, response: UpstreamResponse, *,
-                     started: float, wants_usage: bool, checker):
+    async def _relay(self, *, instance: InstanceRef, response: UpstreamResponse, stream: _SseRelay, finish):
         """Forward each read from the instance at once, as one write (a fast instance's several
         events in one read go out together: fewer syscalls, never a wait for more)."""
-        stream = _SseRelay(wants_usage=wants_usage, checker=checker)
         pending = b""
         try:
             async for block in response.blocks():
@@ -320,19 +351,49 @@ class ChatGateway:
                                "type": "server_error", "param": None, "code": "upstream_error"}}
             yield f"data: {json.dumps(error)}\n\n".encode()
         finally:
-            response.release()
-            self.router.release(instance)
-            usage = stream.usage
-            prompt = _token_count(usage, "prompt_tokens")
-            # Without the final usage chunk (the client went away), count what was streamed.
-            completion = _token_count(usage, "completion_tokens") if usage else stream.streamed
-            if prompt or completion:
-                self.meter.usage(caller=caller, service=service, prompt_tokens=prompt, completion_tokens=completion)
-            now = time.monotonic()
-            self.meter.call(service=service, instance_id=instance.id, ok=stream.ok,
-                            latency_ms=(now - started) * 1000,
-                            ttft_ms=(stream.first_at - started) * 1000 if stream.first_at else None,
-                            prompt_tokens=prompt, completion_tokens=completion)
+            finish()
+
+    def _finish_stream(self, *, caller: Caller, service: ServiceRef, instance: InstanceRef,
+                       response: UpstreamResponse, stream: _SseRelay, reservation: Reservation,
+                       started: float) -> None:
+        """Once, however the stream ended (done, upstream broken, client gone, never started)."""
+        if stream.finished:
+            return
+        stream.finished = True
+        response.release()
+        self.router.release(instance)
+        usage = stream.usage
+        # Without the final usage chunk (the client went away, the instance broke off), bill the
+        # prompt the instance announced in its headers and what was streamed.
+        prompt = _token_count(usage, "prompt_tokens") if usage else stream.prompt_tokens
+        completion = _token_count(usage, "completion_tokens") if usage else stream.streamed
+        if prompt or completion:
+            self.meter.usage(caller=caller, service=service, prompt_tokens=prompt, completion_tokens=completion)
+        reservation.settle(prompt + completion)
+        now = time.monotonic()
+        self.meter.call(service=service, instance_id=instance.id, ok=stream.ok,
+                        latency_ms=(now - started) * 1000,
+                        ttft_ms=(stream.first_at - started) * 1000 if stream.first_at else None,
+                        prompt_tokens=prompt, completion_tokens=completion)
+
+
+class _RelayedStream(StreamingResponse):
+    """A relayed stream whose ``on_close`` runs when the response ends, however it ends: also when
+    the client left before the first chunk, so the relay generator never started (its own
+    ``finally`` then never runs)."""
+
+    def __init__(self, content, *, on_close, **kwargs):
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.body_iterator.aclose()   # runs the relay's finally now if it is suspended
+            finally:
+                self.on_close()
 
 
 class _SseRelay:
@@ -343,8 +404,10 @@ class _SseRelay:
     match) and otherwise passes every event through as it came.
     """
 
-    def __init__(self, *, wants_usage: bool, checker):
+    def __init__(self, *, wants_usage: bool, checker, prompt_tokens: int = 0):
         self.wants_usage, self.checker = wants_usage, checker
+        self.prompt_tokens = prompt_tokens   # as the instance announced it before the first chunk
+        self.finished = False
         self.window = getattr(checker, "window", 0)
         self.texts: dict[int, str] = defaultdict(str)
         self.first_at: float | None = None
@@ -416,13 +479,14 @@ async def run_gateway(platform: Platform) -> None:
     """Background task: write metered usage every second and keep the gateway's views of the
     database fresh (so calls do not wait on it); flush and close on shutdown."""
     gateway = gateway_for(platform)
-    views = [*gateway.router.views, gateway.moderation.view, gateway.quotas.view, keys.callers()]
+    views = [*gateway.router.views, gateway.moderation.view, keys.callers()]
     period = max(0.05, min(v.max_age for v in views) / 4)
     refresher = asyncio.create_task(keep_fresh(views, period=period), name="gateway-views")
     try:
         while True:
             await asyncio.sleep(gateway.settings.usage_flush_seconds)
             await gateway.meter.flush()
+            await gateway.ledger.flush()
     finally:
         refresher.cancel()
         await asyncio.gather(refresher, return_exceptions=True)

@@ -1,18 +1,17 @@
 """Usage metering and service monitoring, recorded by the gateway from every response.
 
-Every answered call adds its tokens to the caller's daily usage (per key and service), to the free
-quota of a preset service, and to per-minute metrics of the service and the instance that served it
-(requests, errors, tokens, latency, time to first token). Counts are summed in memory and written in
-one bulk ``$inc`` per document every second, so calls never wait on these writes. A rejected call
-(bad input, auth, quota, QPS, moderation of the input) adds no usage; it counts as ``rejected``
-in the service's metrics.
+Every answered call adds its tokens to the caller's daily usage (per key and service) and to
+per-minute metrics of the service and the instance that served it (requests, errors, tokens,
+latency, time to first token). Counts are summed in memory and written in one bulk ``$inc`` per
+document every second, so calls never wait on these writes. A rejected call (bad input, auth,
+quota, QPS, moderation of the input) adds no usage; it counts as ``rejected`` in the service's
+metrics. The free quota of a preset service is reserved and billed by quota_ledger.py.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 
 USAGE = "usage_daily"
 METRICS = "service_metrics"
-QUOTAS = "free_quotas"
 API_KEYS = "api_keys"
 
 INDEXES: list[IndexSpec] = [
@@ -48,13 +46,10 @@ def _minute(at: datetime) -> datetime:
 
 
 class UsageRecorder:
-    def __init__(self, platform: Platform, *, on_quota_written: Callable[[list[str]], None] | None = None):
-        """``on_quota_written``: called with the quota ids whose usage a flush has just written."""
+    def __init__(self, platform: Platform):
         self.platform = platform
-        self._on_quota_written = on_quota_written
         self._usage: dict[str, dict] = {}
         self._metrics: dict[str, dict] = {}
-        self._quota: dict[str, int] = defaultdict(int)
         self._keys_used: dict[str, datetime] = {}
         self._lock = asyncio.Lock()
 
@@ -71,8 +66,6 @@ class UsageRecorder:
         inc["prompt_tokens"] += prompt_tokens
         inc["completion_tokens"] += completion_tokens
         inc["total_tokens"] += prompt_tokens + completion_tokens
-        if service.preset:
-            self._quota[quota_id(caller.user_id, service.id)] += prompt_tokens + completion_tokens
         if caller.key_id != "playground":
             self._keys_used[caller.key_id] = now
         record_tokens(service=service.name, model=service.template_id, prompt_tokens=prompt_tokens,
@@ -101,13 +94,10 @@ class UsageRecorder:
                 inc["ttft_ms_sum"] += ttft_ms
                 inc["ttft_count"] += 1
 
-    def pending_quota(self, user_id: str, service_id: str) -> int:
-        return self._quota.get(quota_id(user_id, service_id), 0)
-
     async def flush(self) -> int:
         async with self._lock:
-            usage, metrics, quota, keys = self._usage, self._metrics, self._quota, self._keys_used
-            self._usage, self._metrics, self._quota, self._keys_used = {}, {}, defaultdict(int), {}
+            usage, metrics, keys = self._usage, self._metrics, self._keys_used
+            self._usage, self._metrics, self._keys_used = {}, {}, {}
             writes = 0
             try:
                 if usage:
@@ -118,23 +108,18 @@ class UsageRecorder:
                     await self.platform.mongo[METRICS].bulk_write([
                         UpdateOne({"_id": k}, {"$inc": dict(v["inc"]), "$setOnInsert": v["fields"]}, upsert=True)
                         for k, v in metrics.items()], ordered=False)
-                if quota:
-                    await self.platform.mongo[QUOTAS].bulk_write([
-                        UpdateOne({"_id": k}, {"$inc": {"used": n}}) for k, n in quota.items()], ordered=False)
                 if keys:
                     await self.platform.mongo[API_KEYS].bulk_write([
                         UpdateOne({"key_id": k}, {"$max": {"last_used_at": at}}) for k, at in keys.items()],
                         ordered=False)
-                writes = len(usage) + len(metrics) + len(quota)
-                if quota and self._on_quota_written is not None:
-                    self._on_quota_written(list(quota))
+                writes = len(usage) + len(metrics)
             except Exception:
                 # Keep the counts for the next round rather than lose them.
                 log.exception("writing usage failed; retrying on the next flush")
-                self._merge_back(usage, metrics, quota, keys)
+                self._merge_back(usage, metrics, keys)
             return writes
 
-    def _merge_back(self, usage, metrics, quota, keys) -> None:
+    def _merge_back(self, usage, metrics, keys) -> None:
         for k, v in usage.items():
             mine = self._usage.setdefault(k, {"fields": v["fields"], "inc": dict.fromkeys(_COUNTERS, 0)})
             for c, n in v["inc"].items():
@@ -143,14 +128,8 @@ class UsageRecorder:
             mine = self._metrics.setdefault(k, {"fields": v["fields"], "inc": defaultdict(float)})
             for c, n in v["inc"].items():
                 mine["inc"][c] += n
-        for k, n in quota.items():
-            self._quota[k] += n
         for k, at in keys.items():
             self._keys_used.setdefault(k, at)
-
-
-def quota_id(user_id: str, service_id: str) -> str:
-    return f"{user_id}:{service_id}"
 
 
 # ------------------------------------------------------------------------------------ queries

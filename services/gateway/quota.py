@@ -1,7 +1,9 @@
 """Free quota of the preset services (guide 9): 1,000,000 tokens per preset service per user.
 
-Claimed once ("领取"); every answered call's tokens are taken from it (metering.py). A call is
-refused with 403 before the quota is claimed and with 429 once it is used up.
+Claimed once ("领取"); a call is refused with 403 before the quota is claimed. Every call reserves
+the most it can use before it is sent and settles with its true usage after (quota_calls.py,
+quota_ledger.py, quota_store.py), so concurrent calls, on one gateway or several, never use more
+than was granted: a call whose bound does not fit is refused with 429.
 """
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ from services.common.context import Platform, get_platform
 from services.common.errors import ApiError, not_found
 from services.common.mongo import IndexSpec
 from services.common.serving_refs import PRESET_TENANT, SERVICES, find_service_by_name, get_service
-from services.gateway.metering import QUOTAS, quota_id
-from services.gateway.oai_errors import OpenAIError
+from services.gateway.chat import gateway_for
+from services.gateway.quota_ledger import QuotaLedger
+from services.gateway.quota_store import QUOTAS, quota_id
 from services.gateway.settings import gateway_settings
-from services.gateway.views import ReadThroughView
 
 INDEXES: list[IndexSpec] = [(QUOTAS, [("user_id", ASCENDING)], {})]
 
@@ -32,57 +34,29 @@ async def claim(platform: Platform, *, user_id: str, tenant_id: str, service_id:
     service_id = service.id
     granted = gateway_settings().free_quota_tokens
     doc = {"_id": quota_id(user_id, service_id), "user_id": user_id, "tenant_id": tenant_id,
-           "service_id": service_id, "granted": granted, "used": 0, "claimed_at": datetime.now(UTC)}
+           "service_id": service_id, "granted": granted, "used": 0, "reserved": 0, "leases": {},
+           "claimed_at": datetime.now(UTC)}
     try:
         await platform.mongo[QUOTAS].insert_one(doc)
     except DuplicateKeyError:
         raise ApiError(409, "quota_already_claimed",
                        f"the free quota of '{service.name}' has already been claimed") from None
-    return _quota_view(doc)
+    return _quota_view(doc, None)
 
 
-def _quota_view(doc: dict | None, pending: int = 0) -> dict:
+def _quota_view(doc: dict | None, ledger: QuotaLedger | None) -> dict:
     if doc is None:
-        return {"claimed": False, "granted": gateway_settings().free_quota_tokens, "used": 0,
+        return {"claimed": False, "granted": gateway_settings().free_quota_tokens, "used": 0, "reserved": 0,
                 "remaining": 0}
-    used = int(doc.get("used", 0)) + pending
-    return {"claimed": True, "granted": int(doc["granted"]), "used": used,
-            "remaining": max(0, int(doc["granted"]) - used), "claimed_at": doc.get("claimed_at")}
-
-
-class QuotaView:
-    """Claimed quotas as this gateway process sees them, without a database read per call.
-
-    A quota document is at most ``max_age`` seconds old when a call uses it (views.py keeps it fresh
-    in the background), and re-read after this process writes usage to it (``written``), so what this
-    process metered is never missed: the unwritten rest is the meter's ``pending``. Usage written by
-    other gateway processes shows within ``max_age`` plus their flush period. An unclaimed quota is
-    never remembered, so a claim takes effect at once.
-    """
-
-    def __init__(self, platform: Platform, *, max_age: float = 1.0):
-        self.platform = platform
-        self.view = ReadThroughView(max_age=max_age, remember_missing=False)
-
-    async def get(self, user_id: str, service_id: str) -> dict | None:
-        key = quota_id(user_id, service_id)
-        return await self.view.get(key, lambda: self.platform.mongo[QUOTAS].find_one({"_id": key}))
-
-    def written(self, keys) -> None:
-        for key in keys:
-            self.view.forget(key)
-
-
-async def check(quotas: QuotaView, *, user_id: str, service, pending: int) -> None:
-    """Raise unless the caller has free quota left on this preset service."""
-    doc = await quotas.get(user_id, service.id)
-    if doc is None:
-        raise OpenAIError(403, f"Claim the free quota of the preset service '{service.name}' first "
-                          f"(POST /api/v1/preset-services/{service.id}/claim).", code="quota_not_claimed")
-    if int(doc.get("used", 0)) + pending >= int(doc["granted"]):
-        raise OpenAIError(429, f"The free quota of '{service.name}' ({int(doc['granted'])} tokens) is used up. "
-                          "Deploy the model as your own service to keep using it.",
-                          code="insufficient_quota", type="insufficient_quota")
+    if ledger is None:
+        used, reserved = int(doc.get("used", 0)), int(doc.get("reserved", 0))
+    else:
+        balance = ledger.balance(doc["_id"], doc)
+        used, reserved = balance.used, balance.reserved
+    granted = int(doc["granted"])
+    # remaining: not used yet; part of it may be held for calls in progress (reserved) for a moment.
+    return {"claimed": True, "granted": granted, "used": used, "reserved": reserved,
+            "remaining": max(0, granted - used), "claimed_at": doc.get("claimed_at")}
 
 
 # ------------------------------------------------------------------------------------ routes
@@ -92,9 +66,7 @@ router = APIRouter(prefix="/api/v1/preset-services", tags=["preset services"])
 
 @router.get("", summary="Preset services with my free quota")
 async def list_presets(principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
-    from services.gateway.chat import gateway_for
-
-    meter = gateway_for(platform).meter
+    ledger = gateway_for(platform).ledger
     quotas = {d["service_id"]: d async for d in platform.mongo[QUOTAS].find({"user_id": principal.user_id})}
     items = []
     async for doc in platform.mongo[SERVICES].find({"tenant_id": PRESET_TENANT}).sort("name", ASCENDING):
@@ -105,7 +77,7 @@ async def list_presets(principal: CurrentPrincipal, platform: Platform = Depends
             "available": True,  # a stopped preset starts on its first call
             "max_model_len": doc["max_model_len"], "content_moderation": True,
             "api_base": f"/v1/infers/{doc['_id']}/v1", "call_model": doc["name"],
-            "quota": _quota_view(quotas.get(doc["_id"]), meter.pending_quota(principal.user_id, doc["_id"])),
+            "quota": _quota_view(quotas.get(doc["_id"]), ledger),
         })
     return {"items": items}
 

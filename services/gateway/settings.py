@@ -16,6 +16,12 @@ class GatewaySettings(BaseSettings):
     upstream_read_timeout: float = Field(600.0, gt=0, description="longest silence from an instance mid-answer")
     preset_wake_timeout_seconds: float = Field(180.0, gt=0, description="how long a first call waits for a preset")
     free_quota_tokens: int = Field(1_000_000, ge=0, description="guide 9: free tokens per preset service per user")
+    quota_chunk_tokens: int = Field(8192, ge=0, description="free-quota tokens a gateway reserves ahead, so that "
+                                    "most calls reserve without a database write (0: exactly per call)")
+    quota_lease_seconds: float = Field(30.0, ge=5, description="how long a gateway's free-quota reservation "
+                                       "outlives it if it crashes")
+    quota_idle_release_seconds: float = Field(10.0, gt=0, description="a gateway gives back its reserved "
+                                              "free-quota tokens after this long without a call")
     max_api_keys: int = Field(5, ge=1, description="guide 11: at most 5 API keys per user")
     usage_flush_seconds: float = Field(1.0, gt=0)
     moderation_blocklist: str = Field("", description="extra blocked terms, comma separated")

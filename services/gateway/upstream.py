@@ -30,6 +30,7 @@ class UpstreamResponse:
     def __init__(self, response: aiohttp.ClientResponse):
         self._response = response
         self.status = response.status
+        self.headers = response.headers
 
     async def read(self) -> bytes:
         try:
@@ -67,9 +68,11 @@ class Upstream:
                                                   auto_decompress=False)
         return self._session
 
-    async def post_json(self, url: str, content: bytes) -> UpstreamResponse:
+    async def post_json(self, url: str, content: bytes, *, secret: str) -> UpstreamResponse:
+        """POST to an instance with its secret (it answers nobody else: services.inference.auth)."""
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
         try:
-            response = await self._client().post(url, data=content, headers={"Content-Type": "application/json"})
+            response = await self._client().post(url, data=content, headers=headers)
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
             raise InstanceUnreachable(str(exc)) from exc
         except asyncio.TimeoutError as exc:

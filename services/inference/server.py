@@ -3,8 +3,10 @@
     python -m services.inference.server --model-dir DIR --port P [--served-model-name NAME] [--max-model-len N]
 
 The deployer starts one such process per service instance; the gateway forwards users' calls to it.
-``GET /health`` answers 503 until the model is loaded (an export on first use can take a while),
-then 200; if loading fails the process exits with status 1.
+Every call must carry the instance's secret (``MAAS_INSTANCE_SECRET``, see services.inference.auth);
+``--no-auth`` runs a standalone server for local experiments. ``GET /health`` answers 503 until the
+model is loaded (an export on first use can take a while), then 200; if loading fails the process
+exits with status 1.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -24,6 +27,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts.openai import (
+    PROMPT_TOKENS_HEADER,
     AssistantMessage,
     ChatCompletion,
     ChatCompletionRequest,
@@ -35,6 +39,7 @@ from contracts.openai import (
     Usage,
     error_body,
 )
+from services.inference.auth import SECRET_ENV, InstanceSecret, RequireInstanceSecret
 from services.inference.chat import encode, render_prompt
 from services.inference.cpu_priority import DEFAULT_COMPUTE_NICENESS
 from services.inference.engine import DEFAULT_MAX_NUM_SEQS, Engine, EngineError, UpdateStream
@@ -242,7 +247,8 @@ class _EventStream(StreamingResponse):
 
     def __init__(self, handler: ChatHandler):
         super().__init__(handler.stream(), media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                  PROMPT_TOKENS_HEADER: str(len(handler.ids))})
         self.handler = handler
 
     async def __call__(self, scope, receive, send) -> None:
@@ -254,8 +260,11 @@ class _EventStream(StreamingResponse):
 
 def create_app(*, model_dir: Path, served_model_name: str | None = None, max_model_len: int | None = None,
                max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, threads: int | None = None,
-               compute_niceness: int = DEFAULT_COMPUTE_NICENESS, on_load_failure=None) -> FastAPI:
+               compute_niceness: int = DEFAULT_COMPUTE_NICENESS, on_load_failure=None,
+               secret: str | None) -> FastAPI:
+    """``secret``: what every call but the health probe must bring; None only for a standalone server."""
     name = served_model_name or Path(model_dir).name
+    guard = InstanceSecret(secret=secret) if secret is not None else None
     state = ModelState(model_dir=model_dir, served_model_name=name, max_model_len=max_model_len,
                        max_num_seqs=max_num_seqs, threads=threads, compute_niceness=compute_niceness)
 
@@ -271,6 +280,8 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
 
     app = FastAPI(title=f"OpenMaaS inference: {name}", lifespan=lifespan)
     app.state.model = state
+    if guard is not None:
+        app.add_middleware(RequireInstanceSecret, secret=guard)
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(_: Request, exc: OpenAIError):
@@ -287,7 +298,12 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
         return JSONResponse(error_body(f"internal error: {exc}", type="server_error"), status_code=500)
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        if guard is not None and not guard.admits_scope(request.scope):
+            # An open probe: the status only (no model name, engine details or load error with paths).
+            ready = state.engine is not None
+            status = "ready" if ready else "loading" if state.error is None else "failed"
+            return JSONResponse({"status": status}, status_code=200 if ready else 503)
         if state.engine is not None:
             engine = state.engine
             requests = engine.requests()
@@ -299,7 +315,8 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
 
     @app.get("/v1/models")
     async def models():
-        card = ModelCard(id=name, created=state.created, root=str(state.model_dir),
+        # No root: the model folder is a path on the instance's machine, none of the caller's business.
+        card = ModelCard(id=name, created=state.created,
                          max_model_len=state.engine.max_model_len if state.engine else max_model_len)
         return ModelList(data=[card]).model_dump(mode="json")
 
@@ -341,7 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compute-niceness", type=int, default=DEFAULT_COMPUTE_NICENESS, choices=range(0, 20),
                         metavar="0-19", help="how much lower the CPU priority of the decode threads is than the "
                         "HTTP loop's, so relaying tokens never waits behind a decode step (0: the same)")
+    parser.add_argument("--no-auth", action="store_true",
+                        help=f"answer calls without the secret in ${SECRET_ENV} (a standalone server for local "
+                             "experiments; never one the platform routes to)")
     args = parser.parse_args(argv)
+    # Out of the environment at once: nothing this process starts (an exporter, a tokenizer helper) inherits it.
+    secret = os.environ.pop(SECRET_ENV, "") or None
+    if secret is None and not args.no_auth:
+        parser.error(f"{SECRET_ENV} is not set: every call must carry the instance's secret "
+                     "(the deployer sets it); pass --no-auth to serve without one")
+    if secret is not None and args.no_auth:
+        parser.error(f"--no-auth and {SECRET_ENV} contradict each other: give one")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s [%(levelname)s] %(message)s")
 
     failed = threading.Event()
@@ -355,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(model_dir=args.model_dir, served_model_name=args.served_model_name,
                      max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                      threads=args.threads, compute_niceness=args.compute_niceness,
-                     on_load_failure=on_load_failure)
+                     on_load_failure=on_load_failure, secret=secret)
     # log_config=None: uvicorn keeps the logging set up above instead of replacing it.
     # No access log: the gateway records every call already, and a line per call costs the first token.
     server = uvicorn.Server(server_config(app, host=args.host, port=args.port, log_config=None, access_log=False))

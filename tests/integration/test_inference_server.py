@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from tests.unit.test_inference_engine import build_sharp_tiny
 
 NAME = "tiny-chat"
 MAX_LEN = 1024
+SECRET = "test-instance-secret"
+AUTH = {"Authorization": f"Bearer {SECRET}"}
 
 
 def _free_port() -> int:
@@ -25,13 +28,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_dir: Path, *, name: str, max_model_len: int | None = None, log: Path):
+def start_server(model_dir: Path, *, name: str, max_model_len: int | None = None, log: Path,
+                 secret: str | None = SECRET):
     port = _free_port()
     cmd = [sys.executable, "-m", "services.inference.server", "--model-dir", str(model_dir),
            "--port", str(port), "--served-model-name", name]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    env = {k: v for k, v in os.environ.items() if k != "MAAS_INSTANCE_SECRET"}
+    if secret:
+        env["MAAS_INSTANCE_SECRET"] = secret   # as the deployer passes it
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -67,21 +74,21 @@ def server(tmp_path_factory):
     proc, url = start_server(model_dir, name=NAME, max_model_len=MAX_LEN, log=root / "server.log")
     try:
         seen = wait_ready(proc, url)
-        yield {"url": url, "seen": seen, "proc": proc}
+        yield {"url": url, "seen": seen, "proc": proc, "model_dir": model_dir}
     finally:
         stop(proc)
 
 
 def chat(server, **body) -> httpx.Response:
     payload = {"model": NAME, "messages": [{"role": "user", "content": "What is the capital of France?"}], **body}
-    return httpx.post(f"{server['url']}/v1/chat/completions", json=payload, timeout=60)
+    return httpx.post(f"{server['url']}/v1/chat/completions", json=payload, timeout=60, headers=AUTH)
 
 
 def sse(server, **body) -> list[dict | str]:
     payload = {"model": NAME, "messages": [{"role": "user", "content": "What is the capital of France?"}],
                "stream": True, **body}
     events = []
-    with httpx.stream("POST", f"{server['url']}/v1/chat/completions", json=payload, timeout=60) as r:
+    with httpx.stream("POST", f"{server['url']}/v1/chat/completions", json=payload, timeout=60, headers=AUTH) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         for line in r.iter_lines():
             if not line:
@@ -94,15 +101,43 @@ def sse(server, **body) -> list[dict | str]:
 
 def test_health_reports_loading_then_ready(server):
     assert all(s["status_code"] == 503 and s["status"] == "loading" for s in server["seen"])
-    health = httpx.get(f"{server['url']}/health").json()
+    health = httpx.get(f"{server['url']}/health", headers=AUTH).json()
     assert health["status"] == "ready" and health["backend"] == "gqa-shared-buffer"
     assert health["providers"] == ["CPUExecutionProvider"] and health["max_model_len"] == MAX_LEN
     assert health["requests_running"] == 0 and health["requests_waiting"] == 0
 
 
-def test_models_lists_the_served_name(server):
-    models = ModelList.model_validate(httpx.get(f"{server['url']}/v1/models").json())
+def test_models_lists_the_served_name_and_no_local_path(server):
+    r = httpx.get(f"{server['url']}/v1/models", headers=AUTH)
+    models = ModelList.model_validate(r.json())
     assert [m.id for m in models.data] == [NAME] and models.data[0].max_model_len == MAX_LEN
+    assert models.data[0].root is None and str(server["model_dir"]) not in r.text
+
+
+def test_every_call_without_the_instance_secret_is_refused(server):
+    """Keys, quotas, QPS limits and moderation live in the gateway: a direct caller must not get in."""
+    body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": SECRET}):
+        for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/docs"),
+                             ("GET", "/openapi.json"), ("GET", "/v1/nothing")):
+            r = httpx.request(method, f"{server['url']}{path}", json=body if method == "POST" else None,
+                              headers=headers, timeout=30)
+            assert r.status_code == 401, (headers, path, r.text)
+            error = r.json()["error"]
+            assert error["type"] == "authentication_error" and "gateway" in error["message"]
+    # The open health probe tells a stranger the status and nothing more.
+    r = httpx.get(f"{server['url']}/health")
+    assert r.status_code == 200 and r.json() == {"status": "ready"}
+
+
+def test_the_server_will_not_start_open_by_accident(tmp_path):
+    proc, _ = start_server(tmp_path / "missing", name="x", log=tmp_path / "log", secret=None)
+    try:
+        assert proc.wait(120) == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "MAAS_INSTANCE_SECRET is not set" in (tmp_path / "log").read_text()
 
 
 def test_non_streaming_completion_has_the_openai_shape_and_usage(server):
@@ -168,7 +203,7 @@ def test_beam_search_and_stop_strings(server):
 
 
 async def test_concurrent_streams_are_batched_and_correct(server):
-    async with httpx.AsyncClient(base_url=server["url"], timeout=60) as client:
+    async with httpx.AsyncClient(base_url=server["url"], timeout=60, headers=AUTH) as client:
         async def one(i):
             r = await client.post("/v1/chat/completions", json={
                 "model": NAME, "messages": [{"role": "user", "content": f"Count to {i}"}],
@@ -211,9 +246,9 @@ def test_errors_have_the_openai_shape_and_name_the_parameter(server, body, statu
 
 def test_malformed_json_and_unknown_paths(server):
     r = httpx.post(f"{server['url']}/v1/chat/completions", content=b"{not json",
-                   headers={"content-type": "application/json"})
+                   headers={"content-type": "application/json", **AUTH})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
-    r = httpx.get(f"{server['url']}/v1/nothing")
+    r = httpx.get(f"{server['url']}/v1/nothing", headers=AUTH)
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
 
 

@@ -52,17 +52,28 @@ def load_compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
+def required_placeholder(name: str) -> str:
+    """What a test puts for a secret the operator must set (long enough for MAAS_METRICS_TOKEN)."""
+    return f"required-{name.lower()}-set-by-the-operator"
+
+
 def interpolate(value: Any) -> Any:
-    """Compose variable interpolation with no .env: ${X:-default} / ${X-default} -> default."""
+    """Compose variable interpolation with no .env: ${X:-default} / ${X-default} -> default;
+    ${X:?message} / ${X?message}, a secret with no safe default, -> required_placeholder(X)."""
     if not isinstance(value, str):
         return value
 
     def sub(m: re.Match) -> str:
         inner = m.group(1)
+        name = re.match(r"[A-Za-z_][A-Za-z0-9_]*", inner).group(0)
+        rest = inner[len(name):]
         for sep in (":-", "-"):
-            if sep in inner:
-                return inner.split(sep, 1)[1]
-        pytest.fail(f"${{{inner}}} has no default; the stack must start without a .env file")
+            if rest.startswith(sep):
+                return rest[len(sep):]
+        if rest.startswith((":?", "?")):
+            return required_placeholder(name)
+        pytest.fail(f"${{{inner}}} has no default; the stack must start without a .env file "
+                    "(a secret that must be set says so with ${X:?message})")
 
     return re.sub(r"\$\{([^}]+)\}", sub, value).replace("$$", "$")
 
@@ -393,6 +404,62 @@ def check_mounts(compose: dict) -> None:
             assert (context / build.get("dockerfile", "Dockerfile")).is_file(), f"{name}: Dockerfile missing"
 
 
+# Environment keys that carry a secret, and the only acceptable value for one: a required variable.
+SECRET_KEY = re.compile(r"PASSWORD|SECRET|TOKEN", re.IGNORECASE)
+REQUIRED_VARIABLE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?\?[^}]*\}")
+LOOPBACK = {"127.0.0.1", "::1", "[::1]", "localhost"}
+
+
+def check_no_default_secrets(compose: dict) -> None:
+    """A stack started without its .env must not come up with a password everyone knows."""
+    for name, svc in compose["services"].items():
+        for key, value in env_of(svc).items():
+            if SECRET_KEY.search(key):
+                assert REQUIRED_VARIABLE.fullmatch(str(value)), (
+                    f"{name}: {key} must be ${{VARIABLE:?message}} (set in .env, no default), got {value!r}")
+
+
+def check_mongo_auth(compose: dict) -> None:
+    """MongoDB runs with authentication, and every OpenMaaS container logs in with its root user."""
+    services = compose["services"]
+    for name, svc in maas_containers(compose).items():
+        url = str(env_of(svc).get("MAAS_MONGO_URL", ""))
+        mongo = services[address_hosts(str(interpolate(url)))[0]]
+        mongo_env = env_of(mongo)
+        user, password = (str(mongo_env.get(f"MONGO_INITDB_ROOT_{k}", "")) for k in ("USERNAME", "PASSWORD"))
+        assert user and password, "mongo must make a root user (MONGO_INITDB_ROOT_USERNAME/PASSWORD): auth on"
+        args = argv(mongo.get("command"))
+        assert "--keyFile" in args and "--noauth" not in args, (
+            "mongo: a replica set with authentication needs --keyFile (and no --noauth)")
+        parts = urlsplit(str(interpolate(url)))
+        # The very same variables as the mongo service's, not a copy that could drift.
+        assert user in url and password in url, f"{name}: MAAS_MONGO_URL must log in with mongo's root user"
+        assert (parts.username, parts.password) == (interpolate(user), interpolate(password)), (
+            f"{name}: MAAS_MONGO_URL must be mongodb://<root user>:<root password>@...")
+        assert parse_qs(parts.query).get("authSource") == ["admin"], (
+            f"{name}: MAAS_MONGO_URL needs authSource=admin (where the root user lives)")
+
+
+def published_host_ip(spec: Any) -> str:
+    """Host address a ports entry binds: "8000:8000" -> "" (every interface), "127.0.0.1:3000:3000" -> "127.0.0.1"."""
+    if isinstance(spec, dict):
+        return str(spec.get("host_ip", ""))
+    parts = str(spec).split("/")[0].rsplit(":", 2)
+    return parts[0] if len(parts) == 3 else ""
+
+
+def check_published_ports(compose: dict) -> None:
+    """Only the API gateway is published on every interface; anything else on this machine only."""
+    gateways = {name for name, svc in maas_containers(compose).items()
+                if "gateway" in served_services(parse_maas(effective_argv(svc), env_of(svc))[1])}
+    for name, svc in compose["services"].items():
+        if name in gateways:
+            continue
+        for spec in svc.get("ports") or []:
+            assert published_host_ip(spec) in LOOPBACK, (
+                f"{name}: publishes {spec!r} on every interface; use \"127.0.0.1:HOST:CONTAINER\"")
+
+
 def check_depends_on(compose: dict) -> None:
     services = compose["services"]
     for name, svc in services.items():
@@ -417,7 +484,7 @@ def compose() -> dict:
 
 CHECKS = [check_structure, check_service_coverage, check_commands, check_env_vars, check_settings_values,
           check_service_identity, check_backing_hosts, check_minio_credentials, check_ports, check_mounts,
-          check_depends_on]
+          check_depends_on, check_no_default_secrets, check_mongo_auth, check_published_ports]
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
@@ -480,6 +547,17 @@ MUTATIONS = {
     "wrong host": (check_backing_hosts, _set("services.gateway.environment.MAAS_S3_ENDPOINT", "s3:9000")),
     "minio secret mismatch": (check_minio_credentials, _set("services.minio.environment.MINIO_ROOT_PASSWORD", "x")),
     "service name mismatch": (check_service_identity, _set("services.registry-worker.environment.MAAS_SERVICE_NAME", "gw")),
+    "default grafana password": (check_no_default_secrets,
+                                 _set("services.grafana.environment.GF_SECURITY_ADMIN_PASSWORD",
+                                      "${GRAFANA_ADMIN_PASSWORD:-admin}")),
+    "literal s3 secret": (check_no_default_secrets, _set("services.minio.environment.MINIO_ROOT_PASSWORD", "s3cret")),
+    "mongo without a root user": (check_mongo_auth, _drop_env("mongo", "MONGO_INITDB_ROOT_PASSWORD")),
+    "mongo without a key file": (check_mongo_auth,
+                                 _set("services.mongo.command", ["--replSet", "rs0", "--bind_ip_all"])),
+    "mongo url without credentials": (check_mongo_auth, _set("services.gateway.environment.MAAS_MONGO_URL",
+                                                             "mongodb://mongo:27017/?replicaSet=rs0")),
+    "grafana on every interface": (check_published_ports, _set("services.grafana.ports", ["3000:3000"])),
+    "mongo published": (check_published_ports, _set("services.mongo.ports", [{"target": 27017, "published": 27017}])),
 }
 
 
@@ -543,6 +621,22 @@ def test_otlp_endpoint_reaches_collector(compose: dict) -> None:
             assert exporter in collector["exporters"], f"pipeline uses undefined exporter {exporter}"
     tempo_host, _ = host_port(collector["exporters"]["otlp/tempo"]["endpoint"])
     assert tempo_host in compose["services"]
+
+
+def test_prometheus_sends_the_metrics_token_the_platform_expects(compose: dict) -> None:
+    """/metrics answers only MAAS_METRICS_TOKEN (and admins): Prometheus must send that same value."""
+    job = next(j for j in _mounted_config(compose, "prometheus.yml")["scrape_configs"] if j["job_name"] == "openmaas")
+    auth = job.get("authorization") or {}
+    assert auth.get("type", "Bearer") == "Bearer" and auth.get("credentials_file", "").startswith("/run/secrets/"), (
+        "the openmaas scrape job must send a bearer token from a compose secret")
+    secret = auth["credentials_file"].removeprefix("/run/secrets/")
+    assert secret in (compose["services"]["prometheus"].get("secrets") or []), f"prometheus lacks secret {secret}"
+    assert (compose.get("secrets") or {}).get(secret) == {"environment": "MAAS_METRICS_TOKEN"}, (
+        f"secret {secret} must be the MAAS_METRICS_TOKEN the platform reads")
+    for name, svc in maas_containers(compose).items():
+        value = str(env_of(svc).get("MAAS_METRICS_TOKEN", ""))
+        assert re.fullmatch(r"\$\{MAAS_METRICS_TOKEN:\?[^}]+\}", value), (
+            f"{name}: MAAS_METRICS_TOKEN must be ${{MAAS_METRICS_TOKEN:?...}} (required, no default), got {value!r}")
 
 
 def test_prometheus_and_grafana_targets_are_compose_services(compose: dict) -> None:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import stat
 import sys
 import textwrap
 
@@ -43,7 +46,7 @@ def _command(delay: float):
 
 def _launch(instance_id: str = "inst1") -> InstanceLaunch:
     return InstanceLaunch(instance_id=instance_id, service_id="svc", served_model_name="chat",
-                          model_uri="s3://b/m/", max_model_len=128)
+                          model_uri="s3://b/m/", max_model_len=128, secret="s3cret")
 
 
 async def _until(backend, handle, wanted: Health, timeout: float = 20) -> Health:
@@ -125,9 +128,31 @@ async def test_the_instance_spec_sets_the_thread_count(tmp_path, cpus):
 
     backend = LocalProcessBackend(root=tmp_path, command=command)
     launch = InstanceLaunch(instance_id=f"t{cpus}", service_id="svc", served_model_name="chat", model_uri="s3://b/m/",
-                            max_model_len=128, cpus=cpus)
+                            max_model_len=128, secret="s3cret", cpus=cpus)
     handle = await backend.start(launch)
     await _until(backend, handle, Health.exited)
     lines, _ = await backend.read_logs(handle, offset=0)
     assert lines == [f"{cpus} t{cpus}"]
+    await backend.close()
+
+
+async def test_an_instance_gets_its_secret_but_no_platform_credentials_and_a_private_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAAS_S3_SECRET_KEY", "platform-s3-secret")
+    monkeypatch.setenv("MAAS_MONGO_URL", "mongodb://root:pw@db:27017/")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
+    script = "import json, os; print(json.dumps(dict(os.environ)), flush=True)"
+
+    def command(launch, model_dir, port, host):
+        return [sys.executable, "-c", script]
+
+    backend = LocalProcessBackend(root=tmp_path, command=command)
+    handle = await backend.start(_launch("env"))
+    await _until(backend, handle, Health.exited)
+    lines, _ = await backend.read_logs(handle, offset=0)
+    env = json.loads(lines[0])
+    assert env["MAAS_INSTANCE_SECRET"] == "s3cret" and env["MAAS_INSTANCE_ID"] == "env"
+    assert not {"MAAS_S3_SECRET_KEY", "MAAS_MONGO_URL", "AWS_SECRET_ACCESS_KEY"} & set(env)
+    assert "PATH" in env   # the interpreter's own settings stay
+    assert stat.S_IMODE((tmp_path / "logs").stat().st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(handle.details["log"]).st_mode) == 0o600
     await backend.close()

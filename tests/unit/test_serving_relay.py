@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 
+from contracts.openai import PROMPT_TOKENS_HEADER
 from services.common.serving_refs import InstanceRef, ServiceRef
 from services.gateway.chat import ChatGateway
 from services.gateway.keys import Caller
 from services.gateway.moderation import BlocklistChecker, message_text
+from services.gateway.quota_ledger import NO_RESERVATION
 from services.gateway.routing import Router
 from services.gateway.upstream import UpstreamBroken
 
@@ -36,6 +40,7 @@ STREAM = (_chunk("Hel", usage=None) + _chunk("lo") + _chunk("!", finish="stop") 
 class _CannedResponse:
     """What the gateway relays from: an instance's answer arriving in one read (then maybe a break)."""
     status = 200
+    headers = {PROMPT_TOKENS_HEADER: "7"}   # the prompt's tokens, sent before the first chunk
 
     def __init__(self, text: str, *, break_after: bool):
         self.text, self.break_after, self.released = text, break_after, False
@@ -51,10 +56,11 @@ class _CannedResponse:
 
 async def _relay(stream_text: str, *, wants_usage: bool, checker=None, break_after: bool = False):
     response = _CannedResponse(stream_text, break_after=break_after)
-    gateway = ChatGateway(platform=object())
+    gateway = ChatGateway(platform=SimpleNamespace(mongo=defaultdict(object)))
     gateway.router.acquire(INSTANCE)
-    out = [part async for part in gateway._relay(CALLER, SERVICE, INSTANCE, response, started=0.0,
-                                                  wants_usage=wants_usage, checker=checker)]
+    relayed = gateway._relayed(caller=CALLER, service=SERVICE, instance=INSTANCE, response=response, started=0.0,
+                               wants_usage=wants_usage, checker=checker, reservation=NO_RESERVATION)
+    out = [part async for part in relayed.body_iterator]
     assert response.released
     events = [line[6:] for line in b"".join(out).decode().split("\n\n") if line.startswith("data: ")]
     return gateway, events
@@ -90,7 +96,8 @@ async def test_a_broken_upstream_stream_ends_with_an_error_event_and_is_metered_
     error = json.loads(events[-1])
     assert error["error"]["code"] == "upstream_error"
     (usage,) = gateway.meter._usage.values()
-    assert usage["inc"]["completion_tokens"] == 2
+    # No usage chunk came: the prompt as the instance announced it, and the tokens streamed.
+    assert usage["inc"]["prompt_tokens"] == 7 and usage["inc"]["completion_tokens"] == 2
 
 
 def test_least_outstanding_requests_wins_and_ties_rotate():
