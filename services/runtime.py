@@ -19,8 +19,10 @@ from services.common.bus import ensure_topics, topic_name
 from services.common.context import Platform
 from services.common.errors import install_error_handlers
 from services.common.http import BodySizeLimit
+from services.common.openapi_errors import document_errors
 from services.common.service_spec import Consumer, ServiceSpec, envelope_handler_types
 from services.common.settings import Settings, get_settings
+from services.common.storage_acl import PlatformBucket, reserve_platform_buckets
 from services.common.telemetry import isolate_request_context, tracer_provider
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,8 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
             await asyncio.to_thread(preload_transformers)  # before any worker thread touches it
         indexes = list(outbox.INDEXES) + [i for s in specs for i in s.indexes]
         await platform.mongo.ensure_indexes(indexes)
+        await reserve_platform_buckets(platform, {PlatformBucket(settings.system_bucket),
+                                                  *(b for s in specs for b in s.buckets)})
         topics = sorted({t for s in specs for t in s.topics()} | _published_topics())
         await ensure_topics(settings, topics)
         await platform.broker.start()
@@ -149,6 +153,7 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
     app.state.platform = platform
     app.state.services = [s.name for s in specs]
     install_error_handlers(app)
+    document_errors(app)  # the OpenAPI document shows the 400/401/404/... bodies the handlers answer
     # No span per ASGI send/receive: a streamed chat answer would otherwise cost one span per chunk;
     # none for probes and the console's static files either (they would crowd out the traces).
     FastAPIInstrumentor.instrument_app(app, tracer_provider=tracer_provider(settings),

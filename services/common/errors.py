@@ -8,7 +8,39 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
+
+
+class ErrorDetail(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="machine-readable, e.g. invalid_parameter, not_found, conflict")
+    message: str = Field(description="what went wrong, naming the field and the rule")
+    field: str | None = Field(None, description="the request field at fault, when one is")
+    details: list[ErrorDetail] | None = Field(None, description="every problem, when there are several")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error of /api/v1 (and of the platform's own 4xx elsewhere)."""
+    error: ErrorInfo
+
+
+class OpenAIErrorInfo(BaseModel):
+    message: str
+    type: str | None = None
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """OpenAI's error shape, answered by /v1."""
+    error: OpenAIErrorInfo
 
 
 class ApiError(Exception):
@@ -72,8 +104,28 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException):
+    async def _http(request: Request, exc: StarletteHTTPException):
         code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
                 413: "payload_too_large"}.get(exc.status_code, "error")
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.url.path))
         return JSONResponse(ApiError(exc.status_code, code, str(exc.detail)).body(),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+                            status_code=exc.status_code, headers=headers or None)
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the resource at ``path`` answers, for a 405's ``Allow``.
+
+    The router only names the methods of the first route that matched the path, so a resource served
+    by two routes (GET and DELETE ``/models/{id}``) would seem to allow one. Only the most specific
+    matching templates count: ``/services/instance-specs`` is not also ``/services/{service_id}``.
+    """
+    matching: dict[int, set[str]] = {}
+    for route in iter_route_contexts(app.routes):
+        if not route.path or not route.methods:
+            continue
+        regex, _, convertors = compile_path(route.path)
+        if regex.match(path):
+            matching.setdefault(len(convertors), set()).update(route.methods)
+    return sorted(matching[min(matching)]) if matching else []

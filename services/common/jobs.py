@@ -57,7 +57,10 @@ async def transition(uow, *, collection: str, task_kind: str, job_id: str, targe
 class SourceModel(BaseModel):
     """A job's source (request setting): one of my models (model_id + optional version) or a
     model-square template with preset weights."""
-    model_config = ConfigDict(extra="forbid")
+    # "Exactly one of model_id and template_id", stated in the schema as well.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["model_id"], "properties": {"model_id": {"type": "string", "minLength": 1}}},
+        {"required": ["template_id"], "properties": {"template_id": {"type": "string", "minLength": 1}}}]})
 
     model_id: str | None = None
     version: int | str | None = Field(None, description="version number, 'V2' or id; default the latest")

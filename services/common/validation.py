@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, StringConstraints, WithJsonSchema
 
 # 1-64 chars, starts with a letter or CJK character, then letters, digits, CJK, '_', '-', '.'.
 _NAME = re.compile(r"^[A-Za-z\u4e00-\u9fff][A-Za-z0-9\u4e00-\u9fff_.\-]{0,63}$")
@@ -18,7 +18,9 @@ def _check_name(value: str) -> str:
     return value
 
 
-ResourceName = Annotated[str, AfterValidator(_check_name)]
+# The pattern is in the schema too, so clients and fuzzers know the rule; the validator words the error.
+ResourceName = Annotated[str, AfterValidator(_check_name),
+                         WithJsonSchema({"type": "string", "pattern": _NAME.pattern, "description": NAME_RULE})]
 
 # Jobs and services (tables 6-4, 7-3, 8-1): the same rule without '.', e.g. "sft-qwen_2".
 _TASK_NAME = re.compile(r"^[A-Za-z\u4e00-\u9fff][A-Za-z0-9\u4e00-\u9fff_\-]{0,63}$")
@@ -32,7 +34,8 @@ def _check_task_name(value: str) -> str:
     return value
 
 
-TaskName = Annotated[str, AfterValidator(_check_task_name)]
+TaskName = Annotated[str, AfterValidator(_check_task_name),
+                     WithJsonSchema({"type": "string", "pattern": _TASK_NAME.pattern, "description": TASK_NAME_RULE})]
 
 
 def limited_text(max_length: int):

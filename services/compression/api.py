@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from services.common.auth import CurrentPrincipal
 from services.common.context import Platform, get_platform
+from services.common.paging import Offset
 from services.compression import service
 from services.compression.models import INSTANCE_SPECS, MAX_INSTANCES, EstimateRequest, JobCreate, JobStatus, Strategy
 
@@ -34,7 +35,7 @@ async def create_job(body: JobCreate, principal: CurrentPrincipal, platform: Pla
 
 @router.get("/compression-jobs", summary="Compression jobs")
 async def list_jobs(principal: CurrentPrincipal, name: str | None = None, status: JobStatus | None = None,
-                    strategy: Strategy | None = None, offset: Annotated[int, Query(ge=0)] = 0,
+                    strategy: Strategy | None = None, offset: Offset = 0,
                     limit: Annotated[int, Query(ge=1, le=200)] = 50, platform: Platform = Depends(get_platform)):
     return await service.list_jobs(platform, tenant_id=principal.tenant_id, name=name,
                                    status=status.value if status else None,
@@ -54,7 +55,7 @@ async def delete_job(job_id: str, principal: CurrentPrincipal, platform: Platfor
 
 @router.get("/compression-jobs/{job_id}/logs", summary="Search the job's log lines")
 async def job_logs(job_id: str, principal: CurrentPrincipal, search: str | None = None,
-                   offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+                   offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 200,
                    platform: Platform = Depends(get_platform)):
     return await service.job_logs(platform, tenant_id=principal.tenant_id, job_id=job_id, search=search,
                                   offset=offset, limit=limit)

@@ -89,7 +89,8 @@ class UserCreate(BaseModel):
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 
 
-@router.post("/auth/login", summary="Exchange username and password for a bearer token")
+@router.post("/auth/login", summary="Exchange username and password for a bearer token",
+             responses={401: {"description": "Wrong username or password"}})
 async def login(body: LoginRequest, platform: Platform = Depends(get_platform)):
     user = await platform.mongo[USERS].find_one({"username": body.username})
     if user is None or not verify_password(body.password, user["password_hash"]):

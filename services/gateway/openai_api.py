@@ -12,6 +12,7 @@ import json
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from contracts.openai import ChatCompletionRequest
 from services.common.context import Platform, get_platform
 from services.common.serving_refs import PRESET_TENANT, ServiceRef, list_callable_services
 from services.gateway.chat import gateway_for
@@ -19,6 +20,25 @@ from services.gateway.keys import authenticate
 from services.gateway.oai_errors import OpenAIError, invalid
 
 router = APIRouter(tags=["OpenAI-compatible API"])
+
+
+def _body_schema(model) -> dict:
+    """``model``'s JSON schema, its definitions named OpenAI* (the console API has a ChatMessage too)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/OpenAI{model}")
+    schema["$defs"] = {f"OpenAI{name}": sub for name, sub in schema.get("$defs", {}).items()}
+    return schema
+
+
+# The body is read as is (no FastAPI model: every call would pay for a second validation), so the
+# document gets its schema here; services.common.openapi_errors moves its definitions to components.
+CHAT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": _body_schema(ChatCompletionRequest)}}}}
+
+# What a call can end in besides the errors of every route (documented by services.common.openapi_errors).
+CALL_ERRORS = {429: {"description": "Over the service's QPS limit, or the free quota is used up (see Retry-After)"},
+               502: {"description": "The model service failed to answer"},
+               503: {"description": "The service is starting or has no ready instance; try again shortly"},
+               504: {"description": "The model service did not answer in time"}}
 
 
 async def _body(request: Request):
@@ -43,12 +63,14 @@ async def _chat(request: Request, platform: Platform, service_id: str | None):
         return exc.response()
 
 
-@router.post("/v1/chat/completions", summary="Chat completion; `model` names one of your services or a preset")
+@router.post("/v1/chat/completions", summary="Chat completion; `model` names one of your services or a preset",
+             responses=CALL_ERRORS, openapi_extra=CHAT_BODY)
 async def chat_completions(request: Request, platform: Platform = Depends(get_platform)):
     return await _chat(request, platform, None)
 
 
-@router.post("/v1/infers/{service_id}/v1/chat/completions", summary="Chat completion of one service")
+@router.post("/v1/infers/{service_id}/v1/chat/completions", summary="Chat completion of one service",
+             responses=CALL_ERRORS, openapi_extra=CHAT_BODY)
 async def service_chat_completions(service_id: str, request: Request, platform: Platform = Depends(get_platform)):
     return await _chat(request, platform, service_id)
 

@@ -17,6 +17,7 @@ from services.common.context import Platform, get_platform
 from services.gateway.chat import gateway_for
 from services.gateway.keys import Caller
 from services.gateway.oai_errors import OpenAIError
+from services.gateway.openai_api import CALL_ERRORS
 
 # Table 10-1 (and 9-1): range and default of each slider.
 PARAMETERS = {
@@ -51,7 +52,7 @@ async def parameters(_: CurrentPrincipal):
     return PARAMETERS
 
 
-@router.post("/chat", summary="Chat with a service (streaming with stream=true)")
+@router.post("/chat", summary="Chat with a service (streaming with stream=true)", responses=CALL_ERRORS)
 async def chat(body: PlaygroundChat, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
     caller = Caller(user_id=principal.user_id, tenant_id=principal.tenant_id, username=principal.username,
                     role=principal.role, key_id="playground")

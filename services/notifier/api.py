@@ -10,6 +10,7 @@ from contracts.notifications import EVENT_KIND_LABELS, EventKind
 from services.common.auth import CurrentPrincipal
 from services.common.context import Platform, get_platform
 from services.common.errors import not_found
+from services.common.paging import Offset
 from services.notifier import service, timeline
 from services.notifier.kinds import TIMELINE_RESOURCES
 from services.notifier.models import (ConfirmRequest, DeliveryStatus, DeliveryView, RuleCreate, RuleView,
@@ -17,8 +18,6 @@ from services.notifier.models import (ConfirmRequest, DeliveryStatus, DeliveryVi
 
 router = APIRouter(prefix="/api/v1", tags=["notifications"])
 timeline_router = APIRouter(prefix="/api/v1", tags=["events"])
-
-Offset = Annotated[int, Query(ge=0)]
 
 
 def _base_url(request: Request) -> str:
@@ -66,7 +65,8 @@ async def topic_subscriptions(topic: str, principal: CurrentPrincipal, platform:
     return await service.list_subscriptions(platform, tenant_id=principal.tenant_id, topic=topic)
 
 
-@router.get("/notification-subscriptions", summary="List subscriptions")
+@router.get("/notification-subscriptions", summary="List subscriptions",
+            responses={404: {"description": "The topic does not exist"}})
 async def list_subscriptions(principal: CurrentPrincipal, topic: str | None = None,
                              platform: Platform = Depends(get_platform)):
     return await service.list_subscriptions(platform, tenant_id=principal.tenant_id, topic=topic)
@@ -86,7 +86,8 @@ async def delete_subscription(subscription_id: str, principal: CurrentPrincipal,
 
 
 @router.post("/notification-subscriptions/{subscription_id}/confirm", response_model=SubscriptionView,
-             summary="Confirm a subscription with the token its endpoint received (no bearer token needed)")
+             summary="Confirm a subscription with the token its endpoint received (no bearer token needed)",
+             responses={403: {"description": "The token does not match this subscription"}})
 async def confirm_subscription(subscription_id: str, body: ConfirmRequest, platform: Platform = Depends(get_platform)):
     return await service.confirm_subscription(platform, subscription_id=subscription_id, token=body.token)
 

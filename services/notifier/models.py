@@ -77,7 +77,8 @@ class ConfirmRequest(BaseModel):
 class RuleCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     topic_name: str = Field(min_length=1, max_length=64)
-    subject: str = Field(description="'tuning-jobs/<id>', 'tuning-jobs/*' (every tuning job) or '*'")
+    subject: str = Field(description="'tuning-jobs/<id>', 'tuning-jobs/*' (every tuning job) or '*'",
+                         json_schema_extra={"pattern": _SUBJECT.pattern})
     events: list[EventKind] = Field(min_length=1, description="event kinds that notify")
 
     @field_validator("subject")

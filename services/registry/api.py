@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Query, Response
 from services.common.auth import CurrentPrincipal
 from services.common.context import Platform, get_platform
 from services.common.errors import not_found
+from services.common.paging import Offset
 from services.registry import service
-from services.registry.catalog import default_catalog
+from services.registry.catalog import default_catalog, task_filters
 from services.registry.models import ModelCreate, ModelView, VersionCreate, VersionView
 from services.registry.presets import preset_states
 
@@ -27,7 +28,8 @@ def _template_view(template, presets: dict) -> dict:
 async def list_templates(
     _: CurrentPrincipal,
     series: str | None = None,
-    task: Annotated[str | None, Query(description="tune, compress, deploy, or a tune type / strategy")] = None,
+    task: Annotated[str | None, Query(description="tune, compress, deploy, or a tune type / strategy",
+                                      json_schema_extra={"enum": task_filters()})] = None,
     language: Annotated[str | None, Query(pattern="^(zh|en)$")] = None,
     quantized: bool | None = None,
     search: str | None = None,
@@ -59,7 +61,7 @@ async def create_model(body: ModelCreate, principal: CurrentPrincipal, platform:
 
 @router.get("/models", summary="My models")
 async def list_models(principal: CurrentPrincipal, name: str | None = None, status: str | None = None,
-                      template_id: str | None = None, offset: Annotated[int, Query(ge=0)] = 0,
+                      template_id: str | None = None, offset: Offset = 0,
                       limit: Annotated[int, Query(ge=1, le=200)] = 50, platform: Platform = Depends(get_platform)):
     return await service.list_models(platform, tenant_id=principal.tenant_id, name=name, status=status,
                                      template_id=template_id, offset=offset, limit=limit)

@@ -143,8 +143,12 @@ def _task_predicate(task: str):
         return lambda t: t.supports_tune(TuneType(task))
     if task in CompressionStrategy._value2member_map_:
         return lambda t: t.supports_compression(CompressionStrategy(task))
-    allowed = [*_TASK_KINDS, *TuneType, *CompressionStrategy]
-    raise ValueError(f"unknown task {task!r}; expected one of {', '.join(map(str, allowed))}")
+    raise ValueError(f"unknown task {task!r}; expected one of {', '.join(task_filters())}")
+
+
+def task_filters() -> list[str]:
+    """Every value the square's ``task`` filter takes."""
+    return [*_TASK_KINDS, *map(str, TuneType), *map(str, CompressionStrategy)]
 
 
 def _parse(origin: str, text: str) -> list[Template]:

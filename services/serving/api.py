@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from services.common.auth import CurrentPrincipal
 from services.common.context import Platform, get_platform
+from services.common.paging import Offset
 from services.serving import service
 from services.serving.models import (INSTANCE_SPECS, MAX_QPS, RESOURCE_POOLS, ModerationRequest, QpsRequest,
                                      ScaleRequest, ServiceCreate, ServiceView, UpgradeRequest)
@@ -19,7 +20,8 @@ async def instance_specs(_: CurrentPrincipal):
     return {"items": [s.model_dump() for s in INSTANCE_SPECS.values()], "resource_pools": list(RESOURCE_POOLS)}
 
 
-@router.get("/recommendation", summary="Recommended instance count = QPS ÷ the template's single-instance QPS")
+@router.get("/recommendation", summary="Recommended instance count = QPS ÷ the template's single-instance QPS",
+            responses={404: {"description": "The model or template does not exist"}})
 async def recommendation(principal: CurrentPrincipal, qps: Annotated[int, Query(ge=1, le=MAX_QPS)],
                          model_id: str | None = None, template_id: str | None = None,
                          platform: Platform = Depends(get_platform)):
@@ -34,7 +36,7 @@ async def deploy(body: ServiceCreate, principal: CurrentPrincipal, platform: Pla
 
 @router.get("", summary="My services")
 async def list_services(principal: CurrentPrincipal, name: str | None = None, status: str | None = None,
-                        offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=200)] = 50,
+                        offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=200)] = 50,
                         platform: Platform = Depends(get_platform)):
     return await service.list_services(platform, tenant_id=principal.tenant_id, name=name, status=status,
                                        offset=offset, limit=limit)
@@ -93,7 +95,7 @@ async def set_moderation(service_id: str, body: ModerationRequest, principal: Cu
 
 
 @router.get("/{service_id}/events", summary="Service events (kept 30 days)")
-async def events(service_id: str, principal: CurrentPrincipal, offset: Annotated[int, Query(ge=0)] = 0,
+async def events(service_id: str, principal: CurrentPrincipal, offset: Offset = 0,
                  limit: Annotated[int, Query(ge=1, le=500)] = 100, platform: Platform = Depends(get_platform)):
     return await service.list_events(platform, tenant_id=principal.tenant_id, service_id=service_id,
                                      offset=offset, limit=limit)

@@ -7,8 +7,9 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from services.common.auth import CurrentPrincipal
 from services.common.context import Platform, get_platform
+from services.common.paging import Offset
 from services.tuning import service
-from services.tuning.models import ConversionCreate, EstimateRequest, JobCreate
+from services.tuning.models import ConversionCreate, EstimateRequest, JobCreate, JobStatus
 
 router = APIRouter(prefix="/api/v1", tags=["tuning"])
 
@@ -24,11 +25,11 @@ async def create_job(body: JobCreate, principal: CurrentPrincipal, platform: Pla
 
 
 @router.get("/tuning-jobs", summary="Tuning jobs")
-async def list_jobs(principal: CurrentPrincipal, name: str | None = None, status: str | None = None,
-                    offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=200)] = 50,
+async def list_jobs(principal: CurrentPrincipal, name: str | None = None, status: JobStatus | None = None,
+                    offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=200)] = 50,
                     platform: Platform = Depends(get_platform)):
-    return await service.list_jobs(platform, tenant_id=principal.tenant_id, name=name, status=status,
-                                   offset=offset, limit=limit)
+    return await service.list_jobs(platform, tenant_id=principal.tenant_id, name=name,
+                                   status=status.value if status else None, offset=offset, limit=limit)
 
 
 @router.get("/tuning-jobs/{job_id}", summary="Job detail: settings, status history, progress, checkpoints")
@@ -54,7 +55,7 @@ async def continue_job(job_id: str, principal: CurrentPrincipal, platform: Platf
 
 @router.get("/tuning-jobs/{job_id}/logs", summary="Search the job's log lines (e.g. search='lm loss')")
 async def job_logs(job_id: str, principal: CurrentPrincipal, search: str | None = None,
-                   offset: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+                   offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=5000)] = 200,
                    platform: Platform = Depends(get_platform)):
     return await service.job_logs(platform, tenant_id=principal.tenant_id, job_id=job_id, search=search,
                                   offset=offset, limit=limit)
