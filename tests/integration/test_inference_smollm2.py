@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from contracts.openai import ChatCompletion
-from tests.integration.test_inference_server import start_server, stop, wait_ready
+from tests.integration.test_inference_server import AUTH, start_server, stop, wait_ready
 
 pytestmark = pytest.mark.slow
 NAME = "smollm2"
@@ -32,7 +32,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def test_a_chat_question_gets_a_coherent_answer(smol_server):
-    r = httpx.post(f"{smol_server}/v1/chat/completions", timeout=120, json={
+    r = httpx.post(f"{smol_server}/v1/chat/completions", timeout=120, headers=AUTH, json={
         "model": NAME, "messages": QUESTION, "temperature": 0, "max_tokens": 30})
     completion = ChatCompletion.model_validate(r.json())
     assert "Paris" in completion.choices[0].message.content
@@ -41,10 +41,10 @@ def test_a_chat_question_gets_a_coherent_answer(smol_server):
 
 
 def test_the_streamed_answer_is_the_same(smol_server):
-    full = httpx.post(f"{smol_server}/v1/chat/completions", timeout=120, json={
+    full = httpx.post(f"{smol_server}/v1/chat/completions", timeout=120, headers=AUTH, json={
         "model": NAME, "messages": QUESTION, "temperature": 0, "max_tokens": 30}).json()
     text = ""
-    with httpx.stream("POST", f"{smol_server}/v1/chat/completions", timeout=120, json={
+    with httpx.stream("POST", f"{smol_server}/v1/chat/completions", timeout=120, headers=AUTH, json={
             "model": NAME, "messages": QUESTION, "temperature": 0, "max_tokens": 30, "stream": True}) as r:
         for line in r.iter_lines():
             if line.startswith("data: {"):
@@ -54,7 +54,7 @@ def test_the_streamed_answer_is_the_same(smol_server):
 
 
 def test_sampling_with_a_seed_stays_on_topic(smol_server):
-    r = httpx.post(f"{smol_server}/v1/chat/completions", timeout=120, json={
+    r = httpx.post(f"{smol_server}/v1/chat/completions", timeout=120, headers=AUTH, json={
         "model": NAME, "messages": QUESTION, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "n": 3,
         "seed": 1, "max_tokens": 40})
     answers = [c["message"]["content"] for c in r.json()["choices"]]
@@ -69,7 +69,7 @@ def test_a_tool_request_round_trips(smol_server):
         "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}}]
     messages = [{"role": "system", "content": "You are a helpful customer support assistant. Use the supplied tools."},
                 {"role": "user", "content": "Hi, can you tell me the delivery date for my order 1?"}]
-    r = httpx.post(f"{smol_server}/v1/chat/completions", timeout=120, json={
+    r = httpx.post(f"{smol_server}/v1/chat/completions", timeout=120, headers=AUTH, json={
         "model": NAME, "messages": messages, "tools": tools, "tool_choice": "required",
         "temperature": 0, "max_tokens": 60})
     assert r.status_code == 200
