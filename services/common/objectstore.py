@@ -10,7 +10,7 @@ import io
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import BinaryIO
 
 from minio import Minio
@@ -19,6 +19,7 @@ from minio.error import S3Error
 from services.common.settings import Settings
 
 PART_SIZE = 16 * 1024 * 1024  # multipart upload part size for large files
+READ_CHUNK = 1024 * 1024      # what a streamed read (``iter_object``) holds at a time
 MAX_KEY_BYTES = 1024          # S3's limit on an object key
 
 
@@ -107,22 +108,51 @@ class ObjectStore:
         return stat.size
 
     async def put_chunks(self, path: ObjectPath, chunks: AsyncIterator[bytes], *, max_bytes: int) -> int:
-        """Stream an async byte source into one object, holding at most one part in memory.
+        """Stream an async byte source (a request body) into one object, one part in memory, nothing
+        on local disk. Past ``max_bytes`` it raises ``TooLarge`` and no object is written."""
+        return await self.put_iter(path, _pulled(asyncio.get_running_loop(), chunks, max_bytes=max_bytes))
 
-        Nothing is spooled to local disk. Past ``max_bytes`` it raises ``TooLarge`` and no object is
-        written (the multipart upload is aborted by the client).
+    async def put_iter(self, path: ObjectPath, chunks: Iterator[bytes], *,
+                       content_type: str = "application/octet-stream") -> int:
+        """Upload what a blocking iterator yields, holding one part in memory; returns the bytes written.
+
+        The iterator runs in the upload's worker thread, so it may block (read another object with
+        ``iter_object``, parse). If it raises, no object is written (the multipart upload is
+        aborted) and its exception is raised here as it was.
         """
-        reader = _ChunkReader(asyncio.get_running_loop(), chunks, max_bytes=max_bytes)
+        reader = _IterReader(chunks)
+
+        def upload() -> None:
+            try:
+                self.client.put_object(path.bucket, path.key, reader, -1, part_size=PART_SIZE,
+                                       num_parallel_uploads=1, content_type=content_type)
+            finally:
+                # In this thread, not on the loop: a generator left half-read releases what it
+                # holds (a download) even when the awaiting request was cancelled meanwhile.
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+
         try:
-            await self._run(self.client.put_object, path.bucket, path.key, reader, -1, part_size=PART_SIZE,
-                            num_parallel_uploads=1)   # one part in memory at a time
-        except TooLarge:
-            raise
+            await self._run(upload)
         except Exception:
-            if reader.too_large:   # the client wrapped our exception
-                raise TooLarge(max_bytes) from None
+            if reader.error is not None:
+                raise reader.error from None
             raise
         return reader.total
+
+    def iter_object(self, path: ObjectPath, *, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        """The object's bytes a chunk at a time, so a large object is never held whole.
+
+        Blocking, unlike the rest of this class (the minio client is synchronous): iterate it in a
+        worker thread, e.g. in the iterator given to ``put_iter``. Closing it frees the connection.
+        """
+        response = self.client.get_object(path.bucket, path.key)
+        try:
+            yield from response.stream(chunk_size)
+        finally:
+            response.close()
+            response.release_conn()
 
     async def put_file(self, path: ObjectPath, file: Path) -> None:
         await self._run(self.client.fput_object, path.bucket, path.key, str(file), part_size=PART_SIZE)
@@ -202,33 +232,48 @@ class TooLarge(Exception):
         self.limit = limit
 
 
-class _ChunkReader(io.RawIOBase):
-    """A blocking file object (what the minio client reads, in a worker thread) over an async
-    iterator of chunks living on the event loop."""
+def _pulled(loop: asyncio.AbstractEventLoop, chunks: AsyncIterator[bytes], *, max_bytes: int) -> Iterator[bytes]:
+    """A blocking iterator (for ``put_iter``'s worker thread) over async chunks living on ``loop``."""
+    source, total = chunks.__aiter__(), 0
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, chunks: AsyncIterator[bytes], *, max_bytes: int):
-        self.loop, self.chunks, self.max_bytes = loop, chunks.__aiter__(), max_bytes
-        self.buffer, self.total, self.done, self.too_large = bytearray(), 0, False, False
+    async def next_chunk() -> bytes | None:
+        try:
+            return await source.__anext__()
+        except StopAsyncIteration:
+            return None
+    while (chunk := asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()) is not None:
+        total += len(chunk)
+        if total > max_bytes:
+            raise TooLarge(max_bytes)
+        yield chunk
+
+
+class _IterReader(io.RawIOBase):
+    """A blocking file object over a blocking iterator of byte strings, for the minio client.
+
+    ``read(n)`` fills up to ``n`` bytes from many small pieces (the client concatenates what read
+    returns into immutable bytes, so short reads would cost a copy each) and keeps what the
+    iterator raised, so the caller can raise it as it was."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self.chunks = iter(chunks)
+        self.buffer, self.total, self.done = bytearray(), 0, False
+        self.error: Exception | None = None
 
     def readable(self) -> bool:
         return True
 
-    async def _next(self) -> bytes | None:
-        try:
-            return await self.chunks.__anext__()
-        except StopAsyncIteration:
-            return None
-
     def read(self, size: int = -1) -> bytes:
         while not self.done and (size < 0 or len(self.buffer) < size):
-            chunk = asyncio.run_coroutine_threadsafe(self._next(), self.loop).result()
-            if chunk is None:
+            try:
+                chunk = next(self.chunks)
+            except StopIteration:
                 self.done = True
                 break
+            except Exception as exc:
+                self.error = exc
+                raise
             self.total += len(chunk)
-            if self.total > self.max_bytes:
-                self.too_large = True
-                raise TooLarge(self.max_bytes)
             self.buffer += chunk
         size = len(self.buffer) if size < 0 else min(size, len(self.buffer))
         out = bytes(self.buffer[:size])

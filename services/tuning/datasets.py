@@ -8,6 +8,10 @@ the trainer's examples: ``{"messages": [{"role", "content"}, ...]}`` for fine-tu
 Files: ``.jsonl`` (one record per line), ``.json`` (an array; a record is numbered by the line it
 starts on), ``.csv`` / ``.xlsx`` (columns conversation_id, human, assistant; rows sharing an id form
 one multi-turn conversation) which are converted to MOSS or Alpaca as table 6-2 says.
+
+A ``.jsonl`` file is validated as a stream (``normalise_dataset`` over its chunks): memory holds one
+chunk and one line, never the file, so a 5 GB dataset costs the API little. The other kinds cannot be
+read line by line cheaply and are read whole, under a smaller cap.
 """
 from __future__ import annotations
 
@@ -18,11 +22,18 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Generator, Iterable, Iterator
 
 SFT_TUNE_TYPES = ("full", "lora")
 PRETRAIN = "pretrain"
 MAX_REPORTED_ISSUES = 1000  # a file with millions of bad lines still gets a bounded answer
+MIB = 1024 ** 2
+# A .jsonl line is one sample. Training reads at most 4096 tokens of a sample (about 16 KiB of text),
+# so a 1 MiB line is already mostly cut off; the cap is what bounds memory while streaming a file.
+MAX_LINE_BYTES = 1 * MIB
+# .json arrays, .csv and .xlsx are read whole (a record may span lines): a smaller cap than the
+# 5 GB a .jsonl file may have (services/tuning/models.py MAX_DATASET_BYTES).
+MAX_WHOLE_FILE_BYTES = 512 * MIB
 
 
 class DatasetFormat(StrEnum):
@@ -40,6 +51,11 @@ class FileKind(StrEnum):
     @property
     def is_table(self) -> bool:
         return self in (FileKind.csv, FileKind.xlsx)
+
+    @property
+    def streams(self) -> bool:
+        """Validated line by line; every other kind is read whole (at most MAX_WHOLE_FILE_BYTES)."""
+        return self is FileKind.jsonl
 
 
 FORMAT_LABELS = {DatasetFormat.moss: "MOSS", DatasetFormat.alpaca: "Alpaca", DatasetFormat.sharegpt: "ShareGPT"}
@@ -101,51 +117,88 @@ class DatasetRejected(Exception):
 
 @dataclass
 class ParsedDataset:
-    examples: list[dict]                      # the trainer's input
+    """What validation learnt; the examples themselves went out as jsonl (see ``normalise_dataset``)."""
+    sample_count: int                         # valid records = the trainer's examples
     dataset_format: DatasetFormat             # the format the records are in (after a table conversion)
     converted_from: FileKind | None = None    # csv/xlsx when the platform converted the file
     converted: list[dict] = field(default_factory=list)  # the converted MOSS/Alpaca records (tables only)
 
-    @property
-    def sample_count(self) -> int:
-        return len(self.examples)
+
+# The trainer's examples, one JSON line each, then (as the generator's return value) the summary.
+Normalised = Generator[bytes, None, ParsedDataset]
 
 
 # ---------------------------------------------------------------------------------------------
-# Entry point
+# Entry points
 # ---------------------------------------------------------------------------------------------
 
-def parse_dataset(data: bytes, *, filename: str, dataset_format: str | None, tune_type: str,
-                  template_id: str) -> ParsedDataset:
-    """Validate the whole file and return the trainer's examples; DatasetInvalid lists every bad line."""
+def normalise_dataset(chunks: Iterable[bytes], *, filename: str, dataset_format: str | None, tune_type: str,
+                      template_id: str) -> Normalised:
+    """Validate a file read as chunks; yield the trainer's examples as jsonl and return the summary.
+
+    DatasetInvalid (every bad line) or DatasetRejected is raised after the last example was yielded,
+    so a consumer must discard what it received when that happens. Once a line is bad no further
+    examples are yielded (they would be discarded), but every line is still checked.
+    """
     kind = file_kind(filename)
     if kind is None:
         raise DatasetRejected(f"dataset_path: '{filename}' must be a .jsonl, .json, .csv or .xlsx file")
     rules = format_rules(template_id, tune_type)
+    pretrain = tune_type == PRETRAIN
     if kind.is_table:
         if rules.table is None:
             raise DatasetRejected(
                 f"dataset_path: {kind.value} files are not accepted for incremental pretraining; "
                 "use an Alpaca .jsonl file of {\"text\": ...} records", field="dataset_path")
-        return _parse_table(data, kind=kind, target=rules.table, pretrain=tune_type == PRETRAIN)
+        return (yield from _parse_table(_read_whole(chunks, kind=kind), kind=kind, target=rules.table,
+                                        pretrain=pretrain))
     if dataset_format is None:
         raise DatasetRejected("dataset_format is required for .jsonl/.json files (moss, alpaca or sharegpt)",
                               field="dataset_format")
     fmt = DatasetFormat(dataset_format)
     if fmt not in rules.jsonl:
         accepted = ", ".join(FORMAT_LABELS[f] for f in rules.jsonl)
-        what = "incremental pretraining" if tune_type == PRETRAIN else f"{tune_type} tuning of '{template_id}'"
+        what = "incremental pretraining" if pretrain else f"{tune_type} tuning of '{template_id}'"
         raise DatasetRejected(f"dataset_format: {FORMAT_LABELS[fmt]} is not accepted for {what}; "
                               f"use {accepted}", field="dataset_format")
-    records = _jsonl_records(data) if kind is FileKind.jsonl else _json_array_records(data)
-    return _validate_records(records, fmt=fmt, pretrain=tune_type == PRETRAIN)
+    if kind.streams:
+        records = _jsonl_records(split_lines(chunks, max_line_bytes=MAX_LINE_BYTES))
+    else:
+        records = _json_array_records(_read_whole(chunks, kind=kind))
+    return (yield from _validate_records(records, fmt=fmt, pretrain=pretrain))
+
+
+def parse_dataset(data: bytes, *, filename: str, dataset_format: str | None, tune_type: str,
+                  template_id: str, sink: BinaryIO | None = None) -> ParsedDataset:
+    """A file already in memory, through the same path as a stream; examples go to ``sink`` if given."""
+    produced = normalise_dataset([data], filename=filename, dataset_format=dataset_format, tune_type=tune_type,
+                                 template_id=template_id)
+    while True:
+        try:
+            line = next(produced)
+        except StopIteration as done:
+            return done.value
+        if sink is not None:
+            sink.write(line)
+
+
+def check_whole_file_size(kind: FileKind, size: int) -> None:
+    """Kinds that are read whole are refused past MAX_WHOLE_FILE_BYTES, pointing at .jsonl."""
+    if not kind.streams and size > MAX_WHOLE_FILE_BYTES:
+        raise _too_large_to_read_whole(kind, f"{size} bytes")
+
+
+def _too_large_to_read_whole(kind: FileKind, size: str) -> DatasetRejected:
+    return DatasetRejected(f"dataset_path: a .{kind.value} file is read whole, so it may be at most "
+                           f"{MAX_WHOLE_FILE_BYTES // MIB} MiB ({MAX_WHOLE_FILE_BYTES} bytes); this one has {size}. "
+                           "Use .jsonl for larger files (validated line by line, up to 5 GB)")
 
 
 def _validate_records(records: Iterator[tuple[int, Any, Issue | None]], *, fmt: DatasetFormat,
-                      pretrain: bool) -> ParsedDataset:
+                      pretrain: bool) -> Normalised:
     check = RECORD_CHECKS[(fmt, pretrain)]
     issues: list[Issue] = []
-    examples: list[dict] = []
+    samples = 0
     total = 0
     for line, record, problem in records:
         found = [problem] if problem else []
@@ -159,12 +212,14 @@ def _validate_records(records: Iterator[tuple[int, Any, Issue | None]], *, fmt: 
             if len(issues) < MAX_REPORTED_ISSUES:
                 issues.extend(found)
         else:
-            examples.append(example)
+            samples += 1
+            if not total:
+                yield jsonl_line(example)
     if issues:
         raise DatasetInvalid(issues, total=total)
-    if not examples:
+    if not samples:
         raise DatasetRejected("dataset_path: the file contains no samples")
-    return ParsedDataset(examples=examples, dataset_format=fmt)
+    return ParsedDataset(sample_count=samples, dataset_format=fmt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,8 +234,52 @@ def _decode(data: bytes) -> str:
         raise DatasetInvalid([Issue(line, "not_utf8", "is not valid UTF-8 text")]) from None
 
 
-def _jsonl_records(data: bytes) -> Iterator[tuple[int, Any, Issue | None]]:
-    for number, raw in enumerate(data.split(b"\n"), 1):
+def _read_whole(chunks: Iterable[bytes], *, kind: FileKind) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_WHOLE_FILE_BYTES:   # the file may have grown since its size was checked
+            raise _too_large_to_read_whole(kind, f"more than {MAX_WHOLE_FILE_BYTES} bytes")
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def split_lines(chunks: Iterable[bytes], *, max_line_bytes: int) -> Iterator[tuple[int, bytes | None]]:
+    """(1-based line number, line without its b"\\n") for every line of a byte stream, the last one
+    included (b"" when the stream ends with a newline). A line longer than ``max_line_bytes`` is
+    skipped without being kept and comes out as None: memory holds one chunk and one line."""
+    number = 1
+    pending = bytearray()   # the start of a line that continues in the next chunk
+    too_long = False        # the current line is past the cap: drop its bytes until its newline
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            if too_long or len(pending) + end - start > max_line_bytes:
+                yield number, None
+            elif pending:
+                pending += chunk[start:end]
+                yield number, bytes(pending)
+            else:
+                yield number, chunk[start:end]
+            pending.clear()
+            too_long = False
+            number += 1
+            start = end + 1
+        if not too_long:
+            pending += chunk[start:]
+            if len(pending) > max_line_bytes:
+                too_long = True
+                pending.clear()
+    yield number, None if too_long else bytes(pending)
+
+
+def _jsonl_records(lines: Iterable[tuple[int, bytes | None]]) -> Iterator[tuple[int, Any, Issue | None]]:
+    for number, raw in lines:
+        if raw is None:
+            yield number, None, Issue(number, "line_too_long",
+                                      f"is longer than {MAX_LINE_BYTES} bytes, the most one sample line may have")
+            continue
         text = raw.strip()
         if not text:
             continue  # blank lines (e.g. the trailing newline) are not samples
@@ -201,7 +300,7 @@ def _json_array_records(data: bytes) -> Iterator[tuple[int, Any, Issue | None]]:
     pos = ws.match(text).end()
     if not text.startswith("[", pos):
         # A single object per line in a .json file is common: read it as jsonl.
-        yield from _jsonl_records(data)
+        yield from _jsonl_records(split_lines([data], max_line_bytes=MAX_LINE_BYTES))
         return
     pos = ws.match(text, pos + 1).end()
     if text.startswith("]", pos):
@@ -463,7 +562,7 @@ def _cell_text(value: Any) -> str:
     return str(value)
 
 
-def _parse_table(data: bytes, *, kind: FileKind, target: DatasetFormat, pretrain: bool) -> ParsedDataset:
+def _parse_table(data: bytes, *, kind: FileKind, target: DatasetFormat, pretrain: bool) -> Normalised:
     rows = _table_rows(data, kind)
     issues: list[Issue] = []
     header = next(rows, None)
@@ -513,8 +612,10 @@ def _parse_table(data: bytes, *, kind: FileKind, target: DatasetFormat, pretrain
     convert = _to_moss if target is DatasetFormat.moss else _to_alpaca
     converted = [convert(cid, turns) for cid, turns in conversations.items()]
     check = RECORD_CHECKS[(target, pretrain)]
-    examples = [check(record, 0)[0] for record in converted]
-    return ParsedDataset(examples=examples, dataset_format=target, converted_from=kind, converted=converted)
+    for record in converted:
+        yield jsonl_line(check(record, 0)[0])
+    return ParsedDataset(sample_count=len(converted), dataset_format=target, converted_from=kind,
+                         converted=converted)
 
 
 def _to_moss(cid: int, turns: list[tuple[str, str]]) -> dict:
@@ -530,5 +631,9 @@ def _to_alpaca(cid: int, turns: list[tuple[str, str]]) -> dict:
     return record
 
 
+def jsonl_line(record: dict) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode()
+
+
 def to_jsonl(records: list[dict]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    return b"".join(jsonl_line(r) for r in records)

@@ -6,8 +6,9 @@ types, paths, every line of the dataset) is checked here, before a job exists or
 """
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import closing
 
 from pymongo import ASCENDING, DESCENDING
 
@@ -21,7 +22,8 @@ from services.common.objectstore import ObjectPath
 from services.common.storage_acl import check_access
 from services.registry.catalog import Template, default_catalog  # shared catalog data, read-only
 from services.tuning import estimate as est
-from services.tuning.datasets import DatasetInvalid, DatasetRejected, ParsedDataset, file_kind, parse_dataset, to_jsonl
+from services.tuning.datasets import (DatasetInvalid, DatasetRejected, ParsedDataset, check_whole_file_size,
+                                     file_kind, normalise_dataset, to_jsonl)
 from services.tuning.jobs import (announce_notification_rule, announce_task_record, now, subject, transact,
                                   transition)
 from services.tuning.logstore import render
@@ -127,8 +129,14 @@ async def _writable_path(platform: Platform, text: str, *, tenant_id: str, field
     return path
 
 
-async def _read_dataset(platform: Platform, request: JobCreate, *, tenant_id: str,
-                        template: Template) -> ParsedDataset:
+async def _normalise_dataset(platform: Platform, request: JobCreate, *, tenant_id: str, template: Template,
+                             dest: ObjectPath) -> ParsedDataset:
+    """Validate the user's file and write the trainer's examples to ``dest``, in one streamed pass.
+
+    A .jsonl file is downloaded, checked and uploaded chunk by chunk in one worker thread: the API
+    holds one chunk, one line and one upload part, never the file (up to 5 GB). On any error
+    nothing is written to ``dest``.
+    """
     path = ObjectPath.parse(request.dataset_path)
     await check_access(platform, path, tenant_id=tenant_id, field="dataset_path")
     if not path.key or path.key.endswith("/"):
@@ -142,11 +150,19 @@ async def _read_dataset(platform: Platform, request: JobCreate, *, tenant_id: st
         raise bad_request(f"dataset_path: '{request.dataset_path}' does not exist", field="dataset_path")
     if matches[0].size > MAX_DATASET_BYTES:
         raise bad_request(f"dataset_path: the file is {matches[0].size} bytes; at most 5 GB", field="dataset_path")
-    data = await platform.store.get_bytes(path)
+    summary: list[ParsedDataset] = []
+
+    def examples() -> Iterator[bytes]:
+        # Runs in the upload's worker thread (parsing is CPU work: the event loop stays free).
+        with closing(platform.store.iter_object(path)) as chunks:
+            summary.append((yield from normalise_dataset(
+                chunks, filename=path.key, dataset_format=request.dataset_format,
+                tune_type=request.tune_type.value, template_id=template.id)))
+
     try:
-        # Parsing a large file is CPU work: keep the event loop free.
-        return await asyncio.to_thread(parse_dataset, data, filename=path.key, dataset_format=request.dataset_format,
-                                       tune_type=request.tune_type.value, template_id=template.id)
+        check_whole_file_size(file_kind(path.key), matches[0].size)
+        await platform.store.put_iter(dest, examples(), content_type="application/x-ndjson")
+        return summary[0]
     except DatasetInvalid as exc:
         raise DatasetError(exc, path=request.dataset_path) from None
     except DatasetRejected as exc:
@@ -216,15 +232,17 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
     if request.permanent_log.enabled:
         log_root = await _writable_path(platform, request.permanent_log.path, tenant_id=tenant_id,
                                         field="permanent_log.path")
-    parsed = await _read_dataset(platform, request, tenant_id=tenant_id, template=template)
-    total = _check_hyperparameters(request, template=template, samples=parsed.sample_count)
-
     # The normalised examples are the job's own copy: a resume trains on exactly the same data
     # even if the user's file changes later.
     data_root = managed_root(tenant_id, job_id)
     await platform.store.ensure_bucket(MANAGED_BUCKET)
     examples = ObjectPath(data_root.bucket, data_root.key + "examples.jsonl")
-    await platform.store.put_bytes(examples, to_jsonl(parsed.examples), content_type="application/x-ndjson")
+    parsed = await _normalise_dataset(platform, request, tenant_id=tenant_id, template=template, dest=examples)
+    try:
+        total = _check_hyperparameters(request, template=template, samples=parsed.sample_count)
+    except ApiError:
+        await platform.store.remove_prefix(data_root)   # no job will own these examples
+        raise
     converted_uri = None
     if parsed.converted_from is not None:
         converted = ObjectPath(data_root.bucket, data_root.key + f"converted-{parsed.dataset_format.value}.jsonl")

@@ -8,7 +8,10 @@ import json
 
 import pytest
 
+from services.common.objectstore import ObjectPath
 from services.mlkit.tiny import build_tiny_model
+from services.tuning import datasets
+from services.tuning.models import MANAGED_BUCKET
 from tests.integration.test_tuning_jobs import (alpaca_rows, create_model, created, job_body, jsonl, put,
                                                 upload_model)
 
@@ -70,6 +73,9 @@ SHAREGPT_BAD = json.dumps({"conversations": [{"from": "gpt", "value": "a"}, {"fr
      [2], "'conversation_id' must be a positive integer"),
     ("empty-moss", "e.jsonl", jsonl([json.dumps({"conversation_id": 1, "chat": {"turn_1": {"Human": "q", "MOSS": ""}}})]),
      {"dataset_format": "moss"}, [1], "'chat.turn_1.MOSS' must not be empty"),
+    # Issue 14.4: a .jsonl file is streamed; one line is what the API holds, so a line has a cap.
+    ("line-too-long", "l.jsonl", jsonl([GOOD, GOOD, json.dumps({"instruction": "q" * 2 ** 20, "output": "a"}), GOOD]),
+     {}, [3], "is longer than 1048576 bytes, the most one sample line may have"),
 ])
 async def test_every_dataset_rule_names_the_line(api, bucket, model, case, filename, content, changes, lines,
                                                  fragment):
@@ -142,6 +148,39 @@ async def test_a_missing_dataset_file(api, bucket, model):
     assert error["field"] == "dataset_path" and "does not exist" in error["message"]
     error = await refused(api, job_body(model["id"], f"{bucket}/tune-bad/data.txt"))
     assert error["field"] == "dataset_path" and ".jsonl, .json, .csv or .xlsx" in error["message"]
+
+
+async def test_a_streamed_dataset_counts_crlf_lines_after_a_bom_and_without_a_final_newline(api, bucket, model):
+    rows = [json.dumps(r) for r in alpaca_rows(64)]
+    path = await put(api, f"{bucket}/tune-bad/crlf.jsonl", b"\xef\xbb\xbf" + "\r\n".join(rows).encode())
+    error = await refused(api, job_body(model["id"], path, sample_count=65))
+    assert error["field"] == "sample_count" and "the dataset has 64 samples, not 65" in error["message"]
+
+
+async def test_a_file_read_whole_is_capped_pointing_at_jsonl(api, bucket, model, monkeypatch):
+    """Issue 14.4: .json/.csv/.xlsx are read into memory, so they have a smaller cap than .jsonl."""
+    monkeypatch.setattr(datasets, "MAX_WHOLE_FILE_BYTES", 4096)
+    path = await put(api, f"{bucket}/tune-bad/big.json", json.dumps(alpaca_rows(64)).encode())
+    error = await refused(api, job_body(model["id"], path))
+    assert error["field"] == "dataset_path"
+    assert "a .json file is read whole, so it may be at most" in error["message"]
+    assert "Use .jsonl for larger files" in error["message"]
+
+
+async def test_a_refused_job_leaves_no_examples_in_the_platform_bucket(api, running_platform, model, good_data):
+    """The examples are uploaded while the file is validated: a later refusal removes them."""
+    tenant = (await api.get("/api/v1/auth/me")).json()["tenant_id"]
+    store = running_platform["platform"].store
+
+    async def kept() -> list[str]:
+        if not await store.bucket_exists(MANAGED_BUCKET):
+            return []
+        return sorted(o.key for o in await store.list(ObjectPath(MANAGED_BUCKET, f"{tenant}/"), recursive=True))
+
+    before = await kept()
+    await refused(api, job_body(model["id"], good_data, sample_count=65))
+    await refused(api, job_body(model["id"], good_data, hyperparameters={"epochs": 1, "checkpoint_count": 3}))
+    assert await kept() == before
 
 
 async def test_a_dataset_smaller_than_one_global_batch(api, bucket, model):

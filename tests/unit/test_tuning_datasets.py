@@ -36,6 +36,13 @@ def issues_of(data: bytes, *, filename="d.jsonl", fmt="alpaca", **kw) -> list[tu
     return [(i.line, i.rule, i.message) for i in info.value.issues]
 
 
+def parse_with_examples(data: bytes, **kw):
+    """The summary and the trainer's examples, read back from the jsonl the parser wrote."""
+    sink = io.BytesIO()
+    parsed = parse_dataset(data, sink=sink, **kw)
+    return parsed, [json.loads(line) for line in sink.getvalue().splitlines()]
+
+
 def table_csv(rows: list[list]) -> bytes:
     out = io.StringIO()
     csv.writer(out).writerows(rows)
@@ -58,33 +65,34 @@ def table_xlsx(rows: list[list]) -> bytes:
 def test_alpaca_becomes_messages_with_input_appended_and_history_kept():
     record = {"instruction": "sum these", "input": "1, 2", "output": "3", "system": "be brief",
               "history": [["hi", "hello"]]}
-    parsed = parse_dataset(jsonl(record, alpaca(1)), filename="a.jsonl", dataset_format="alpaca", **LORA)
+    parsed, examples = parse_with_examples(jsonl(record, alpaca(1)), filename="a.jsonl", dataset_format="alpaca",
+                                           **LORA)
     assert parsed.sample_count == 2 and parsed.dataset_format is DatasetFormat.alpaca
-    assert parsed.examples[0]["messages"] == [
+    assert examples[0]["messages"] == [
         {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
         {"role": "assistant", "content": "hello"}, {"role": "user", "content": "sum these\n1, 2"},
         {"role": "assistant", "content": "3"}]
 
 
 def test_moss_turns_become_alternating_messages():
-    parsed = parse_dataset(jsonl(moss()), filename="m.jsonl", dataset_format="moss", **LORA)
-    assert [m["role"] for m in parsed.examples[0]["messages"]] == ["user", "assistant", "user", "assistant"]
-    assert parsed.examples[0]["messages"][3]["content"] == "fine"
+    _, examples = parse_with_examples(jsonl(moss()), filename="m.jsonl", dataset_format="moss", **LORA)
+    assert [m["role"] for m in examples[0]["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert examples[0]["messages"][3]["content"] == "fine"
 
 
 def test_sharegpt_with_tools_system_and_function_roles():
     record = sharegpt("human", "function_call", "observation", "gpt")
     record.update(system="sys", tools="a calculator")
-    parsed = parse_dataset(jsonl(record), filename="s.jsonl", dataset_format="sharegpt", **LORA)
-    messages = parsed.examples[0]["messages"]
+    _, examples = parse_with_examples(jsonl(record), filename="s.jsonl", dataset_format="sharegpt", **LORA)
+    messages = examples[0]["messages"]
     assert messages[0] == {"role": "system", "content": "sys\n\nTools:\na calculator"}
     assert [m["role"] for m in messages[1:]] == ["user", "assistant", "user", "assistant"]
 
 
 def test_pretraining_takes_text_records():
-    parsed = parse_dataset(jsonl({"text": "a document"}, {"text": "another"}), filename="p.jsonl",
-                           dataset_format="alpaca", tune_type="pretrain", template_id="qwen2.5-14b")
-    assert parsed.examples == [{"text": "a document"}, {"text": "another"}]
+    _, examples = parse_with_examples(jsonl({"text": "a document"}, {"text": "another"}), filename="p.jsonl",
+                                      dataset_format="alpaca", tune_type="pretrain", template_id="qwen2.5-14b")
+    assert examples == [{"text": "a document"}, {"text": "another"}]
 
 
 def test_a_json_array_file_numbers_records_by_their_first_line():
@@ -216,12 +224,12 @@ def test_every_bad_line_is_reported_not_just_the_first():
 
 def test_csv_rows_with_one_id_form_one_conversation_converted_to_moss():
     rows = [["conversation_id", "human", "assistant"], [1, "hi", "hello"], [2, "q", "a"], [1, "again", "sure"]]
-    parsed = parse_dataset(table_csv(rows), filename="t.csv", dataset_format=None, **LORA)
+    parsed, examples = parse_with_examples(table_csv(rows), filename="t.csv", dataset_format=None, **LORA)
     assert parsed.converted_from is FileKind.csv and parsed.dataset_format is DatasetFormat.moss
     assert parsed.converted[0] == {"conversation_id": 1, "chat": {"turn_1": {"Human": "hi", "MOSS": "hello"},
                                                                   "turn_2": {"Human": "again", "MOSS": "sure"}}}
     assert parsed.sample_count == 2
-    assert [m["content"] for m in parsed.examples[0]["messages"]] == ["hi", "hello", "again", "sure"]
+    assert [m["content"] for m in examples[0]["messages"]] == ["hi", "hello", "again", "sure"]
 
 
 def test_xlsx_becomes_alpaca_for_hf_format_templates():
