@@ -3,6 +3,11 @@ tests/conftest.py (shared with the browser tests)."""
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
+
+import httpx
+
+from contracts import new_id
 
 
 async def wait_for(predicate, *, timeout: float = 90, interval: float = 0.3):
@@ -15,3 +20,19 @@ async def wait_for(predicate, *, timeout: float = 90, interval: float = 0.3):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
         await asyncio.sleep(interval)
+
+
+@asynccontextmanager
+async def signed_in_tenant(api, url: str, *, name: str, timeout: float = 60):
+    """A new, unprivileged user in a tenant of its own (made by the admin client ``api``), as an
+    httpx client carrying its login token; ``client.default_bucket`` is that tenant's bucket."""
+    username, password = f"{name}-{new_id()[:6]}", "tenant-password-1"
+    r = await api.post("/api/v1/users", json={"username": username, "password": password})
+    assert r.status_code == 201, r.text
+    bucket = r.json()["default_bucket"]
+    r = await api.post("/api/v1/auth/login", json={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    async with httpx.AsyncClient(base_url=url, timeout=timeout,
+                                 headers={"Authorization": f"Bearer {r.json()['token']}"}) as client:
+        client.default_bucket = bucket
+        yield client

@@ -13,6 +13,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.integration.conftest import signed_in_tenant
 from tests.integration.test_serving_api import api_key, serving_tmp, tiny_model, tiny_service  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -21,12 +22,8 @@ HI = [{"role": "user", "content": "hello"}]
 
 
 async def _tenant_key(api, running_platform) -> str:
-    r = await api.post("/api/v1/users", json={"username": "mallory-instances", "password": "mallory-password-1"})
-    assert r.status_code == 201, r.text
-    token = (await api.post("/api/v1/auth/login", json={"username": "mallory-instances",
-                                                        "password": "mallory-password-1"})).json()["token"]
-    async with httpx.AsyncClient(base_url=running_platform["url"], headers={"Authorization": f"Bearer {token}"}) as c:
-        r = await c.post("/api/v1/api-keys", json={"description": "mallory"})
+    async with signed_in_tenant(api, running_platform["url"], name="mallory-instances") as client:
+        r = await client.post("/api/v1/api-keys", json={"description": "mallory"})
         assert r.status_code == 201, r.text
         return r.json()["key"]
 

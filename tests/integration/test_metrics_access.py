@@ -4,11 +4,10 @@ admin, and Prometheus with MAAS_METRICS_TOKEN, still read /metrics.
 """
 from __future__ import annotations
 
-import httpx
 import pytest
 from pydantic import SecretStr
 
-from contracts import new_id
+from tests.integration.conftest import signed_in_tenant
 
 pytestmark = pytest.mark.integration
 
@@ -18,13 +17,7 @@ METRICS_TOKEN = "prometheus-" + "x" * 40
 @pytest.fixture(scope="module")
 async def mallory(api, running_platform):
     """An unprivileged second tenant, signed in."""
-    username, password = f"mallory-metrics-{new_id()[:6]}", "mallory-password-1"
-    r = await api.post("/api/v1/users", json={"username": username, "password": password})
-    assert r.status_code == 201, r.text
-    r = await api.post("/api/v1/auth/login", json={"username": username, "password": password})
-    assert r.status_code == 200, r.text
-    async with httpx.AsyncClient(base_url=running_platform["url"], timeout=60,
-                                 headers={"Authorization": f"Bearer {r.json()['token']}"}) as client:
+    async with signed_in_tenant(api, running_platform["url"], name="mallory-metrics") as client:
         yield client
 
 

@@ -7,6 +7,8 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
+from tests.integration.conftest import signed_in_tenant
+
 pytestmark = pytest.mark.integration
 
 
@@ -63,13 +65,7 @@ async def test_uploads_outside_the_tenants_buckets_are_refused(api):
 
 @pytest.fixture(scope="module")
 async def mallory(api, running_platform):
-    r = await api.post("/api/v1/users", json={"username": "mallory-storage", "password": "mallory-password-1"})
-    assert r.status_code == 201, r.text
-    token = (await api.post("/api/v1/auth/login", json={"username": "mallory-storage",
-                                                        "password": "mallory-password-1"})).json()["token"]
-    async with httpx.AsyncClient(base_url=running_platform["url"], timeout=60,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        client.bucket = r.json()["default_bucket"]
+    async with signed_in_tenant(api, running_platform["url"], name="mallory-storage") as client:
         yield client
 
 
@@ -113,19 +109,19 @@ async def test_a_bucket_a_tenant_held_before_the_upgrade_is_taken_back(running_p
 @pytest.mark.parametrize("key", ["..%2F..%2Fmaas-models%2Fx.bin", "a/..%2F..%2Fescape.bin", "%2Fetc%2Fpasswd",
                                  "dir%2F.%2Ffile", "bad%01name.bin", "a%2F%2Fb.bin", "a%5C..%5Cb.bin"])
 async def test_object_keys_that_could_escape_a_folder_are_refused(mallory, key):
-    r = await mallory.put(f"/api/v1/storage/objects/{mallory.bucket}/{key}", content=b"x")
+    r = await mallory.put(f"/api/v1/storage/objects/{mallory.default_bucket}/{key}", content=b"x")
     assert r.status_code == 400, r.text
     assert r.json()["error"]["field"] == "path" and "object key" in r.json()["error"]["message"]
     r = await mallory.post("/api/v1/storage/presigned-uploads",
-                           json={"path": f"{mallory.bucket}/{unquote(key)}"})
+                           json={"path": f"{mallory.default_bucket}/{unquote(key)}"})
     assert r.status_code == 400, r.text
 
 
 async def test_dataset_and_weight_paths_with_dot_dot_are_refused(mallory):
-    r = await mallory.get("/api/v1/storage/objects", params={"path": f"{mallory.bucket}/../maas-models/"})
+    r = await mallory.get("/api/v1/storage/objects", params={"path": f"{mallory.default_bucket}/../maas-models/"})
     assert r.status_code == 400 and "'..'" in r.json()["error"]["message"]
     r = await mallory.post("/api/v1/models", json={"name": "dotdot", "template_id": "qwen2-custom",
-                                                    "weights_path": f"{mallory.bucket}/x/../../maas-models/"})
+                                                    "weights_path": f"{mallory.default_bucket}/x/../../maas-models/"})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["field"] == "weights_path"
 
@@ -150,40 +146,40 @@ def limits(monkeypatch):
 
 async def test_an_upload_past_the_object_cap_is_refused_and_leaves_nothing(mallory, limits):
     limits(object_bytes=1000)
-    r = await mallory.put(f"/api/v1/storage/objects/{mallory.bucket}/caps/declared.bin", content=b"x" * 1001)
+    r = await mallory.put(f"/api/v1/storage/objects/{mallory.default_bucket}/caps/declared.bin", content=b"x" * 1001)
     assert r.status_code == 413 and r.json()["error"]["field"] == "body"
     assert "at most 1000 bytes" in r.json()["error"]["message"]
 
     async def undeclared():   # chunked: no Content-Length, the cap is found while streaming
         for _ in range(5):
             yield b"y" * 400
-    r = await mallory.put(f"/api/v1/storage/objects/{mallory.bucket}/caps/chunked.bin", content=undeclared())
+    r = await mallory.put(f"/api/v1/storage/objects/{mallory.default_bucket}/caps/chunked.bin", content=undeclared())
     assert r.status_code == 413, r.text
-    listing = (await mallory.get("/api/v1/storage/objects", params={"path": f"{mallory.bucket}/caps"})).json()
+    listing = (await mallory.get("/api/v1/storage/objects", params={"path": f"{mallory.default_bucket}/caps"})).json()
     assert listing["items"] == []
-    r = await mallory.put(f"/api/v1/storage/objects/{mallory.bucket}/caps/fits.bin", content=b"z" * 1000)
+    r = await mallory.put(f"/api/v1/storage/objects/{mallory.default_bucket}/caps/fits.bin", content=b"z" * 1000)
     assert r.status_code == 201 and r.json()["size"] == 1000
 
 
 async def test_an_account_cannot_store_past_its_cap(mallory, limits):
     me = (await mallory.get("/api/v1/auth/me")).json()
-    listing = (await mallory.get("/api/v1/storage/objects", params={"path": mallory.bucket, "recursive": True}))
+    listing = (await mallory.get("/api/v1/storage/objects", params={"path": mallory.default_bucket, "recursive": True}))
     used = sum(o["size"] for o in listing.json()["items"])
     limits(stored_bytes=used + 1500)
 
     async def streamed():
         for _ in range(4):
             yield b"s" * 500
-    r = await mallory.put(f"/api/v1/storage/objects/{mallory.bucket}/full/a.bin", content=streamed())
+    r = await mallory.put(f"/api/v1/storage/objects/{mallory.default_bucket}/full/a.bin", content=streamed())
     assert r.status_code == 403, r.text
     error = r.json()["error"]
     assert error["code"] == "account_limit_reached" and "MAAS_LIMIT_STORED_BYTES" in error["message"]
-    assert (await mallory.put(f"/api/v1/storage/objects/{mallory.bucket}/full/b.bin", content=b"s" * 1500)).status_code == 201
-    r = await mallory.put(f"/api/v1/storage/objects/{mallory.bucket}/full/c.bin", content=b"s")
+    assert (await mallory.put(f"/api/v1/storage/objects/{mallory.default_bucket}/full/b.bin", content=b"s" * 1500)).status_code == 201
+    r = await mallory.put(f"/api/v1/storage/objects/{mallory.default_bucket}/full/c.bin", content=b"s")
     assert r.status_code == 403
-    r = await mallory.post("/api/v1/storage/presigned-uploads", json={"path": f"{mallory.bucket}/full/d.bin"})
+    r = await mallory.post("/api/v1/storage/presigned-uploads", json={"path": f"{mallory.default_bucket}/full/d.bin"})
     assert r.status_code == 403
-    assert me["default_bucket"] == mallory.bucket
+    assert me["default_bucket"] == mallory.default_bucket
 
 
 async def test_an_account_cannot_create_buckets_or_models_past_its_caps(mallory, limits):
@@ -193,8 +189,8 @@ async def test_an_account_cannot_create_buckets_or_models_past_its_caps(mallory,
     r = await mallory.post("/api/v1/storage/buckets", json={"name": "mallory-extra-2"})
     assert r.status_code == 403 and "MAAS_LIMIT_BUCKETS" in r.json()["error"]["message"]
     for name in ("config.json", "model.safetensors"):   # a folder that looks like HF weights; never validated
-        assert (await mallory.put(f"/api/v1/storage/objects/{mallory.bucket}/capped/{name}", content=b"{}")).status_code == 201
-    body = {"template_id": "qwen2-custom", "weights_path": f"{mallory.bucket}/capped", "validate_weights": False}
+        assert (await mallory.put(f"/api/v1/storage/objects/{mallory.default_bucket}/capped/{name}", content=b"{}")).status_code == 201
+    body = {"template_id": "qwen2-custom", "weights_path": f"{mallory.default_bucket}/capped", "validate_weights": False}
     first = await mallory.post("/api/v1/models", json={**body, "name": "capped-1"})
     assert first.status_code == 201, first.text
     r = await mallory.post("/api/v1/models", json={**body, "name": "capped-2"})

@@ -17,7 +17,7 @@ from contracts import new_id
 from services.common.settings import get_settings
 from services.notifier.delivery import ADDRESS_NOT_ALLOWED, NO_RESPONSE
 from tests.fake_dns import FakeDns
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import signed_in_tenant, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,13 +58,7 @@ async def local_service():
 @pytest.fixture
 async def mallory(api, running_platform):
     """An unprivileged second tenant, signed in."""
-    username, password = f"mallory-hooks-{new_id()[:6]}", "mallory-password-1"
-    r = await api.post("/api/v1/users", json={"username": username, "password": password})
-    assert r.status_code == 201, r.text
-    r = await api.post("/api/v1/auth/login", json={"username": username, "password": password})
-    assert r.status_code == 200, r.text
-    async with httpx.AsyncClient(base_url=running_platform["url"], timeout=60,
-                                 headers={"Authorization": f"Bearer {r.json()['token']}"}) as client:
+    async with signed_in_tenant(api, running_platform["url"], name="mallory-hooks") as client:
         yield client
 
 
