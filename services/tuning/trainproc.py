@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from services.common.child_env import child_env
+from services.common.private_files import private_dir
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]   # the folder holding the `services` package
 
@@ -44,7 +45,9 @@ def run_training(*, payload: dict, work: Path, on_log: Callable[[dict], None],
     ``payload`` holds train()'s data arguments (model_dir, examples, config, output_dir, resume_from).
     ValueError from the trainer (bad inputs) is raised as ValueError; anything else as TrainingFailed.
     """
-    work.mkdir(parents=True, exist_ok=True)
+    # Pickle is safe here only because this process writes the payload into a folder no one else
+    # can enter (0700); nothing a tenant writes is ever read back through it.
+    private_dir(work)
     payload_file = work / "train-payload.pkl"
     payload_file.write_bytes(pickle.dumps(payload))
     stderr_file = work / "train-stderr.log"
@@ -111,7 +114,7 @@ def _die_with_parent() -> None:
 
 def child_main(argv: list[str]) -> int:
     _die_with_parent()
-    payload = pickle.loads(Path(argv[0]).read_bytes())
+    payload = pickle.loads(Path(argv[0]).read_bytes())   # written by our parent, owner-only (run_training)
     conn = Connection(int(argv[1]))
 
     def on_log(record: dict) -> None:

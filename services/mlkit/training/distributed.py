@@ -82,6 +82,7 @@ def rank_main(argv: list[str]) -> None:
     """Entry of one rank process: ``python -m services.mlkit.training.rank RANK PAYLOAD [FD]``."""
     rank, payload_path = int(argv[0]), Path(argv[1])
     conn = Connection(int(argv[2])) if len(argv) > 2 else None
+    # Written by run_distributed into its own 0700 temporary folder, never from a tenant's data.
     payload = pickle.loads(payload_path.read_bytes())
     torch.set_num_threads(payload["threads"])
     if "GLOO_SOCKET_IFNAME" not in os.environ and "lo" in {name for _, name in socket.if_nameindex()}:
