@@ -14,7 +14,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from faststream import AckPolicy
 
 from contracts import Envelope
-from services.common import health, metrics, outbox
+from services.common import audit, health, metrics, outbox
 from services.common.bus import ensure_topics, topic_name
 from services.common.context import Platform
 from services.common.errors import install_error_handlers
@@ -24,6 +24,7 @@ from services.common.service_spec import Consumer, ServiceSpec, envelope_handler
 from services.common.settings import Settings, get_settings
 from services.common.storage_acl import PlatformBucket, reserve_platform_buckets
 from services.common.telemetry import isolate_request_context, tracer_provider
+from services.iam import authorize as authorization
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +129,10 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
             from services.mlkit import preload_transformers
 
             await asyncio.to_thread(preload_transformers)  # before any worker thread touches it
-        indexes = list(outbox.INDEXES) + [i for s in specs for i in s.indexes]
+        # Every process's units of work may write the audit log: its collection exists everywhere.
+        indexes = list(outbox.INDEXES) + list(audit.INDEXES) + [i for s in specs for i in s.indexes]
         await platform.mongo.ensure_indexes(indexes)
+        await audit.ensure_retention(platform.mongo, days=settings.audit_retention_days)
         await reserve_platform_buckets(platform, {PlatformBucket(settings.system_bucket),
                                                   *(b for s in specs for b in s.buckets)})
         topics = sorted({t for s in specs for t in s.topics()} | _published_topics())
@@ -161,12 +164,14 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
                                        exclude_spans=["send", "receive"])
     isolate_request_context(app)  # outside the instrumentation: one trace per request, always
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/api/v1/storage/objects/",))
+    app.add_middleware(audit.AuditTrail, mongo=platform.mongo)   # outermost: it sees every answer
     for router in [r for spec in specs for r in spec.hot_routers]:
         app.include_router(router)
     app.include_router(health.router)  # every process answers /healthz, whatever it hosts
     for spec in specs:
         for router in spec.routers:
             app.include_router(router)
+    authorization.install(app)  # the grant cache, and each route's action in the OpenAPI document
     return app
 
 

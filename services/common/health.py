@@ -37,7 +37,10 @@ async def healthz(platform: Platform = Depends(get_platform)):
 
 
 @router.get("/metrics", summary="Prometheus metrics of this process (text format; admins and Prometheus only)",
-            include_in_schema=False, dependencies=[Depends(require_metrics_reader)])
+            include_in_schema=False, dependencies=[Depends(require_metrics_reader)],
+            # Its action, declared here: services.common cannot import services.iam's Authorized, and
+            # require_metrics_reader also admits Prometheus's MAAS_METRICS_TOKEN, which is no user.
+            openapi_extra={"x-maas-action": "maas:metrics:get"})
 async def prometheus_metrics(request: Request, platform: Platform = Depends(get_platform)):
     metrics.build_info.labels(services=",".join(getattr(request.app.state, "services", [])),
                               version=request.app.version).set(1)

@@ -1,10 +1,10 @@
 """Transactional outbox: state changes and their events commit together; a relay publishes.
 
 A use case does its writes inside ``UnitOfWork`` and calls ``uow.emit(...)``; on exit the outbox
-documents are inserted in the same MongoDB transaction and committed with the state. The
-``OutboxRelay`` publishes unpublished documents to Kafka in creation order and marks them. If the
-process dies between publish and mark, the event goes out again: consumers are idempotent
-(see ``mark_processed``), so at-least-once delivery has one effect.
+documents (and, in a request, its audit record) are inserted in the same MongoDB transaction and
+committed with the state. The ``OutboxRelay`` publishes unpublished documents to Kafka in creation
+order and marks them. If the process dies between publish and mark, the event goes out again:
+consumers are idempotent (see ``mark_processed``), so at-least-once delivery has one effect.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from contracts import Envelope, EventData
+from services.common import audit
 from services.common.bus import publish_envelope, topic_name
 from services.common.mongo import IndexSpec, Mongo
 from services.common.settings import Settings
@@ -58,7 +59,13 @@ class UnitOfWork:
             if exc_type is None:
                 if self._events:
                     await self._write_outbox()
+                # The request's audit record commits with the change it records (services/common/audit.py).
+                trail = audit.pending()
+                if trail is not None:
+                    await audit.write(trail, self.mongo, session=self.session)
                 await self.session.commit_transaction()
+                if trail is not None:
+                    trail.written = True
             else:
                 await self.session.abort_transaction()
         finally:

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     s3_secret_key: str = "maasadmin-secret"
     s3_secure: bool = False
     s3_region: str = "us-east-1"
+    # S3 calls are blocking (minio) and some last minutes (a model's weights): they get threads of
+    # their own, so a few large transfers never starve the process's default pool (which every
+    # other to_thread call, e.g. password hashing, waits on).
+    s3_io_threads: int = Field(32, ge=1)
     system_bucket: str = "maas-system"
 
     # HTTP
@@ -62,6 +66,11 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: float = Field(5.0, gt=0, description="first retry delay; doubles per attempt")
     webhook_retry_max_seconds: float = Field(3600.0, gt=0, description="longest delay between two attempts")
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="time a receiver has to answer")
+
+    # Sessions and the audit log (services/common/auth.py, services/common/audit.py).
+    token_ttl_hours: float = Field(12.0, gt=0, le=24 * 365, description=(
+        "how long a login token is valid; POST /api/v1/auth/refresh exchanges it for a new one before then"))
+    audit_retention_days: int = Field(180, ge=1, le=3650, description="audit records are deleted this long after the call")
 
     # Outbox relay poll interval when no in-process nudge arrives.
     outbox_poll_seconds: float = 0.5

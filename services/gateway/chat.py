@@ -1,7 +1,7 @@
 """One chat call through the gateway: resolve the service, check, limit, route, relay, meter.
 
 Order of checks (each rejection is an OpenAI-style error and meters nothing):
-1. the service (404 unknown, 403 another tenant's), the parameters (400) and the template's max
+1. the service (404 unknown or another account's), the parameters (400) and the template's max
    input+output length (400 ``context_length_exceeded``);
 2. the free quota of a preset service: the call reserves the most it can use (403 not claimed, 429
    when that does not fit) and settles with its true usage when it ends, however it ends;
@@ -9,6 +9,8 @@ Order of checks (each rejection is an OpenAI-style error and meters nothing):
    and waited for: a cold start);
 4. content moderation of the input (400 ``content_filter``);
 5. the service's QPS limit (429 with Retry-After).
+The API key's own limits come first: the services it may call (403, with the service lookup) and its
+requests and tokens per minute (429 with Retry-After, key_limits.py) before the free quota.
 Then the least-busy ready instance answers; a refused connection (an instance that just stopped)
 moves the call to another one. Streams are relayed line by line as they arrive; the gateway always
 asks the instance for the usage chunk and drops it again when the client did not ask for it.
@@ -27,8 +29,9 @@ from pydantic import ValidationError
 from contracts.openai import PROMPT_TOKENS_HEADER, ChatCompletionRequest
 from contracts.serving import PresetServiceWakeRequested
 from services.common.context import Platform
-from services.common.serving_refs import InstanceRef, ServiceRef
+from services.readmodels.serving_refs import InstanceRef, ServiceRef
 from services.gateway import keys, quota_calls
+from services.gateway.key_limits import KEY_WINDOWS, KeyLimits
 from services.gateway.keys import Caller
 from services.gateway.metering import UsageRecorder
 from services.gateway.moderation import Moderation, message_text
@@ -69,6 +72,7 @@ class ChatGateway:
                                   lease_seconds=self.settings.quota_lease_seconds,
                                   idle_release=self.settings.quota_idle_release_seconds)
         self.meter = UsageRecorder(platform)
+        self.key_limits = KeyLimits(platform.mongo[KEY_WINDOWS])
         self.moderation = Moderation(platform)
         self.upstream = Upstream(connect_timeout=self.settings.upstream_connect_timeout,
                                  read_timeout=self.settings.upstream_read_timeout)
@@ -76,6 +80,7 @@ class ChatGateway:
 
     async def close(self) -> None:
         await self.meter.flush()
+        await self.key_limits.flush()
         await self.ledger.flush(closing=True)
         await self.upstream.close()
 
@@ -89,8 +94,9 @@ class ChatGateway:
             if service is None:
                 raise OpenAIError(404, f"The service '{service_id}' does not exist.", code="service_not_found")
             if not service.preset and service.tenant_id != caller.tenant_id:
-                raise OpenAIError(403, f"This API key has no access to service '{service_id}'.",
-                                  code="permission_denied")
+                # Another account's service answers as one that does not exist: nothing tells it does.
+                raise OpenAIError(404, f"The service '{service_id}' does not exist.", code="service_not_found")
+            keys.check_allowed(caller, service)
             if model and model != service.name:
                 raise OpenAIError(404, f"The model '{model}' does not exist on this service; call it with "
                                   f"model '{service.name}'.", param="model", code="model_not_found")
@@ -102,6 +108,7 @@ class ChatGateway:
         if service is None:
             raise OpenAIError(404, f"The model '{model}' does not exist or you do not have access to it.",
                               param="model", code="model_not_found")
+        keys.check_allowed(caller, service)
         return service
 
     async def ensure_callable(self, caller: Caller, service: ServiceRef) -> ServiceRef:
@@ -189,6 +196,7 @@ class ChatGateway:
         reservation = NO_RESERVATION
         try:
             self._check_length(body, service)
+            await self.key_limits.admit(caller)   # the key's own requests/tokens per minute
             if service.preset:  # before a cold start: a caller without quota must not wake the preset
                 reservation = await quota_calls.reserve(self.ledger, user_id=caller.user_id, service=service,
                                                         bound=quota_calls.call_bound(body, request, service))
@@ -276,6 +284,7 @@ class ChatGateway:
         latency = (time.monotonic() - started) * 1000
         # The tokens were spent even if the answer is withheld below: they count.
         self.meter.usage(caller=caller, service=service, prompt_tokens=prompt, completion_tokens=completion)
+        self.key_limits.spent(caller, prompt + completion)
         reservation.settle(prompt + completion)
         blocked = service.content_moderation and await self._output_blocked(data)
         self.meter.call(service=service, instance_id=instance.id, ok=not blocked, latency_ms=latency,
@@ -369,6 +378,7 @@ class ChatGateway:
         completion = _token_count(usage, "completion_tokens") if usage else stream.streamed
         if prompt or completion:
             self.meter.usage(caller=caller, service=service, prompt_tokens=prompt, completion_tokens=completion)
+            self.key_limits.spent(caller, prompt + completion)
         reservation.settle(prompt + completion)
         now = time.monotonic()
         self.meter.call(service=service, instance_id=instance.id, ok=stream.ok,
@@ -486,6 +496,7 @@ async def run_gateway(platform: Platform) -> None:
         while True:
             await asyncio.sleep(gateway.settings.usage_flush_seconds)
             await gateway.meter.flush()
+            await gateway.key_limits.flush()
             await gateway.ledger.flush()
     finally:
         refresher.cancel()

@@ -1,39 +1,39 @@
 """Users, login and access tokens. The first start creates the bootstrap admin and shows it once."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 from pymongo import ASCENDING
 
 from contracts import new_id
-from services.common.auth import TOKENS, CurrentPrincipal, hash_token, new_token
+from services.common import audit
+from services.common.auth import ACTIVE, TOKENS, Principal
 from services.common.context import Platform, get_platform
 from services.common.errors import ApiError
 from services.common.mongo import IndexSpec
 from services.common.storage_acl import grant_bucket
+from services.gateway.iam_service import record_account
+from services.gateway.login_throttle import LOGIN_FAILURES, LoginThrottle, ThrottleRules
+from services.gateway.passwords import (  # noqa: F401  (hash_password, verify_password: imported from here)
+    hash_password,
+    hash_password_off_loop,
+    password_matches_off_loop,
+    verify_password,
+)
+from services.gateway.sessions import client_address, start_session
+from services.gateway.settings import gateway_settings
+from services.iam.authorize import Authorized
 
 USERS = "users"
+LOGIN_ACTION = "maas:auth:login"   # public: no authorization dependency names it, the audit log does
 INDEXES: list[IndexSpec] = [
     (USERS, [("username", ASCENDING)], {"unique": True}),
     (TOKENS, [("user_id", ASCENDING)], {}),
 ]
-
-
-def hash_password(password: str, *, salt: bytes | None = None) -> str:
-    salt = salt or secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
-    return f"scrypt${salt.hex()}${digest.hex()}"
-
-
-def verify_password(password: str, stored: str) -> bool:
-    _, salt_hex, digest_hex = stored.split("$")
-    return hmac.compare_digest(hash_password(password, salt=bytes.fromhex(salt_hex)), stored)
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,14 @@ class BootstrapAdmin:
 
 async def create_user(platform: Platform, *, username: str, password: str, role: str = "admin",
                       tenant_id: str | None = None) -> dict:
-    user = {"_id": new_id(), "username": username, "password_hash": hash_password(password), "role": role,
-            "tenant_id": tenant_id or new_id(), "created_at": datetime.now(UTC)}
+    password_hash = await hash_password_off_loop(password)
+    # The first user of a new account administers it (services/iam; members: iam_service.create_user).
+    user = {"_id": new_id(), "username": username, "password_hash": password_hash, "role": role,
+            "tenant_id": tenant_id or new_id(), "account_role": "admin", "status": ACTIVE, "group_ids": [],
+            "iam_rev": 0, "created_at": datetime.now(UTC)}
     await platform.mongo[USERS].insert_one(user)
+    if tenant_id is None:
+        await record_account(platform, tenant_id=user["tenant_id"], created_by=username)
     # Each tenant gets a default bucket to upload weights and datasets into.
     await grant_bucket(platform, bucket=default_bucket(user["tenant_id"]), tenant_id=user["tenant_id"])
     return user
@@ -59,11 +64,8 @@ def default_bucket(tenant_id: str) -> str:
 
 
 async def issue_token(platform: Platform, user: dict, *, name: str = "login") -> str:
-    token = new_token()
-    await platform.mongo[TOKENS].insert_one({
-        "_id": hash_token(token), "user_id": user["_id"], "tenant_id": user["tenant_id"],
-        "username": user["username"], "role": user["role"], "name": name, "created_at": datetime.now(UTC)})
-    return token
+    """A session for ``user`` opened by the platform itself (the bootstrap admin's), not by a login call."""
+    return (await start_session(platform, user=user, name=name))["token"]
 
 
 async def ensure_bootstrap_admin(platform: Platform) -> BootstrapAdmin | None:
@@ -89,24 +91,45 @@ class UserCreate(BaseModel):
 router = APIRouter(prefix="/api/v1", tags=["identity"])
 
 
-@router.post("/auth/login", summary="Exchange username and password for a bearer token",
-             responses={401: {"description": "Wrong username or password"}})
-async def login(body: LoginRequest, platform: Platform = Depends(get_platform)):
+def login_throttle(platform: Platform) -> LoginThrottle:
+    return LoginThrottle(platform.mongo[LOGIN_FAILURES], ThrottleRules.from_settings(gateway_settings()))
+
+
+@router.post("/auth/login", summary="Exchange username and password for a bearer token (a session)",
+             responses={401: {"description": "Wrong username or password"},
+                        429: {"description": "Too many failed logins for this username or from this address "
+                                             "(see Retry-After)"}})
+async def login(body: LoginRequest, request: Request, platform: Platform = Depends(get_platform)):
+    audit.note_action(LOGIN_ACTION)
     user = await platform.mongo[USERS].find_one({"username": body.username})
-    if user is None or not verify_password(body.password, user["password_hash"]):
+    # Failed and refused logins are recorded too, in the account of the user tried (if it exists).
+    audit.note_actor(user_id=user["_id"] if user else None, username=body.username,
+                     tenant_id=user["tenant_id"] if user else None)
+    client = client_address(request)
+    throttle = login_throttle(platform)
+    await throttle.check(username=body.username, client=client)
+    # An unknown username costs one scrypt too (passwords.py): the answer time tells nothing.
+    if not await password_matches_off_loop(body.password, user["password_hash"] if user else None):
+        await throttle.failed(username=body.username, client=client)
         raise ApiError(401, "unauthorized", "wrong username or password")
-    return {"token": await issue_token(platform, user), "token_type": "bearer", "username": user["username"],
-            "tenant_id": user["tenant_id"]}
+    if user.get("status", ACTIVE) != ACTIVE:   # told only to whoever knows the password
+        raise ApiError(401, "user_disabled", f"the user '{user['username']}' is disabled; an administrator of the "
+                       "account can enable it again")
+    await throttle.succeeded(username=body.username)
+    return await start_session(platform, user=user, name="login", request=request)
 
 
 @router.get("/auth/me", summary="Who the token belongs to")
-async def me(principal: CurrentPrincipal):
+async def me(principal: Principal = Authorized("maas:auth:getMe")):
     return {"user_id": principal.user_id, "username": principal.username, "tenant_id": principal.tenant_id,
-            "role": principal.role, "default_bucket": default_bucket(principal.tenant_id)}
+            "role": principal.role, "account_role": principal.account_role, "group_ids": list(principal.group_ids),
+            "default_bucket": default_bucket(principal.tenant_id)}
 
 
-@router.post("/users", status_code=201, summary="Create a user in a new tenant (admins only)")
-async def add_user(body: UserCreate, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+@router.post("/users", status_code=201, summary="Create an account with this user as its administrator "
+             "(the platform administrator only)")
+async def add_user(body: UserCreate, principal: Principal = Authorized("maas:accounts:create"),
+                   platform: Platform = Depends(get_platform)):
     if principal.role != "admin":
         raise ApiError(403, "forbidden", "only admins can create users")
     if await platform.mongo[USERS].find_one({"username": body.username}):

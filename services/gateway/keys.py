@@ -3,6 +3,11 @@
 At most 5 per user; the secret is shown once at creation and only its SHA-256 is stored. A per-user
 counter document, changed in the same transaction as the key, keeps the limit under concurrent
 creates (two transactions changing one document cannot both commit).
+
+A key may carry limits (as LiteLLM's and GPUStack's keys do): an expiry (401 ``expired_api_key``
+after it), the services it may call (403 ``model_not_allowed`` for others; ``/v1/models`` lists only
+those) and requests/tokens per minute (429, key_limits.py). ``last_used_at`` is written with the
+metering (metering.py).
 """
 from __future__ import annotations
 
@@ -10,13 +15,15 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from contracts import new_id
-from services.common.auth import CurrentPrincipal, Principal, hash_token
+from services.common.auth import ACTIVE, USER_FIELDS, USERS, Principal, hash_token, principal_of
 from services.common.context import Platform, get_platform, transact
 from services.common.errors import ApiError, not_found
 from services.common.mongo import IndexSpec
@@ -24,6 +31,9 @@ from services.common.validation import limited_text
 from services.gateway.oai_errors import OpenAIError
 from services.gateway.settings import gateway_settings
 from services.gateway.views import ReadThroughView
+from services.iam.authorize import Authorized, decide, grants
+from services.iam.evaluator import Grant
+from services.iam.store import Grants
 
 API_KEYS = "api_keys"
 API_KEY_COUNTS = "api_key_counts"
@@ -37,29 +47,78 @@ INDEXES: list[IndexSpec] = [
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling the OpenAI API: the key's owner (key_id 'playground' for console chats)."""
+    """Who is calling the OpenAI API: the key's owner (key_id 'playground' for console chats), with
+    the key's own limits (none for the playground)."""
     user_id: str
     tenant_id: str
     username: str
     role: str
     key_id: str
+    expires_at: datetime | None = None
+    allowed_models: frozenset[str] | None = None   # service names or ids; None: every service
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    # The owner's standing, read with the key (and as fresh: MAAS_GATEWAY_KEY_CACHE_SECONDS): a
+    # disabled owner's keys are refused, and the owner's policies must allow the route's action.
+    account_role: str = "admin"
+    active: bool = True
+    grant: Grant | None = None      # None: the playground, authorized as a console call already
+
+    def may_call(self, service) -> bool:
+        return self.allowed_models is None or service.name in self.allowed_models or service.id in self.allowed_models
 
 
 def mask(secret: str) -> str:
     return f"{secret[:len(KEY_PREFIX) + 4]}...{secret[-4:]}"
 
 
-class KeyCreate(BaseModel):
+ModelRef = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+MAX_ALLOWED_MODELS = 100
+
+
+def _future(value: datetime | None) -> datetime | None:
+    if value is not None and value <= datetime.now(UTC):
+        raise ValueError("must be in the future")
+    return value
+
+
+class KeyLimitsFields(BaseModel):
+    """What a key may do; every field optional (none: no limit)."""
+    expires_at: Annotated[AwareDatetime | None, AfterValidator(_future)] = Field(
+        None, description="when the key stops working (ISO 8601 with a time zone); none: never")
+    allowed_models: list[ModelRef] | None = Field(
+        None, min_length=1, max_length=MAX_ALLOWED_MODELS,
+        description="the services the key may call, by name (the `model` of a call) or id; none: every one")
+    rpm_limit: int | None = Field(None, ge=1, le=1_000_000, description="requests per minute")
+    tpm_limit: int | None = Field(None, ge=1, le=1_000_000_000, description="tokens (prompt + completion) per minute")
+
+
+class KeyCreate(KeyLimitsFields):
     model_config = ConfigDict(extra="forbid")
     description: limited_text(256) = ""
 
 
-async def create_key(platform: Platform, *, principal: Principal, description: str) -> dict:
+class KeyUpdate(KeyLimitsFields):
+    """The fields given are changed (null removes a limit); those left out stay as they are."""
+    model_config = ConfigDict(extra="forbid")
+    description: limited_text(256) | None = None
+
+
+def _limits(fields: KeyLimitsFields, only: set[str] | None = None) -> dict:
+    values = {"expires_at": fields.expires_at,
+              "allowed_models": sorted(set(fields.allowed_models)) if fields.allowed_models is not None else None,
+              "rpm_limit": fields.rpm_limit, "tpm_limit": fields.tpm_limit}
+    return {k: v for k, v in values.items() if only is None or k in only}
+
+
+async def create_key(platform: Platform, *, principal: Principal, description: str,
+                     limits: KeyLimitsFields | None = None) -> dict:
     limit = gateway_settings().max_api_keys
     secret = KEY_PREFIX + secrets.token_urlsafe(36)
     doc = {"_id": hash_token(secret), "key_id": new_id(), "user_id": principal.user_id,
            "tenant_id": principal.tenant_id, "username": principal.username, "role": principal.role,
-           "description": description, "masked": mask(secret), "created_at": datetime.now(UTC), "last_used_at": None}
+           "description": description, "masked": mask(secret), "created_at": datetime.now(UTC), "last_used_at": None,
+           **_limits(limits or KeyLimitsFields())}
     too_many = ApiError(409, "api_key_limit", f"a user can have at most {limit} API keys; delete one first")
 
     async def insert(uow) -> None:
@@ -78,13 +137,40 @@ async def create_key(platform: Platform, *, principal: Principal, description: s
 
 
 def _view(doc: dict) -> dict:
+    expires_at = doc.get("expires_at")
     return {"id": doc["key_id"], "masked_key": doc["masked"], "description": doc.get("description", ""),
-            "created_at": doc["created_at"], "last_used_at": doc.get("last_used_at")}
+            "created_at": doc["created_at"], "last_used_at": doc.get("last_used_at"), "expires_at": expires_at,
+            "expired": expires_at is not None and expires_at <= datetime.now(UTC),
+            "allowed_models": doc.get("allowed_models"), "rpm_limit": doc.get("rpm_limit"),
+            "tpm_limit": doc.get("tpm_limit")}
 
 
 async def list_keys(platform: Platform, *, principal: Principal) -> list[dict]:
     return [_view(d) async for d in platform.mongo[API_KEYS].find({"user_id": principal.user_id}).sort(
         "created_at", ASCENDING)]
+
+
+async def update_key(platform: Platform, *, principal: Principal, key_id: str, changes: KeyUpdate) -> dict:
+    given = changes.model_fields_set
+    fields = _limits(changes, only=given)
+    if "description" in given:
+        fields["description"] = changes.description or ""
+    updated: dict = {}
+
+    async def change(uow) -> None:
+        mine = {"key_id": key_id, "user_id": principal.user_id}
+        if fields:
+            doc = await uow.collection(API_KEYS).find_one_and_update(
+                mine, {"$set": fields}, return_document=ReturnDocument.AFTER, session=uow.session)
+        else:
+            doc = await uow.collection(API_KEYS).find_one(mine, session=uow.session)
+        if doc is None:
+            raise not_found("API key", key_id)
+        updated.update(doc)
+
+    await transact(platform, change)
+    callers().forget(updated["_id"])   # this gateway at once; the others within key_cache_seconds
+    return _view(updated)
 
 
 async def delete_key(platform: Platform, *, principal: Principal, key_id: str) -> None:
@@ -116,16 +202,27 @@ def callers() -> ReadThroughView:
     return _callers
 
 
-async def _find_caller(platform: Platform, digest: str) -> Caller | None:
+async def _find_caller(platform: Platform, authorizer: Grants, digest: str) -> Caller | None:
     doc = await platform.mongo[API_KEYS].find_one({"_id": digest})
     if doc is None:
         return None
-    return Caller(user_id=doc["user_id"], tenant_id=doc["tenant_id"], username=doc.get("username", ""),
-                  role=doc.get("role", "user"), key_id=doc["key_id"])
+    user = await platform.mongo[USERS].find_one({"_id": doc["user_id"]}, USER_FIELDS)
+    if user is None:
+        return None   # the owner was deleted (and the key with them)
+    owner = principal_of(user)
+    active = user.get("status", ACTIVE) == ACTIVE
+    allowed = doc.get("allowed_models")
+    return Caller(user_id=doc["user_id"], tenant_id=doc["tenant_id"], username=owner.username,
+                  role=owner.role, key_id=doc["key_id"], expires_at=doc.get("expires_at"),
+                  allowed_models=frozenset(allowed) if allowed is not None else None,
+                  rpm_limit=doc.get("rpm_limit"), tpm_limit=doc.get("tpm_limit"),
+                  account_role=owner.account_role, active=active,
+                  grant=await authorizer.grant(owner) if active else None)
 
 
-async def authenticate(platform: Platform, request: Request) -> Caller:
-    """The caller of an /v1 request from ``Authorization: Bearer <API key>``; 401 otherwise."""
+async def authenticate(platform: Platform, request: Request, *, action: str) -> Caller:
+    """The caller of an /v1 request from ``Authorization: Bearer <API key>``, allowed to perform
+    ``action`` (the route's, services.iam.authorize); 401 or 403 otherwise."""
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     secret = secret.strip()
@@ -135,12 +232,29 @@ async def authenticate(platform: Platform, request: Request) -> Caller:
     if scheme.lower() != "bearer" or not secret:
         raise OpenAIError(401, "The Authorization header must be 'Bearer <API key>'.", code="invalid_api_key")
     digest = hash_token(secret)
-    caller = await callers().get(digest, lambda: _find_caller(platform, digest))
+    caller = await callers().get(digest, lambda: _find_caller(platform, grants(request), digest))
     if caller is None:
         shown = mask(secret) if len(secret) > 12 else "***"
         raise OpenAIError(401, f"Incorrect API key provided: {shown}. Create a key under API keys.",
                           code="invalid_api_key")
+    if caller.expires_at is not None and caller.expires_at <= datetime.now(UTC):
+        raise OpenAIError(401, f"This API key expired at {caller.expires_at.isoformat(timespec='seconds')}. "
+                          "Create a new key under API keys.", code="expired_api_key")
+    if not caller.active:
+        raise OpenAIError(401, f"The owner of this API key, '{caller.username}', is disabled.",
+                          code="user_disabled")
+    decision = decide(caller, caller.grant, action)
+    if not decision.allowed:
+        raise OpenAIError(403, f"The owner of this API key, '{caller.username}', lacks the action {action}: "
+                          f"{decision.reason}.", code="permission_denied")
     return caller
+
+
+def check_allowed(caller: Caller, service) -> None:
+    """403 when the key is limited to other services than ``service``."""
+    if not caller.may_call(service):
+        raise OpenAIError(403, f"This API key may not call '{service.name}': it is limited to "
+                          f"{', '.join(sorted(caller.allowed_models))}.", param="model", code="model_not_allowed")
 
 
 # ------------------------------------------------------------------------------------ routes
@@ -149,12 +263,14 @@ router = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])
 
 
 @router.post("", status_code=201, summary="Create an API key (the secret is shown only in this answer)")
-async def create(body: KeyCreate, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
-    return await create_key(platform, principal=principal, description=body.description)
+async def create(body: KeyCreate, principal: Principal = Authorized("maas:apiKeys:create"),
+                 platform: Platform = Depends(get_platform)):
+    return await create_key(platform, principal=principal, description=body.description, limits=body)
 
 
 @router.get("", summary="My API keys (masked) with their usage")
-async def list_(principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def list_(principal: Principal = Authorized("maas:apiKeys:list"),
+                platform: Platform = Depends(get_platform)):
     from services.gateway.metering import usage_by_key
 
     keys = await list_keys(platform, principal=principal)
@@ -164,7 +280,14 @@ async def list_(principal: CurrentPrincipal, platform: Platform = Depends(get_pl
             "max_keys": gateway_settings().max_api_keys}
 
 
+@router.patch("/{key_id}", summary="Change an API key's expiry, allowed services, limits or description")
+async def update(key_id: str, body: KeyUpdate, principal: Principal = Authorized("maas:apiKeys:update"),
+                 platform: Platform = Depends(get_platform)):
+    return await update_key(platform, principal=principal, key_id=key_id, changes=body)
+
+
 @router.delete("/{key_id}", status_code=204, summary="Delete an API key (it stops working at once)")
-async def delete(key_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def delete(key_id: str, principal: Principal = Authorized("maas:apiKeys:delete"),
+                 platform: Platform = Depends(get_platform)):
     await delete_key(platform, principal=principal, key_id=key_id)
     return Response(status_code=204)

@@ -18,12 +18,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pymongo import ASCENDING, UpdateOne
 
-from services.common.auth import CurrentPrincipal
+from services.common.auth import Principal
 from services.common.context import Platform, get_platform
 from services.common.errors import not_found
 from services.common.metrics import record_tokens
 from services.common.mongo import IndexSpec
-from services.common.serving_refs import get_service
+from services.readmodels.serving_refs import get_service
+from services.iam.authorize import Authorized
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,8 @@ router = APIRouter(prefix="/api/v1", tags=["usage and monitoring"])
 
 
 @router.get("/usage", summary="Token usage of my tenant, grouped by service, API key or day")
-async def usage(principal: CurrentPrincipal, group_by: Annotated[str, Query(pattern="^(service|key|day)$")] = "service",
+async def usage(principal: Principal = Authorized("maas:usage:list"),
+                group_by: Annotated[str, Query(pattern="^(service|key|day)$")] = "service",
                 days: Annotated[int, Query(ge=1, le=366)] = 30, platform: Platform = Depends(get_platform)):
     rows = await usage_summary(platform, tenant_id=principal.tenant_id, group_by=group_by, days=days)
     return {"group_by": group_by, "days": days, "items": rows,
@@ -198,7 +200,7 @@ async def usage(principal: CurrentPrincipal, group_by: Annotated[str, Query(patt
 
 
 @router.get("/services/{service_id}/metrics", summary="Monitoring: requests, tokens, latency, errors")
-async def metrics(service_id: str, principal: CurrentPrincipal,
+async def metrics(service_id: str, principal: Principal = Authorized("maas:services:getMetrics"),
                   minutes: Annotated[int, Query(ge=1, le=30 * 24 * 60)] = 60,
                   platform: Platform = Depends(get_platform)):
     service = await get_service(platform, service_id)

@@ -17,11 +17,12 @@ from typing import Protocol
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.auth import CurrentPrincipal, Principal
+from services.common.auth import Principal
 from services.common.context import Platform, get_platform
 from services.common.errors import ApiError
 from services.gateway.settings import gateway_settings
 from services.gateway.views import ReadThroughView
+from services.iam.authorize import Authorized
 
 MODERATION = "moderation_settings"
 _WS = re.compile(r"\s+")
@@ -116,14 +117,16 @@ def _admins_only(principal: Principal) -> None:
 
 
 @router.get("/blocklist", summary="The blocked terms of content moderation (admins only)")
-async def get_blocklist(principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def get_blocklist(principal: Principal = Authorized("maas:moderation:getBlocklist"),
+                        platform: Platform = Depends(get_platform)):
     _admins_only(principal)
     doc = await platform.mongo[MODERATION].find_one({"_id": "blocklist"}) or {}
     return {"terms": doc.get("terms", []), "default_terms": default_terms()}
 
 
 @router.put("/blocklist", summary="Replace the admin-managed blocked terms (admins only)")
-async def put_blocklist(body: BlocklistUpdate, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def put_blocklist(body: BlocklistUpdate, principal: Principal = Authorized("maas:moderation:updateBlocklist"),
+                        platform: Platform = Depends(get_platform)):
     _admins_only(principal)
     terms = [t.strip() for t in body.terms if t.strip()]
     if any(len(t) > 200 for t in terms):

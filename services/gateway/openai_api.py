@@ -14,12 +14,17 @@ from fastapi.responses import JSONResponse
 
 from contracts.openai import ChatCompletionRequest
 from services.common.context import Platform, get_platform
-from services.common.serving_refs import PRESET_TENANT, ServiceRef, list_callable_services
+from services.readmodels.serving_refs import PRESET_TENANT, ServiceRef, list_callable_services
 from services.gateway.chat import gateway_for
 from services.gateway.keys import authenticate
 from services.gateway.oai_errors import OpenAIError, invalid
+from services.iam.actions import INFERENCE_CALL
+from services.iam.authorize import Authorized
 
 router = APIRouter(tags=["OpenAI-compatible API"])
+# Every /v1 route: the API key's owner must be allowed to call models (checked by keys.authenticate,
+# so that a refusal has OpenAI's error shape).
+CALL = Authorized(INFERENCE_CALL, by="route")
 
 
 def _body_schema(model) -> dict:
@@ -35,7 +40,8 @@ CHAT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": _body_schema(ChatCompletionRequest)}}}}
 
 # What a call can end in besides the errors of every route (documented by services.common.openapi_errors).
-CALL_ERRORS = {429: {"description": "Over the service's QPS limit, or the free quota is used up (see Retry-After)"},
+CALL_ERRORS = {429: {"description": "Over the service's QPS limit or the API key's requests/tokens per minute, or "
+                                    "the free quota is used up (see Retry-After)"},
                502: {"description": "The model service failed to answer"},
                503: {"description": "The service is starting or has no ready instance; try again shortly"},
                504: {"description": "The model service did not answer in time"}}
@@ -55,9 +61,9 @@ def _model_card(service: ServiceRef) -> dict:
             "service_id": service.id, "max_model_len": service.max_model_len}
 
 
-async def _chat(request: Request, platform: Platform, service_id: str | None):
+async def _chat(request: Request, platform: Platform, service_id: str | None, action: str):
     try:
-        caller = await authenticate(platform, request)
+        caller = await authenticate(platform, request, action=action)
         return await gateway_for(platform).chat(caller, await _body(request), service_id=service_id)
     except OpenAIError as exc:
         return exc.response()
@@ -65,30 +71,31 @@ async def _chat(request: Request, platform: Platform, service_id: str | None):
 
 @router.post("/v1/chat/completions", summary="Chat completion; `model` names one of your services or a preset",
              responses=CALL_ERRORS, openapi_extra=CHAT_BODY)
-async def chat_completions(request: Request, platform: Platform = Depends(get_platform)):
-    return await _chat(request, platform, None)
+async def chat_completions(request: Request, platform: Platform = Depends(get_platform), action: str = CALL):
+    return await _chat(request, platform, None, action)
 
 
 @router.post("/v1/infers/{service_id}/v1/chat/completions", summary="Chat completion of one service",
              responses=CALL_ERRORS, openapi_extra=CHAT_BODY)
-async def service_chat_completions(service_id: str, request: Request, platform: Platform = Depends(get_platform)):
-    return await _chat(request, platform, service_id)
+async def service_chat_completions(service_id: str, request: Request, platform: Platform = Depends(get_platform),
+                                   action: str = CALL):
+    return await _chat(request, platform, service_id, action)
 
 
 @router.get("/v1/models", summary="Models you can call: your running services and the preset services")
-async def list_models(request: Request, platform: Platform = Depends(get_platform)):
+async def list_models(request: Request, platform: Platform = Depends(get_platform), action: str = CALL):
     try:
-        caller = await authenticate(platform, request)
+        caller = await authenticate(platform, request, action=action)
     except OpenAIError as exc:
         return exc.response()
-    services = await list_callable_services(platform, tenant_id=caller.tenant_id)
+    services = [s for s in await list_callable_services(platform, tenant_id=caller.tenant_id) if caller.may_call(s)]
     return {"object": "list", "data": [_model_card(s) for s in sorted(services, key=lambda s: s.name)]}
 
 
 @router.get("/v1/models/{model}", summary="One model (service) by name")
-async def get_model(model: str, request: Request, platform: Platform = Depends(get_platform)):
+async def get_model(model: str, request: Request, platform: Platform = Depends(get_platform), action: str = CALL):
     try:
-        caller = await authenticate(platform, request)
+        caller = await authenticate(platform, request, action=action)
         service = await gateway_for(platform).resolve(caller, service_id=None, model=model)
     except OpenAIError as exc:
         return exc.response()
@@ -96,9 +103,10 @@ async def get_model(model: str, request: Request, platform: Platform = Depends(g
 
 
 @router.get("/v1/infers/{service_id}/v1/models", summary="The model of one service")
-async def service_models(service_id: str, request: Request, platform: Platform = Depends(get_platform)):
+async def service_models(service_id: str, request: Request, platform: Platform = Depends(get_platform),
+                         action: str = CALL):
     try:
-        caller = await authenticate(platform, request)
+        caller = await authenticate(platform, request, action=action)
         service = await gateway_for(platform).resolve(caller, service_id=service_id, model=None)
     except OpenAIError as exc:
         return exc.response()

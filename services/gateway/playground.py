@@ -12,12 +12,13 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.auth import CurrentPrincipal
+from services.common.auth import Principal
 from services.common.context import Platform, get_platform
 from services.gateway.chat import gateway_for
 from services.gateway.keys import Caller
 from services.gateway.oai_errors import OpenAIError
 from services.gateway.openai_api import CALL_ERRORS
+from services.iam.authorize import Authorized
 
 # Table 10-1 (and 9-1): range and default of each slider.
 PARAMETERS = {
@@ -48,12 +49,13 @@ router = APIRouter(prefix="/api/v1/playground", tags=["playground"])
 
 
 @router.get("/parameters", summary="Parameter ranges and defaults of the playground (table 10-1)")
-async def parameters(_: CurrentPrincipal):
+async def parameters(_: Principal = Authorized("maas:playground:getParameters")):
     return PARAMETERS
 
 
 @router.post("/chat", summary="Chat with a service (streaming with stream=true)", responses=CALL_ERRORS)
-async def chat(body: PlaygroundChat, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def chat(body: PlaygroundChat, principal: Principal = Authorized("maas:inference:call"),
+               platform: Platform = Depends(get_platform)):
     caller = Caller(user_id=principal.user_id, tenant_id=principal.tenant_id, username=principal.username,
                     role=principal.role, key_id="playground")
     gateway = gateway_for(platform)

@@ -13,15 +13,16 @@ from fastapi import APIRouter, Depends
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
-from services.common.auth import CurrentPrincipal
+from services.common.auth import Principal
 from services.common.context import Platform, get_platform
 from services.common.errors import ApiError, not_found
 from services.common.mongo import IndexSpec
-from services.common.serving_refs import PRESET_TENANT, SERVICES, find_service_by_name, get_service
+from services.readmodels.serving_refs import PRESET_TENANT, SERVICES, find_service_by_name, get_service
 from services.gateway.chat import gateway_for
 from services.gateway.quota_ledger import QuotaLedger
 from services.gateway.quota_store import QUOTAS, quota_id
 from services.gateway.settings import gateway_settings
+from services.iam.authorize import Authorized
 
 INDEXES: list[IndexSpec] = [(QUOTAS, [("user_id", ASCENDING)], {})]
 
@@ -65,7 +66,8 @@ router = APIRouter(prefix="/api/v1/preset-services", tags=["preset services"])
 
 
 @router.get("", summary="Preset services with my free quota")
-async def list_presets(principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def list_presets(principal: Principal = Authorized("maas:presetServices:list"),
+                       platform: Platform = Depends(get_platform)):
     ledger = gateway_for(platform).ledger
     quotas = {d["service_id"]: d async for d in platform.mongo[QUOTAS].find({"user_id": principal.user_id})}
     items = []
@@ -83,5 +85,6 @@ async def list_presets(principal: CurrentPrincipal, platform: Platform = Depends
 
 
 @router.post("/{service_id}/claim", status_code=201, summary="Claim the free quota (once per user; by id or name)")
-async def claim_quota(service_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def claim_quota(service_id: str, principal: Principal = Authorized("maas:presetServices:claim"),
+                      platform: Platform = Depends(get_platform)):
     return await claim(platform, user_id=principal.user_id, tenant_id=principal.tenant_id, service_id=service_id)

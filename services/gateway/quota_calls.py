@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 
 from contracts.openai import ChatCompletionRequest
-from services.common.serving_refs import ServiceRef
+from services.readmodels.serving_refs import ServiceRef
 from services.gateway.oai_errors import OpenAIError
 from services.gateway.quota_ledger import NoRoom, NotClaimed, QuotaLedger, Reservation
 from services.gateway.quota_store import quota_id

@@ -12,7 +12,7 @@ import itertools
 
 from services.common import metrics
 from services.common.context import Platform
-from services.common.serving_refs import (InstanceRef, ServiceRef, find_service_by_name, get_service,
+from services.readmodels.serving_refs import (InstanceRef, ServiceRef, find_service_by_name, get_service,
                                           ready_instances)
 from services.gateway.views import ReadThroughView
 

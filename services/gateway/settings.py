@@ -11,7 +11,9 @@ class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAAS_GATEWAY_", extra="ignore")
 
     routing_refresh_seconds: float = Field(0.5, gt=0, description="how stale the service/instance view may be")
-    key_cache_seconds: float = Field(2.0, ge=0)
+    key_cache_seconds: float = Field(1.0, ge=0, description=(
+        "how stale an API key's view (its owner's status and policies included) may be on a gateway that did "
+        "not make the change itself: a disabled user's keys are refused within this long everywhere"))
     upstream_connect_timeout: float = Field(5.0, gt=0)
     upstream_read_timeout: float = Field(600.0, gt=0, description="longest silence from an instance mid-answer")
     preset_wake_timeout_seconds: float = Field(180.0, gt=0, description="how long a first call waits for a preset")
@@ -23,6 +25,15 @@ class GatewaySettings(BaseSettings):
     quota_idle_release_seconds: float = Field(10.0, gt=0, description="a gateway gives back its reserved "
                                               "free-quota tokens after this long without a call")
     max_api_keys: int = Field(5, ge=1, description="guide 11: at most 5 API keys per user")
+    # Failed logins (services/gateway/login_throttle.py): past the free ones, each failure blocks the
+    # username (or client address) for twice as long as the one before, up to the maximum.
+    login_free_failures_per_user: int = Field(5, ge=1, description="failed logins of one username before it waits")
+    login_free_failures_per_client: int = Field(30, ge=1, description=(
+        "failed logins from one client address (any usernames) before it waits; higher: offices share an address"))
+    login_backoff_base_seconds: float = Field(1.0, gt=0, description="the first wait; doubles with each failure")
+    login_backoff_max_seconds: float = Field(900.0, gt=0, description="the longest wait")
+    login_failure_window_seconds: float = Field(900.0, gt=0, description=(
+        "failures are forgotten this long after the last one (at least the longest wait)"))
     usage_flush_seconds: float = Field(1.0, gt=0)
     moderation_blocklist: str = Field("", description="extra blocked terms, comma separated")
     moderation_cache_seconds: float = Field(5.0, ge=0)

@@ -8,12 +8,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from services.common.account_limits import account_limits, env_name, limit_reached, refuse
-from services.common.auth import CurrentPrincipal
+from services.common.auth import Principal
 from services.common.context import Platform, get_platform
 from services.common.errors import ApiError, bad_request
 from services.common.objectstore import ObjectPath, TooLarge
 from services.common.storage_acl import (BUCKETS, RESERVED_PREFIX, check_access, grant_bucket, is_reserved_name,
                                          stored_bytes, tenant_buckets)
+from services.iam.authorize import Authorized
 
 router = APIRouter(prefix="/api/v1/storage", tags=["storage"])
 
@@ -30,12 +31,14 @@ class PresignRequest(BaseModel):
 
 
 @router.get("/buckets", summary="Buckets this tenant can write to")
-async def list_buckets(principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def list_buckets(principal: Principal = Authorized("maas:buckets:list"),
+                       platform: Platform = Depends(get_platform)):
     return {"items": [{"name": b} for b in await tenant_buckets(platform, principal.tenant_id)]}
 
 
 @router.post("/buckets", status_code=201, summary="Create a bucket")
-async def create_bucket(body: BucketCreate, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def create_bucket(body: BucketCreate, principal: Principal = Authorized("maas:buckets:create"),
+                        platform: Platform = Depends(get_platform)):
     if not _BUCKET.fullmatch(body.name):
         raise bad_request("name: must be 3-63 characters of lowercase letters, digits, '.' and '-', "
                           "starting and ending with a letter or digit", field="name")
@@ -51,7 +54,8 @@ async def create_bucket(body: BucketCreate, principal: CurrentPrincipal, platfor
 
 
 @router.get("/objects", summary="List objects and folders under bucket/prefix")
-async def list_objects(principal: CurrentPrincipal, path: Annotated[str, Query(description="bucket/prefix")],
+async def list_objects(path: Annotated[str, Query(description="bucket/prefix")],
+                       principal: Principal = Authorized("maas:objects:list"),
                        recursive: bool = False, platform: Platform = Depends(get_platform)):
     target = ObjectPath.parse(path)
     await check_access(platform, target, tenant_id=principal.tenant_id, field="path")
@@ -60,7 +64,7 @@ async def list_objects(principal: CurrentPrincipal, path: Annotated[str, Query(d
 
 
 @router.put("/objects/{path:path}", status_code=201, summary="Upload one object (streamed; multipart when large)")
-async def upload_object(path: str, request: Request, principal: CurrentPrincipal,
+async def upload_object(path: str, request: Request, principal: Principal = Authorized("maas:objects:put"),
                         platform: Platform = Depends(get_platform)):
     target = ObjectPath.parse(path)
     if not target.key or target.key.endswith("/"):
@@ -90,7 +94,8 @@ def _too_large(limit: int) -> ApiError:
 
 
 @router.post("/presigned-uploads", summary="A presigned S3 PUT URL for uploading straight to object storage")
-async def presign_upload(body: PresignRequest, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def presign_upload(body: PresignRequest, principal: Principal = Authorized("maas:objects:put"),
+                         platform: Platform = Depends(get_platform)):
     from datetime import timedelta
 
     target = ObjectPath.parse(body.path)

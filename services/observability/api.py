@@ -5,9 +5,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from services.common.auth import CurrentPrincipal
+from services.common.auth import Principal
 from services.common.errors import ApiError, not_found
 from services.common.telemetry_export import RECENT_SPANS
+from services.iam.authorize import Authorized
 
 router = APIRouter(prefix="/api/v1", tags=["observability"])
 
@@ -19,14 +20,15 @@ def _admin_only(principal) -> None:
 
 
 @router.get("/traces/recent", summary="The latest traces recorded by this process, newest first")
-async def recent_traces(principal: CurrentPrincipal, limit: Annotated[int, Query(ge=1, le=500)] = 50):
+async def recent_traces(principal: Principal = Authorized("maas:traces:list"),
+                        limit: Annotated[int, Query(ge=1, le=500)] = 50):
     _admin_only(principal)
     items = RECENT_SPANS.traces(limit=limit)
     return {"total": len(items), "items": items}
 
 
 @router.get("/traces/{trace_id}", summary="Every recorded span of one trace, in start order")
-async def get_trace(trace_id: str, principal: CurrentPrincipal):
+async def get_trace(trace_id: str, principal: Principal = Authorized("maas:traces:get")):
     _admin_only(principal)
     spans = RECENT_SPANS.trace(trace_id.lower())
     if not spans:

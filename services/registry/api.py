@@ -5,12 +5,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from services.common.auth import CurrentPrincipal
+from services.common.auth import Principal
 from services.common.context import Platform, get_platform
 from services.common.errors import not_found
 from services.common.paging import Offset
+from services.iam.authorize import Authorized
 from services.registry import service
-from services.registry.catalog import default_catalog, task_filters
+from services.catalog.templates import default_catalog, task_filters
 from services.registry.models import ModelCreate, ModelView, VersionCreate, VersionView
 from services.registry.presets import preset_states
 
@@ -26,7 +27,7 @@ def _template_view(template, presets: dict) -> dict:
 
 @router.get("/templates", summary="Model square: list base-model templates")
 async def list_templates(
-    _: CurrentPrincipal,
+    _: Principal = Authorized("maas:templates:list"),
     series: str | None = None,
     task: Annotated[str | None, Query(description="tune, compress, deploy, or a tune type / strategy",
                                       json_schema_extra={"enum": task_filters()})] = None,
@@ -47,7 +48,8 @@ async def list_templates(
 
 
 @router.get("/templates/{template_id}", summary="Model square: template detail")
-async def get_template(template_id: str, _: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def get_template(template_id: str, _: Principal = Authorized("maas:templates:get"),
+                       platform: Platform = Depends(get_platform)):
     template = default_catalog().get(template_id)
     if template is None:
         raise not_found("template", template_id)
@@ -55,12 +57,14 @@ async def get_template(template_id: str, _: CurrentPrincipal, platform: Platform
 
 
 @router.post("/models", status_code=201, response_model=ModelView, summary="Create a model from a template")
-async def create_model(body: ModelCreate, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def create_model(body: ModelCreate, principal: Principal = Authorized("maas:models:create"),
+                       platform: Platform = Depends(get_platform)):
     return await service.create_model(platform, tenant_id=principal.tenant_id, request=body)
 
 
 @router.get("/models", summary="My models")
-async def list_models(principal: CurrentPrincipal, name: str | None = None, status: str | None = None,
+async def list_models(principal: Principal = Authorized("maas:models:list"), name: str | None = None,
+                      status: str | None = None,
                       template_id: str | None = None, offset: Offset = 0,
                       limit: Annotated[int, Query(ge=1, le=200)] = 50, platform: Platform = Depends(get_platform)):
     return await service.list_models(platform, tenant_id=principal.tenant_id, name=name, status=status,
@@ -68,25 +72,28 @@ async def list_models(principal: CurrentPrincipal, name: str | None = None, stat
 
 
 @router.get("/models/{model_id}", response_model=ModelView, summary="Model detail with its versions")
-async def get_model(model_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def get_model(model_id: str, principal: Principal = Authorized("maas:models:get"),
+                    platform: Platform = Depends(get_platform)):
     return await service.get_model(platform, tenant_id=principal.tenant_id, model_id=model_id)
 
 
 @router.delete("/models/{model_id}", status_code=204, summary="Delete a model that no task uses")
-async def delete_model(model_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def delete_model(model_id: str, principal: Principal = Authorized("maas:models:delete"),
+                       platform: Platform = Depends(get_platform)):
     await service.delete_model(platform, tenant_id=principal.tenant_id, model_id=model_id)
     return Response(status_code=204)
 
 
 @router.post("/models/{model_id}/versions", status_code=201, response_model=VersionView,
              summary="Add a version (auto-numbered, at most 10)")
-async def add_version(model_id: str, body: VersionCreate, principal: CurrentPrincipal,
+async def add_version(model_id: str, body: VersionCreate,
+                      principal: Principal = Authorized("maas:models:createVersion"),
                       platform: Platform = Depends(get_platform)):
     return await service.add_version(platform, tenant_id=principal.tenant_id, model_id=model_id, request=body)
 
 
 @router.get("/models/{model_id}/versions/{version}", response_model=VersionView,
             summary="Version detail with its task records (by number, 'V2', or id)")
-async def get_version(model_id: str, version: str, principal: CurrentPrincipal,
+async def get_version(model_id: str, version: str, principal: Principal = Authorized("maas:models:getVersion"),
                       platform: Platform = Depends(get_platform)):
     return await service.get_version(platform, tenant_id=principal.tenant_id, model_id=model_id, version=version)
