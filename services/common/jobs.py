@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -106,6 +107,22 @@ class JobLogs:
         await platform.mongo[self.logs].insert_many(
             [{"job_id": job_id, "tenant_id": tenant_id, "seq": first + i, "at": at, "line": line}
              for i, line in enumerate(lines)], ordered=False)
+
+    async def page(self, platform, *, tenant_id: str, job_id: str, search: str | None, offset: int,
+                   limit: int) -> dict:
+        """One page of the job's lines, oldest first; ``search`` matches case-insensitively (in MongoDB:
+        a job's log can be long)."""
+        query: dict[str, Any] = {"job_id": job_id, "tenant_id": tenant_id}
+        if search:
+            query["line"] = {"$regex": re.escape(search), "$options": "i"}
+        total = await platform.mongo[self.logs].count_documents(query)
+        cursor = platform.mongo[self.logs].find(query, {"_id": 0, "seq": 1, "at": 1, "line": 1}) \
+            .sort("seq", ASCENDING).skip(offset).limit(limit)
+        return {"total": total, "items": [d async for d in cursor]}
+
+    @staticmethod
+    def download_name(job: dict) -> str:
+        return f"{job['name']}-{job['_id'][:8]}.log"
 
     async def render(self, platform, *, job_id: str) -> str:
         cursor = platform.mongo[self.logs].find({"job_id": job_id}, {"line": 1, "at": 1}).sort("seq", ASCENDING)

@@ -2,21 +2,25 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from services.common.auth import CurrentPrincipal
+from services.common.auth import Principal
 from services.common.context import Platform, get_platform
 from services.common.paging import Offset
 from services.compression import service
 from services.compression.models import INSTANCE_SPECS, MAX_INSTANCES, EstimateRequest, JobCreate, JobStatus, Strategy
+from services.compression.jobs import JOB_LOGS
+from services.iam.authorize import Authorized
+from services.jobs.api import log_routes
 
 router = APIRouter(prefix="/api/v1", tags=["compression"])
+logs_router = log_routes(path="compression-jobs", resource="compressionJobs", tag="compression", logs=JOB_LOGS,
+                         find_job=service.job_or_404)
 
 
 @router.get("/compression-strategies", summary="Compression strategies and instance specs")
-async def strategies(_: CurrentPrincipal):
+async def strategies(_: Principal = Authorized("maas:compressionJobs:listStrategies")):
     return {"strategies": [s.value for s in Strategy],
             "instance_specs": [{"id": k, "name": v[1], "cpus": v[0]} for k, v in INSTANCE_SPECS.items()],
             "resource_pools": ["public", "dedicated"], "max_instance_count": MAX_INSTANCES,
@@ -24,17 +28,20 @@ async def strategies(_: CurrentPrincipal):
 
 
 @router.post("/compression-jobs/estimate", summary="Duration estimate before submission (table 7-4)")
-async def estimate(body: EstimateRequest, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def estimate(body: EstimateRequest, principal: Principal = Authorized("maas:compressionJobs:estimate"),
+                   platform: Platform = Depends(get_platform)):
     return await service.estimate_job(platform, tenant_id=principal.tenant_id, request=body)
 
 
 @router.post("/compression-jobs", status_code=201, summary="Create a compression job")
-async def create_job(body: JobCreate, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def create_job(body: JobCreate, principal: Principal = Authorized("maas:compressionJobs:create"),
+                     platform: Platform = Depends(get_platform)):
     return await service.create_job(platform, tenant_id=principal.tenant_id, request=body)
 
 
 @router.get("/compression-jobs", summary="Compression jobs")
-async def list_jobs(principal: CurrentPrincipal, name: str | None = None, status: JobStatus | None = None,
+async def list_jobs(principal: Principal = Authorized("maas:compressionJobs:list"), name: str | None = None,
+                    status: JobStatus | None = None,
                     strategy: Strategy | None = None, offset: Offset = 0,
                     limit: Annotated[int, Query(ge=1, le=200)] = 50, platform: Platform = Depends(get_platform)):
     return await service.list_jobs(platform, tenant_id=principal.tenant_id, name=name,
@@ -43,26 +50,13 @@ async def list_jobs(principal: CurrentPrincipal, name: str | None = None, status
 
 
 @router.get("/compression-jobs/{job_id}", summary="Compression job detail: settings, progress, metrics")
-async def get_job(job_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def get_job(job_id: str, principal: Principal = Authorized("maas:compressionJobs:get"),
+                  platform: Platform = Depends(get_platform)):
     return await service.get_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
 
 
 @router.delete("/compression-jobs/{job_id}", status_code=204, summary="Delete a compression job")
-async def delete_job(job_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
+async def delete_job(job_id: str, principal: Principal = Authorized("maas:compressionJobs:delete"),
+                     platform: Platform = Depends(get_platform)):
     await service.delete_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
     return Response(status_code=204)
-
-
-@router.get("/compression-jobs/{job_id}/logs", summary="Search the job's log lines")
-async def job_logs(job_id: str, principal: CurrentPrincipal, search: str | None = None,
-                   offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-                   platform: Platform = Depends(get_platform)):
-    return await service.job_logs(platform, tenant_id=principal.tenant_id, job_id=job_id, search=search,
-                                  offset=offset, limit=limit)
-
-
-@router.get("/compression-jobs/{job_id}/logs/download", summary="Download the whole log")
-async def download_logs(job_id: str, principal: CurrentPrincipal, platform: Platform = Depends(get_platform)):
-    filename, text = await service.download_logs(platform, tenant_id=principal.tenant_id, job_id=job_id)
-    return Response(text, media_type="text/plain; charset=utf-8",
-                    headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"})

@@ -9,10 +9,7 @@ from services.common.jobs import now  # noqa: F401 (re-exported for the API and 
 from services.compression.models import JOBS, LOGS, JobStatus
 
 TASK_KIND = "compression"
-_LOGS = common.JobLogs(jobs=JOBS, logs=LOGS)
-append_lines = _LOGS.append
-render_logs = _LOGS.render
-permanent_log_path = _LOGS.permanent_path
+JOB_LOGS = common.JobLogs(jobs=JOBS, logs=LOGS)
 
 # Which statuses a job may enter from which.
 ALLOWED_FROM: dict[JobStatus, tuple[JobStatus, ...]] = {

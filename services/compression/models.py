@@ -110,8 +110,3 @@ def job_view(doc: dict) -> dict:
     view["id"] = doc["_id"]
     view["worker_id"] = run.get("worker_id")
     return view
-
-
-class LogPage(BaseModel):
-    total: int
-    items: list[dict]

@@ -11,22 +11,22 @@ import json
 import re
 from pathlib import Path
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import DESCENDING
 
 from contracts import new_id
 from contracts.compression import CompressionDeleted, CompressionRequested
 from contracts.notifications import NotificationRuleChanged
 from services.common.context import Platform
 from services.common.errors import bad_request, conflict, not_found
-from services.common.model_refs import model_name_taken, preset_weights_ready, resolve_model_version
+from services.readmodels.model_refs import model_name_taken, preset_weights_ready, resolve_model_version
 from services.common.objectstore import ObjectPath
 from services.common.storage_acl import check_access
 from services.compression import estimate as est
-from services.compression.jobs import announce_task_record, now, render_logs, subject
+from services.compression.jobs import announce_task_record, now, subject
 from services.compression.models import (DEFAULT_ALPHA, INSTANCE_SPECS, JOBS, LOGS, MANAGED_BUCKET, STRATEGY_LABELS,
                                          EstimateRequest, JobCreate, JobStatus, SourceModel, Strategy, job_view)
 from services.mlkit.quantize.calibration import SUFFIXES, CalibrationDataError, parse_calibration_file
-from services.registry.catalog import Template, default_catalog  # shared catalog data, read-only
+from services.catalog.templates import Template, default_catalog  # shared catalog data, read-only
 
 MAX_CALIBRATION_BYTES = 200 * 1024 ** 2
 MIN_CALIBRATION_CHARS = 200
@@ -219,7 +219,7 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
     return job_view(job)
 
 
-async def _job_or_404(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
+async def job_or_404(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
     doc = await platform.mongo[JOBS].find_one({"_id": job_id, "tenant_id": tenant_id})
     if doc is None:
         raise not_found("compression job", job_id)
@@ -241,12 +241,12 @@ async def list_jobs(platform: Platform, *, tenant_id: str, name: str | None = No
 
 
 async def get_job(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    return job_view(await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id))
+    return job_view(await job_or_404(platform, tenant_id=tenant_id, job_id=job_id))
 
 
 async def delete_job(platform: Platform, *, tenant_id: str, job_id: str) -> None:
     """Delete a job in any state; a running one is stopped by its worker, which finds its job gone."""
-    job = await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
+    job = await job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
     async with platform.uow() as uow:
         deleted = await uow.collection(JOBS).delete_one({"_id": job_id, "tenant_id": tenant_id}, session=uow.session)
         if deleted.deleted_count != 1:
@@ -257,20 +257,3 @@ async def delete_job(platform: Platform, *, tenant_id: str, job_id: str) -> None
         if (job.get("notification") or {}).get("enabled"):
             uow.emit(NotificationRuleChanged(subject=subject(job_id), removed=True),
                      tenant_id=tenant_id, subject=subject(job_id))
-
-
-async def job_logs(platform: Platform, *, tenant_id: str, job_id: str, search: str | None = None,
-                   offset: int = 0, limit: int = 200) -> dict:
-    await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
-    query: dict = {"job_id": job_id, "tenant_id": tenant_id}
-    if search:
-        query["line"] = {"$regex": re.escape(search), "$options": "i"}
-    total = await platform.mongo[LOGS].count_documents(query)
-    cursor = platform.mongo[LOGS].find(query, {"_id": 0, "seq": 1, "at": 1, "line": 1}) \
-        .sort("seq", ASCENDING).skip(offset).limit(limit)
-    return {"total": total, "items": [d async for d in cursor]}
-
-
-async def download_logs(platform: Platform, *, tenant_id: str, job_id: str) -> tuple[str, str]:
-    job = await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
-    return f"{job['name']}.log", await render_logs(platform, job_id=job_id)

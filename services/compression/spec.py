@@ -7,10 +7,11 @@ from services.compression.models import INDEXES, MANAGED_BUCKET
 
 COMPRESSION = ServiceSpec(
     name="compression",
-    routers=[api.router],
+    routers=[api.router, api.logs_router],
     indexes=INDEXES,
     buckets=[PlatformBucket(MANAGED_BUCKET)],
     consumers=[Consumer(group="compression", topic=REGISTRY_TOPIC, handlers=handlers.HANDLERS)],
+    background=[worker.watch_leases],
 )
 
 # The compression worker scales on its own: each process is one more member of its consumer group.

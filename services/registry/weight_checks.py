@@ -1,6 +1,6 @@
 """Weight validation (权重校验) for user-uploaded HF folders, guide table 5-4.
 
-Pure and synchronous: the registry worker runs ``validate_weights`` in a thread and stores the
+Pure and synchronous: the registry worker runs ``validate_weights`` in a job process (registry.work) and stores the
 result in the model version's task record. Checks run in table order and stop at the first
 failure; ``message`` is the exact English text of table 5-4 (shown when hovering the failed
 status), ``detail`` is the specifics for the log.
@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from services.registry.catalog import CompressionStrategy, Template
+from services.catalog.templates import CompressionStrategy, Template
 
 # --- Table 5-4 failure messages (verbatim) ---------------------------------------------------
 MSG_UNKNOWN = ("Unknown error, please contact the operation and maintenance personnel or check "

@@ -1,10 +1,10 @@
 """Weight import worker: fetch a version's weights, run the table 5-4 checks, keep a platform copy.
 
-Runs as its own consumer group, so more worker processes validate more models in parallel.
+Runs as its own consumer group, so more worker processes validate more models in parallel. The
+checks run in a job process (``services.jobs``, entry in ``work``); a warm one is reused.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import tempfile
 from pathlib import Path
@@ -13,29 +13,47 @@ from contracts import Envelope
 from contracts.events import WeightCheck, WeightValidationCompleted, WeightValidationRequested
 from services.common.context import Platform
 from services.common.objectstore import ObjectPath
-from services.registry.catalog import default_catalog
+from services.catalog.templates import default_catalog
 from services.registry.models import VERSIONS, Status
 from services.registry.weight_checks import MSG_TEMPLATE as TEMPLATE_ERROR
 from services.registry.weight_checks import MSG_UNKNOWN as UNKNOWN_ERROR
-from services.registry.weight_checks import validate_weights
+from services.registry.weight_checks import WeightCheckResult
+from services.registry import work
+from services.jobs.executor import Executor, Work
 
 log = logging.getLogger(__name__)
 CONSUMER = "registry-weights"
 
 
-async def _check(folder: Path, template_id: str) -> WeightValidationCompleted:
+async def _check(executor: Executor, folder: Path, template_id: str) -> WeightValidationCompleted:
     template = default_catalog().get(template_id)
     if template is None:
         return WeightValidationCompleted(task_id="", model_id="", version_id="", ok=False, message=TEMPLATE_ERROR,
                                          detail=f"template '{template_id}' is not in the catalog")
-    # Loading a tokenizer and weights is CPU-bound: keep it off the event loop.
-    result = await asyncio.to_thread(validate_weights, folder, template)
+    result = WeightCheckResult.model_validate(await executor.run(
+        Work(entry=work.VALIDATE, args={"folder": folder / "weights", "template_id": template_id},
+             workdir=folder / "proc"), _no_messages))
     return WeightValidationCompleted(
         task_id="", model_id="", version_id="", ok=result.ok, message=result.message, detail=result.detail,
         checks=[WeightCheck(name=name, passed=passed) for name, passed in result.checks])
 
 
-async def import_weights(platform: Platform, envelope: Envelope, event: WeightValidationRequested) -> None:
+def _no_messages(kind: str, data: dict) -> None:
+    return None
+
+
+class WeightImporter:
+    """The handler of WeightValidationRequested; ``executor`` runs the checks."""
+
+    def __init__(self, executor: Executor):
+        self.executor = executor
+
+    async def __call__(self, platform: Platform, envelope: Envelope, event: WeightValidationRequested) -> None:
+        await import_weights(platform, envelope, event, executor=self.executor)
+
+
+async def import_weights(platform: Platform, envelope: Envelope, event: WeightValidationRequested, *,
+                         executor: Executor) -> None:
     version = await platform.mongo[VERSIONS].find_one({"_id": event.version_id}, {"status": 1})
     if version is None or version["status"] != Status.creating:
         return  # deleted, or a redelivery of a request that was already settled
@@ -43,9 +61,9 @@ async def import_weights(platform: Platform, envelope: Envelope, event: WeightVa
     work_dir = platform.settings.work_dir or None
     try:
         with tempfile.TemporaryDirectory(prefix="maas-weights-", dir=work_dir) as tmp:
-            folder = Path(tmp)
+            folder = Path(tmp) / "weights"
             await platform.store.download_prefix(source, folder)
-            outcome = (await _check(folder, event.template_id) if event.validate_weights
+            outcome = (await _check(executor, Path(tmp), event.template_id) if event.validate_weights
                        else WeightValidationCompleted(task_id="", model_id="", version_id="", ok=True))
             if outcome.ok and target != source:
                 await platform.store.ensure_bucket(target.bucket)
@@ -61,5 +79,3 @@ async def import_weights(platform: Platform, envelope: Envelope, event: WeightVa
         await uow.mark_processed(consumer=CONSUMER, event_id=envelope.id)
         uow.emit(completed, tenant_id=envelope.tenant_id, subject=envelope.subject)
 
-
-HANDLERS = {WeightValidationRequested: import_weights}

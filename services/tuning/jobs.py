@@ -11,10 +11,11 @@ from contracts.notifications import NotificationRuleChanged
 from services.common import jobs as common
 from services.common.context import transact  # noqa: F401 (re-exported for the API, worker and watchdog)
 from services.common.jobs import now  # noqa: F401 (re-exported for the API, worker and watchdog)
-from services.tuning.models import JOBS, JobStatus
+from services.tuning.models import JOBS, LOGS, JobStatus
 from services.tuning.states import allowed_from
 
 TASK_KIND = "tuning"
+JOB_LOGS = common.JobLogs(jobs=JOBS, logs=LOGS)
 
 
 def subject(job_id: str) -> str:

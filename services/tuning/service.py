@@ -17,16 +17,15 @@ from contracts.events import ModelArtifactProduced
 from contracts.tuning import CheckpointConversionRequested, TuneDeleted, TuneRequested, TuneStopped
 from services.common.context import Platform
 from services.common.errors import ApiError, bad_request, conflict, not_found
-from services.common.model_refs import model_name_taken, preset_weights_ready, resolve_model_version
+from services.readmodels.model_refs import model_name_taken, preset_weights_ready, resolve_model_version
 from services.common.objectstore import ObjectPath
 from services.common.storage_acl import check_access
-from services.registry.catalog import Template, default_catalog  # shared catalog data, read-only
+from services.catalog.templates import Template, default_catalog  # shared catalog data, read-only
 from services.tuning import estimate as est
 from services.tuning.datasets import (DatasetInvalid, DatasetRejected, ParsedDataset, check_whole_file_size,
                                      file_kind, normalise_dataset, to_jsonl)
 from services.tuning.jobs import (announce_notification_rule, announce_task_record, now, subject, transact,
                                   transition)
-from services.tuning.logstore import render
 from services.tuning.models import (CONVERSIONS, FLAVORS, JOBS, LOGS, MANAGED_BUCKET, MAX_CHECKPOINTS,
                                     MAX_DATASET_BYTES, MAX_ITERATIONS, TUNE_TYPE_LABELS, ConversionCreate,
                                     EstimateRequest, JobCreate, JobStatus, SourceModel, conversion_view, job_view,
@@ -289,7 +288,7 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
     return job_view(job)
 
 
-async def _job_or_404(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
+async def job_or_404(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
     doc = await platform.mongo[JOBS].find_one({"_id": job_id, "tenant_id": tenant_id})
     if doc is None:
         raise not_found("tuning job", job_id)
@@ -310,7 +309,7 @@ async def list_jobs(platform: Platform, *, tenant_id: str, name: str | None = No
 
 
 async def get_job(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    return job_view(await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id))
+    return job_view(await job_or_404(platform, tenant_id=tenant_id, job_id=job_id))
 
 
 def _not_allowed(job: dict, action: str, allowed: str) -> ApiError:
@@ -319,7 +318,7 @@ def _not_allowed(job: dict, action: str, allowed: str) -> ApiError:
 
 
 async def stop_job(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    job = await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
+    job = await job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
     if job["status"] not in STOPPABLE:
         raise _not_allowed(job, "stopped", "creating, waiting or running")
     async def stop(uow) -> dict | None:
@@ -332,13 +331,13 @@ async def stop_job(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
         return doc
     doc = await transact(platform, stop)
     if doc is None:
-        raise _not_allowed(await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id), "stopped",
+        raise _not_allowed(await job_or_404(platform, tenant_id=tenant_id, job_id=job_id), "stopped",
                            "creating, waiting or running")
     return job_view(doc)
 
 
 async def continue_job(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    job = await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
+    job = await job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
     if job["status"] != JobStatus.stopped:
         raise _not_allowed(job, "continued", "stopped")
     run = job.get("run") or {}
@@ -358,12 +357,12 @@ async def continue_job(platform: Platform, *, tenant_id: str, job_id: str) -> di
         return doc
     doc = await transact(platform, resume)
     if doc is None:
-        raise _not_allowed(await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id), "continued", "stopped")
+        raise _not_allowed(await job_or_404(platform, tenant_id=tenant_id, job_id=job_id), "continued", "stopped")
     return job_view(doc)
 
 
 async def delete_job(platform: Platform, *, tenant_id: str, job_id: str) -> None:
-    job = await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
+    job = await job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
     async def delete(uow) -> None:
         # A worker still training it finds the document gone at its next heartbeat and stops.
         deleted = await uow.collection(JOBS).delete_one({"_id": job_id, "tenant_id": tenant_id}, session=uow.session)
@@ -379,24 +378,8 @@ async def delete_job(platform: Platform, *, tenant_id: str, job_id: str) -> None
     await platform.store.remove_prefix(managed_root(tenant_id, job_id))
 
 
-async def job_logs(platform: Platform, *, tenant_id: str, job_id: str, search: str | None = None,
-                   offset: int = 0, limit: int = 200) -> dict:
-    await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
-    cursor = platform.mongo[LOGS].find({"job_id": job_id}, {"_id": 0, "seq": 1, "at": 1, "line": 1}).sort("seq", ASCENDING)
-    lines = [d async for d in cursor]
-    if search:
-        needle = search.lower()
-        lines = [d for d in lines if needle in d["line"].lower()]
-    return {"total": len(lines), "items": lines[offset:offset + limit]}
-
-
-async def log_text(platform: Platform, *, tenant_id: str, job_id: str) -> tuple[str, str]:
-    job = await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
-    return f"{job['name']}-{job_id[:8]}.log", await render(platform, job_id=job_id)
-
-
 async def list_checkpoints(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    job = job_view(await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id))
+    job = job_view(await job_or_404(platform, tenant_id=tenant_id, job_id=job_id))
     return {"total": len(job["checkpoints"]), "items": job["checkpoints"]}
 
 
@@ -407,7 +390,7 @@ async def convert_checkpoint(platform: Platform, *, tenant_id: str, job_id: str,
     Hugging Face checkpoints (full / pretrain) are registered as they are; a LoRA checkpoint is an
     adapter, so the worker first merges it into the base weights (a weight format conversion task).
     """
-    job = await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
+    job = await job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
     checkpoint = next((c for c in job["checkpoints"] if c["iteration"] == iteration), None)
     if checkpoint is None:
         raise not_found("checkpoint", f"{job['name']}@{iteration}")
@@ -452,7 +435,7 @@ def artifact_for(job: dict, conversion: dict) -> ModelArtifactProduced:
 
 
 async def list_conversions(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    await _job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
+    await job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
     docs = [conversion_view(d) async for d in
             platform.mongo[CONVERSIONS].find({"job_id": job_id, "tenant_id": tenant_id}).sort("created_at", ASCENDING)]
     return {"total": len(docs), "items": docs}

@@ -7,7 +7,7 @@ from services.tuning.models import INDEXES, MANAGED_BUCKET
 
 TUNING = ServiceSpec(
     name="tuning",
-    routers=[api.router],
+    routers=[api.router, api.logs_router],
     indexes=INDEXES,
     buckets=[PlatformBucket(MANAGED_BUCKET)],
     consumers=[

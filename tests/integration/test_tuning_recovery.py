@@ -90,7 +90,7 @@ async def test_a_killed_workers_job_resumes_on_another_worker(api, platform_env,
 async def test_a_worker_shutting_down_hands_its_job_back(api, running_platform, tmp_path_factory):
     """Graceful shutdown: the run stops at a checkpoint and the job is re-queued, no restart counted."""
     from services.mlkit.tiny import build_tiny_model
-    from services.tuning.worker import TuningWorker
+    from services.tuning.worker import build_worker
 
     bucket = (await api.get("/api/v1/auth/me")).json()["default_bucket"]
     folder = build_tiny_model(tmp_path_factory.mktemp("release") / "tiny")
@@ -99,7 +99,7 @@ async def test_a_worker_shutting_down_hands_its_job_back(api, running_platform, 
     data = await put(api, f"{bucket}/release/alpaca.jsonl", jsonl(alpaca_rows(64)))
     [local] = local_workers()
     local.draining = True
-    leaving = TuningWorker(running_platform["platform"])   # a second worker, as another process would run it
+    leaving = build_worker(running_platform["platform"]).runner   # a second worker, as another process runs it
     try:
         job = (await api.post("/api/v1/tuning-jobs", json=job_body(
             model["id"], data, name="release", output_model_name="release-out",

@@ -1,0 +1,5 @@
+"""The job framework: what every long job (tuning, compression, weight validation) shares.
+
+``executor``: the interface for "run this job's work somewhere and stream back its logs, progress
+and checkpoints"; ``local_process``: the executor that runs it in a child process on this machine.
+"""

@@ -1,0 +1,61 @@
+"""Where a job's work runs, seen from the job engine.
+
+A job kind describes its work as a ``Work``: an entry point of ours (``"package.module:function"``,
+chosen by code, never by a user) and JSON arguments. An ``Executor`` runs it somewhere — a child
+process here (``LocalProcessExecutor``), a cluster later — and relays what the work says while it
+runs to a ``Listener``. The work talks through a ``Channel``: ``send`` for news (logs, progress),
+``ask`` for questions whose answer it waits for (may I go on? is this checkpoint stored?).
+
+Everything crossing the boundary is JSON: no side ever unpickles what the other wrote.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+# (kind, data) -> the answer for an ``ask``; ignored for a ``send``. Called from a relay thread,
+# never the event loop: listeners hand work to the loop with run_coroutine_threadsafe.
+Listener = Callable[[str, dict], Any]
+
+
+@dataclass(frozen=True)
+class Work:
+    entry: str                       # "services.x.y:function"; it is called as function(args, channel)
+    args: dict[str, Any]             # JSON-serialisable
+    workdir: Path                    # a private folder of the caller's run: the executor's own files
+    env: dict[str, str] = field(default_factory=dict)   # extra environment (no credentials)
+
+
+class WorkFailed(Exception):
+    """The work raised. ``kind`` is the original exception's type name; ``input_error`` says it was a
+    ValueError (our code's way of saying the inputs are wrong, with a message naming the field)."""
+
+    def __init__(self, kind: str, message: str, *, detail: str = "", input_error: bool = False):
+        super().__init__(f"{kind}: {message}")
+        self.kind, self.message, self.detail, self.input_error = kind, message, detail, input_error
+
+
+class JobCancelled(Exception):
+    """The job was stopped or deleted while its work ran."""
+
+
+class Channel(Protocol):
+    """What the work uses to talk to whoever runs it."""
+
+    def send(self, kind: str, **data: Any) -> None: ...
+
+    def ask(self, kind: str, **data: Any) -> Any: ...
+
+
+class Executor(Protocol):
+    async def run(self, work: Work, listener: Listener) -> Any:
+        """Run ``work`` to its end and return what its entry returned; raises WorkFailed."""
+        ...
+
+
+def stop_requested(channel: Channel) -> bool:
+    """The usual question of long work: should it stop now (and save what it can)?"""
+    return bool(channel.ask("stop?"))
+

@@ -1,0 +1,277 @@
+"""The worker side of the job engine: what every kind of long job does the same way.
+
+A ``JobRunner`` claims queued jobs of one kind (an atomic transition through the kind's state table,
+in the same unit of work as the event that announces it), runs each on an executor, renews the run's
+lease, flushes its log lines and progress, and records its end. Every write of a run is fenced by
+its ``run_id``: a runner that lost its job (stopped, deleted, re-queued) cannot overwrite the next
+run's state. A ``JobKind`` supplies only what differs: its collection and states, what it runs, how
+it shows progress and what its end means (events, outputs, restarts).
+
+Scale-out: every worker process is one more member of the kind's consumer group; a request event is
+only a wake-up call (the job document is the truth) and an idle runner also polls.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from contracts import new_id
+from services.common.context import Platform, transact
+from services.common.jobs import JobLogs, now
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """One claim of a job by a runner. Thread-safe where the executor's relay thread touches it."""
+    job: dict
+    run_id: str
+    worker_id: str
+    work: Path
+    loop: asyncio.AbstractEventLoop
+    stop: threading.Event = field(default_factory=threading.Event)
+    stop_reason: str | None = None     # the kind's words: lost | cancelled | auto_stop | shutdown ...
+    lines: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    progress: dict | None = None
+    progress_dirty: bool = False
+    last_progress_event: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def job_id(self) -> str:
+        return self.job["_id"]
+
+    @property
+    def tenant_id(self) -> str:
+        return self.job["tenant_id"]
+
+    def say(self, message: str) -> None:
+        """An informational log line."""
+        self.log(f"[maas] {message}")
+
+    def log(self, line: str) -> None:
+        with self.lock:
+            self.lines.append(line)
+
+    def set_progress(self, progress: dict) -> None:
+        with self.lock:
+            self.progress, self.progress_dirty = progress, True
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop.set()
+
+
+@dataclass
+class Outcome:
+    kind: str                        # completed | stopped | failed | cancelled
+    message: str | None = None
+    environmental: bool = False      # storage / network / a lost process: restart rules may retry it
+    result: dict[str, Any] = field(default_factory=dict)   # the kind's own: weights_uri, metrics, ...
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    slots: int = 1
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 2.0
+    poll_seconds: float = 5.0
+    log_flush_seconds: float = 1.0
+
+
+class JobKind(Protocol):
+    """What one kind of job supplies to the engine."""
+    name: str                        # "tuning", "compression": worker ids, task names, logs
+    jobs: str                        # the MongoDB collection of its jobs
+    logs: JobLogs
+    claimable: tuple[str, ...]       # the statuses a runner may start
+
+    async def claim(self, uow, *, job_id: str, run: dict) -> dict | None:
+        """Move the job to running with ``run`` (run_id, worker_id, lease...) through the kind's state
+        table and emit its start event, in ``uow``; the job, or None when it is no longer claimable."""
+
+    async def execute(self, run: Run) -> Outcome:
+        """Do the job's work (on an executor); raise for a failure."""
+
+    def failure(self, run: Run, exc: Exception) -> Outcome:
+        """The outcome of an exception raised by ``execute``."""
+
+    async def record_end(self, uow, run: Run, outcome: Outcome) -> str | None:
+        """The run's end (status, events, outputs, restarts) in ``uow``; a line for the log, or None."""
+
+    async def save_progress(self, run: Run, progress: dict) -> None:
+        """Store what ``run.progress`` last said (called by the flusher when it changed)."""
+
+    def on_heartbeat(self, run: Run) -> None:
+        """Called after each lease renewal (e.g. to stop a job that ran past its time limit)."""
+
+
+class JobRunner:
+    """Runs jobs of one kind in this process, up to ``settings.slots`` at a time."""
+
+    def __init__(self, platform: Platform, kind: JobKind, settings: RunnerSettings):
+        self.platform, self.kind, self.settings = platform, kind, settings
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:6]}"
+        self.runs: dict[str, asyncio.Task] = {}
+        self.active: dict[str, Run] = {}
+        self.draining = False           # a draining runner finishes what it runs and claims nothing new
+        self._wake = asyncio.Event()
+
+    # -- claiming ---------------------------------------------------------------------------------
+
+    def has_capacity(self) -> bool:
+        return not self.draining and len(self.runs) < self.settings.slots
+
+    def nudge(self) -> None:
+        self._wake.set()
+
+    async def poll_forever(self, *also) -> None:
+        """Claim queued jobs whenever woken (or every poll_seconds); ``also``: more async callables to
+        run on each round (a kind's side work)."""
+        while True:
+            try:
+                await self.claim_queued()
+                for extra in also:
+                    await extra()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s runner poll failed; retrying", self.kind.name)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.poll_seconds)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def claim_queued(self) -> None:
+        while self.has_capacity():
+            candidate = await self.platform.mongo[self.kind.jobs].find_one(
+                {"status": {"$in": list(self.kind.claimable)}}, {"_id": 1}, sort=[("created_at", 1)])
+            if candidate is None or not await self.try_claim(candidate["_id"]):
+                return
+
+    async def try_claim(self, job_id: str) -> bool:
+        if not self.has_capacity() or job_id in self.runs:
+            return False
+        run_id, at = new_id(), now()
+        run = {"run_id": run_id, "worker_id": self.worker_id, "started_at": at, "active": True,
+               "lease_until": at + timedelta(seconds=self.settings.lease_seconds)}
+        job = await transact(self.platform, lambda uow: self.kind.claim(uow, job_id=job_id, run=run))
+        if job is None:
+            return False   # another runner was faster, or the job was stopped or deleted meanwhile
+        await self.platform.mongo[self.kind.jobs].update_one({"_id": job_id, "started_at": None},
+                                                             {"$set": {"started_at": at}})
+        task = asyncio.create_task(self._run(job, run_id), name=f"{self.kind.name}-{job_id}")
+        self.runs[job_id] = task
+        task.add_done_callback(lambda _: (self.runs.pop(job_id, None), self.nudge()))
+        return True
+
+    async def shutdown(self, *, grace_seconds: float) -> None:
+        """Stop claiming and ask every run to stop (``shutdown``); wait up to ``grace_seconds``."""
+        self.draining = True
+        for run in list(self.active.values()):
+            run.request_stop("shutdown")
+        if self.runs:
+            await asyncio.wait(list(self.runs.values()), timeout=grace_seconds)
+
+    # -- one run ------------------------------------------------------------------------------------
+
+    async def _run(self, job: dict, run_id: str) -> None:
+        work_root = Path(self.platform.settings.work_dir) if self.platform.settings.work_dir else None
+        if work_root:
+            work_root.mkdir(parents=True, exist_ok=True)
+        prefix = f"maas-{self.kind.name}-{job['_id'][:8]}-"
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=work_root) as tmp:
+            run = Run(job=job, run_id=run_id, worker_id=self.worker_id, work=Path(tmp),
+                      loop=asyncio.get_running_loop())
+            self.active[job["_id"]] = run
+            heartbeat = asyncio.create_task(self._heartbeat(run))
+            flusher = asyncio.create_task(self._flush_forever(run))
+            try:
+                outcome = await self.kind.execute(run)
+            except Exception as exc:
+                outcome = self.kind.failure(run, exc)
+                if outcome.kind == "failed":
+                    log.exception("%s job %s failed", self.kind.name, job["_id"])
+            finally:
+                heartbeat.cancel()
+                flusher.cancel()
+                await asyncio.gather(heartbeat, flusher, return_exceptions=True)
+            if outcome.kind == "failed":
+                run.say(f"ERROR {outcome.message}")
+            try:
+                line = await transact(self.platform, lambda uow: self.kind.record_end(uow, run, outcome))
+                if line:
+                    run.say(line)
+            except Exception:
+                log.exception("recording the end of %s job %s failed", self.kind.name, job["_id"])
+            await self.flush(run)
+            await self.keep_logs(run)
+            self.active.pop(job["_id"], None)
+
+    async def _heartbeat(self, run: Run) -> None:
+        jobs = self.platform.mongo[self.kind.jobs]
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            try:
+                renewed = await jobs.update_one(
+                    {"_id": run.job_id, "run.run_id": run.run_id, "status": "running"},
+                    {"$set": {"run.lease_until": now() + timedelta(seconds=self.settings.lease_seconds)}})
+            except Exception:  # a database hiccup: the lease is long enough to try again
+                log.warning("lease renewal of %s failed", run.job_id, exc_info=True)
+                continue
+            if renewed.matched_count == 0:   # stopped, deleted, or re-queued to another runner
+                run.request_stop("lost")
+                return
+            self.kind.on_heartbeat(run)
+
+    # -- logs and progress ----------------------------------------------------------------------
+
+    async def _flush_forever(self, run: Run) -> None:
+        while True:
+            await asyncio.sleep(self.settings.log_flush_seconds)
+            try:
+                await self.flush(run)
+            except Exception:
+                log.warning("flushing logs of %s failed", run.job_id, exc_info=True)
+
+    async def flush(self, run: Run) -> None:
+        await flush_run(self.platform, self.kind, run)
+
+    async def keep_logs(self, run: Run) -> None:
+        await keep_logs(self.platform, self.kind, run)
+
+
+async def flush_run(platform: Platform, kind: JobKind, run: Run) -> None:
+    """Store the run's new log lines and, when it changed, its progress (also called by a kind, e.g.
+    right after a checkpoint)."""
+    with run.lock:
+        lines, run.lines = run.lines, []
+        progress, dirty = run.progress, run.progress_dirty
+        run.progress_dirty = False
+    await kind.logs.append(platform, job_id=run.job_id, tenant_id=run.tenant_id, lines=lines)
+    if dirty and progress is not None:
+        await kind.save_progress(run, progress)
+
+
+async def keep_logs(platform: Platform, kind: JobKind, run: Run) -> None:
+    """The permanent copy of the log in the user's bucket (永久保存日志), when the job asks for it."""
+    job = await platform.mongo[kind.jobs].find_one({"_id": run.job_id})
+    if job is None or not (job.get("permanent_log") or {}).get("enabled"):
+        return
+    try:
+        await kind.logs.upload_permanent(platform, job=job)
+    except Exception:
+        log.warning("copying the log of %s to %s failed", run.job_id, job["permanent_log"]["path"], exc_info=True)
