@@ -236,7 +236,7 @@ async def _hold_preset_imports(platform) -> list[str]:
 
     ``presets._claim`` skips a template whose lease is held; the benchmark never uses preset weights.
     """
-    from services.registry.catalog import default_catalog
+    from services.catalog.templates import default_catalog
     from services.registry.models import PRESETS
 
     ids = [t.id for t in default_catalog() if t.preset_weights is not None]

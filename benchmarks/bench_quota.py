@@ -168,7 +168,7 @@ async def _make_preset(api, platform, *, on: dict, off: dict) -> None:
 async def _reservation_cost(platform, *, on: dict) -> float:
     """Microseconds per call of the gateway's own reserve + settle (the bound included), hot."""
     from contracts.openai import ChatCompletionRequest
-    from services.common.serving_refs import get_service
+    from services.readmodels.serving_refs import get_service
     from services.gateway.chat import gateway_for
     from services.gateway.quota_calls import call_bound, reserve
 

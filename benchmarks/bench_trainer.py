@@ -3,7 +3,7 @@
 
     python benchmarks/bench_trainer.py [--smollm2] [--tune lora|full] [--iterations N] [--rounds R]
 
-Both sides train the same model on the same Alpaca-style rows (services.mlkit.training.toydata)
+Both sides train the same model on the same Alpaca-style rows (tests.toydata)
 with the same LoRA settings, learning rate, micro batch, accumulation and clipping, in this
 process, one after the other, ``--rounds`` times alternating (so drift in machine load hits both).
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.mlkit.training import TrainConfig, train  # noqa: E402
 from services.mlkit.training.data import encode_examples, epoch_order, split_global_batch  # noqa: E402
-from services.mlkit.training.toydata import alpaca_messages  # noqa: E402
+from tests.toydata import alpaca_messages  # noqa: E402
 
 
 def _plans(encoded, cfg: TrainConfig, iterations: int) -> tuple[list, list]:

@@ -58,7 +58,7 @@ def free_port() -> int:
 
 async def hold_preset_imports(platform) -> None:
     """The tiny run never uses preset weights: keep the SmolLM2 import from competing for the CPU."""
-    from services.registry.catalog import default_catalog
+    from services.catalog.templates import default_catalog
     from services.registry.models import PRESETS
 
     now = datetime.now(UTC)
@@ -153,7 +153,7 @@ async def run(args, tmp: Path) -> dict:
     from services.common.objectstore import ObjectPath
     from services.common.settings import get_settings
     from services.gateway.identity import ensure_bootstrap_admin
-    from services.mlkit.training.toydata import alpaca_rows
+    from tests.toydata import alpaca_rows
     from services.runtime import build_app
     from services.tuning.datasets import parse_dataset
 

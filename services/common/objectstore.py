@@ -6,7 +6,10 @@ Paths are written ``bucket/prefix`` in the API and ``s3://bucket/prefix`` in eve
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -82,9 +85,11 @@ class ObjectStore:
             secure=settings.s3_secure,
             region=settings.s3_region,
         )
+        self._threads = ThreadPoolExecutor(max_workers=settings.s3_io_threads, thread_name_prefix="s3")
 
     async def _run(self, fn, *args, **kwargs):
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)   # as asyncio.to_thread
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
 
     async def ensure_bucket(self, bucket: str) -> None:
         if not await self._run(self.client.bucket_exists, bucket):
@@ -221,9 +226,6 @@ class ObjectStore:
 
     async def presigned_put(self, path: ObjectPath, *, expires: timedelta = timedelta(hours=1)) -> str:
         return await self._run(self.client.presigned_put_object, path.bucket, path.key, expires)
-
-    async def presigned_get(self, path: ObjectPath, *, expires: timedelta = timedelta(hours=1)) -> str:
-        return await self._run(self.client.presigned_get_object, path.bucket, path.key, expires)
 
 
 class TooLarge(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pymongo import ASCENDING
 
 from services.common.mongo import IndexSpec
-from services.common.serving_refs import INSTANCES, SERVICE_LOGS
+from services.readmodels.serving_refs import INSTANCES, SERVICE_LOGS
 
 LOGS_KEPT_DAYS = 30
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from contracts import new_id
 from contracts.serving import InstanceChanged, ServiceStatusReported
 from services.common.context import Platform
-from services.common.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
+from services.readmodels.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
 from services.deployer.backend import Health, InstanceBackend, InstanceHandle, InstanceLaunch
 from services.deployer.settings import DeployerSettings
 

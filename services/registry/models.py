@@ -10,7 +10,7 @@ from pymongo import ASCENDING, DESCENDING
 from services.common.mongo import IndexSpec
 from services.common.validation import Description100, ResourceName
 
-from services.common.model_refs import MODELS, VERSIONS  # noqa: E402  (the registry's published read contract)
+from services.readmodels.model_refs import MODELS, VERSIONS  # noqa: E402  (the registry's published read contract)
 
 TASK_RECORDS = "model_task_records"
 PRESETS = "preset_imports"

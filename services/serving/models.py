@@ -11,7 +11,7 @@ from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
 from services.common.mongo import IndexSpec
-from services.common.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
+from services.readmodels.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
 from services.common.validation import TaskName, limited_text
 
 SERVICE_EVENTS = "service_events"

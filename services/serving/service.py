@@ -23,9 +23,9 @@ from contracts.serving import (ServiceDeleted, ServiceDeployRequested, ServiceMo
 from services.common.account_limits import account_limits, refuse
 from services.common.context import Platform
 from services.common.errors import ApiError, bad_request, conflict, not_found
-from services.common.model_refs import resolve_model_version
+from services.readmodels.model_refs import resolve_model_version
 from services.common.objectstore import ObjectPath
-from services.common.serving_refs import INSTANCES, PRESET_TENANT, SERVICE_LOGS, SERVICES
+from services.readmodels.serving_refs import INSTANCES, PRESET_TENANT, SERVICE_LOGS, SERVICES
 from services.serving.models import (EVENTS_KEPT_DAYS, INSTANCE_SPECS, QPS_CHANGEABLE, SCALABLE, SERVICE_EVENTS,
                                      STARTABLE, STOPPABLE, UPGRADABLE, ModerationRequest, ServiceCreate,
                                      ServiceView, Status, recommended_instances, service_view)

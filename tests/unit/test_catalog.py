@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from services.registry import catalog as cat
-from services.registry.catalog import (
+from services.catalog import templates as cat
+from services.catalog.templates import (
     Catalog,
     CompressionStrategy,
     Template,

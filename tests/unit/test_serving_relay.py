@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from contracts.openai import PROMPT_TOKENS_HEADER
-from services.common.serving_refs import InstanceRef, ServiceRef
+from services.readmodels.serving_refs import InstanceRef, ServiceRef
 from services.gateway.chat import ChatGateway
 from services.gateway.keys import Caller
 from services.gateway.moderation import BlocklistChecker, message_text

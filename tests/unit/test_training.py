@@ -371,7 +371,7 @@ def smol(tmp_path_factory):
 
 @pytest.mark.slow
 def test_smollm2_lora_learns_and_the_merged_model_generates(smol, tmp_path):
-    from services.mlkit.training.toydata import alpaca_messages
+    from tests.toydata import alpaca_messages
 
     rows = alpaca_messages(50, seed=3)
     rec = Recorder()

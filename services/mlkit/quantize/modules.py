@@ -158,11 +158,6 @@ def run_inspect(group: ScaleGroup, x: torch.Tensor, kwargs: dict) -> torch.Tenso
     return group.inspect(x)
 
 
-def group_input(group: ScaleGroup, captured: dict[str, list[torch.Tensor]]) -> list[torch.Tensor]:
-    """The recorded inputs of a group's first linear (all linears of a group share their input)."""
-    return captured[id(group.linears[0])]
-
-
 @torch.no_grad()
 def record_linear_inputs(layer, groups: list[ScaleGroup], hidden: list[torch.Tensor],
                          kwargs: list[dict]) -> tuple[dict, list[torch.Tensor]]:
