@@ -77,8 +77,8 @@ class ObjectInfo:
 
 
 class ObjectStore:
-    def __init__(self, settings: Settings):
-        self.client = Minio(
+    def __init__(self, settings: Settings, *, client: Minio | None = None):
+        self.client = client or Minio(
             settings.s3_endpoint,
             access_key=settings.s3_access_key,
             secret_key=settings.s3_secret_key,

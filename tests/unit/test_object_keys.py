@@ -49,10 +49,9 @@ class _FakeS3:
 
 def _store(keys):
     from services.common.objectstore import ObjectStore
+    from services.common.settings import Settings
 
-    store = ObjectStore.__new__(ObjectStore)
-    store.client = _FakeS3(keys)
-    return store
+    return ObjectStore(Settings(), client=_FakeS3(keys))
 
 
 async def test_a_download_never_writes_outside_its_folder(tmp_path):
