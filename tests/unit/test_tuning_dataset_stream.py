@@ -16,6 +16,7 @@ from typing import Iterator
 import pytest
 from minio.helpers import read_part_data
 
+from services.common.settings import Settings
 from services.common.objectstore import ObjectPath, ObjectStore
 from services.tuning import datasets
 from services.tuning.datasets import (DatasetInvalid, DatasetRejected, check_whole_file_size, jsonl_line,
@@ -217,9 +218,7 @@ class _FakeS3:
 
 
 def _store(client) -> ObjectStore:
-    store = ObjectStore.__new__(ObjectStore)
-    store.client = client
-    return store
+    return ObjectStore(Settings(), client=client)
 
 
 def _examples(store: ObjectStore, src: ObjectPath, summary: list):
