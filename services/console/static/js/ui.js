@@ -2,6 +2,7 @@
 import { html, useEffect, useRef, useState, useCallback } from './lib.js';
 import { t, statusLabel } from './i18n.js';
 import { Link } from './router.js';
+import { auth, get } from './api.js';
 
 export function fmtTime(value) {
   if (!value) return '-';
@@ -29,7 +30,7 @@ const STATUS_CLASS = {
   creating: 'busy', waiting: 'busy', deploying: 'busy', pending: 'busy', stopping: 'busy', starting: 'busy',
   importing: 'busy', unconfirmed: 'warn', alarm: 'warn',
   failed: 'bad', dead: 'bad',
-  stopped: 'idle',
+  stopped: 'idle', active: 'ok', disabled: 'idle',
 };
 
 export function StatusTag({ status, kind, message }) {
@@ -262,4 +263,99 @@ export function nameError(value, { dot = true } = {}) {
 export function fieldError(error, ...names) {
   if (!error || !error.field) return null;
   return names.some((n) => error.field === n || error.field.startsWith(n + '.')) ? error.message : null;
+}
+
+// ---------------------------------------------------------------------------- permissions
+// What the signed-in user may do (GET /api/v1/auth/permissions), for greyed buttons and the "access
+// restricted" dialog. One request per render pass: the actions asked for in the same tick go together.
+// Answers are kept a few seconds only, so a policy change shows on the next page.
+const PERMISSION_TTL_MS = 10000;
+let permissionCache = { token: null, entries: new Map() };   // action -> {allowed, reason, grantable, at}
+let permissionBatch = null;                                  // {actions: Set, promise}
+
+function permissionEntries() {
+  if (permissionCache.token !== auth.token) permissionCache = { token: auth.token, entries: new Map() };
+  return permissionCache.entries;
+}
+
+function askPermissions(actions) {
+  if (!permissionBatch) {
+    const batch = { actions: new Set() };
+    batch.promise = Promise.resolve().then(async () => {
+      permissionBatch = null;
+      const names = [...batch.actions];
+      const query = names.map((a) => `action=${encodeURIComponent(a)}`).join('&');
+      const answer = await get(`/api/v1/auth/permissions?${query}`);
+      const entries = permissionEntries();
+      const at = Date.now();
+      for (const name of answer.allowed) entries.set(name, { allowed: true, at });
+      for (const d of answer.denied) entries.set(d.action, { allowed: false, reason: d.reason, grantable: d.grantable, at });
+    });
+    permissionBatch = batch;
+  }
+  actions.forEach((a) => permissionBatch.actions.add(a));
+  return permissionBatch.promise;
+}
+
+// The policy (guide format) that grants `actions`: what the user sends their administrator.
+export function grantingPolicy(actions) {
+  return JSON.stringify({ Version: '1.1', Statement: [{ Effect: 'Allow', Action: [...actions].sort() }] }, null, 2);
+}
+
+// usePermissions(['maas:services:create', ...]) -> {ready, allowed(a), reason(a), denied: [{action, reason, grantable}]}
+// Until the answer comes every action counts as allowed (the server decides anyway).
+export function usePermissions(actions) {
+  const key = actions.join(' ');
+  const [, setTick] = useState(0);
+  useEffect(() => {
+    if (!actions.length || !auth.token) return undefined;
+    let live = true;
+    const entries = permissionEntries();
+    const stale = actions.filter((a) => !entries.has(a) || Date.now() - entries.get(a).at > PERMISSION_TTL_MS);
+    if (stale.length) askPermissions(stale).then(() => live && setTick((n) => n + 1), () => {});
+    return () => { live = false; };
+  }, [key]);
+  const entries = permissionEntries();
+  const denied = actions.filter((a) => entries.has(a) && !entries.get(a).allowed)
+    .map((a) => ({ action: a, reason: entries.get(a).reason, grantable: entries.get(a).grantable }));
+  return {
+    ready: actions.every((a) => entries.has(a)),
+    allowed: (a) => !(entries.has(a) && !entries.get(a).allowed),
+    reason: (a) => (entries.has(a) && !entries.get(a).allowed ? t('You lack the permission {action}', { action: a }) : ''),
+    denied,
+  };
+}
+
+// A button that needs `action`: greyed, with the missing action as its title, when the user lacks it.
+// Every other prop is the button's own (its own `disabled` and `title` still apply when allowed).
+export function ActionButton({ action, disabled, title, children, ...rest }) {
+  const perms = usePermissions([action]);
+  const allowed = perms.allowed(action);
+  return html`<button ...${rest} disabled=${disabled || !allowed} data-denied=${allowed ? undefined : action}
+    title=${allowed ? title : perms.reason(action)}>${children}</button>`;
+}
+
+// The guide's "access restricted" dialog (figures 2-17/2-18): the page needs actions the user lacks;
+// it lists them and copies the policy that grants them, for the user to send to the administrator.
+export function AccessRestricted({ denied, onClose }) {
+  const grantable = denied.filter((d) => d.grantable).map((d) => d.action);
+  const policy = grantable.length ? grantingPolicy(grantable) : '';
+  return html`<${Modal} title=${t('Access restricted')} onClose=${onClose}
+      footer=${html`<button class="btn btn-primary" onClick=${onClose}>${t('OK')}</button>`}>
+    <div data-testid="access-restricted">
+      <p>${t('This page needs permissions you do not have. Ask an administrator of your account for them:')}</p>
+      <ul class="denied-actions">${denied.map((d) => html`<li><code>${d.action}</code>
+        ${d.reason ? html`<span class="muted small"> · ${d.reason}</span>` : null}</li>`)}</ul>
+      ${policy ? html`<p class="muted small">${t('Copy this policy and send it to your administrator, who can give it to one of your groups.')}</p>
+        <${CodeBlock} code=${policy} label=${t('Policy')} />` : null}
+    </div>
+  <//>`;
+}
+
+// The dialog for a page: shown once when the page's actions are not all allowed.
+export function PageAccess({ actions }) {
+  const perms = usePermissions(actions);
+  const [closed, setClosed] = useState(false);
+  if (closed || !perms.ready || !perms.denied.length) return null;
+  return html`<${AccessRestricted} denied=${perms.denied} onClose=${() => setClosed(true)} />`;
 }

@@ -6,7 +6,7 @@ import { t } from '../i18n.js';
 import { Link, navigate } from '../router.js';
 import { TimelinePanel } from '../timeline.js';
 import {
-  ConfirmDelete, Empty, ErrorBox, Field, KV, OutputModel, PageHead, ProgressBar, Section, Spinner, StatusTag, Switch,
+  ActionButton, ConfirmDelete, Empty, ErrorBox, Field, KV, OutputModel, PageHead, ProgressBar, Section, Spinner, StatusTag, Switch,
   Tabs, fieldError, fmtBytes, fmtNumber, fmtTime, nameError, toast, useAction, usePoll,
 } from '../ui.js';
 
@@ -22,7 +22,7 @@ function minutes(est) {
 function DeleteJob({ job, onDone, compact }) {
   const [open, setOpen] = useState(false);
   return html`<span>
-    <button class=${(compact ? 'link' : 'btn') + ' danger'} onClick=${() => setOpen(true)}>${t('Delete')}</button>
+    <${ActionButton} action="maas:compressionJobs:delete" class=${(compact ? 'link' : 'btn') + ' danger'} onClick=${() => setOpen(true)}>${t('Delete')}<//>
     ${open ? html`<${ConfirmDelete} what=${t('job')} name=${job.name} onClose=${() => setOpen(false)}
       onConfirm=${async () => { await del(`/api/v1/compression-jobs/${job.id}`); toast(`${job.name} ✓`); onDone(); }} />` : null}
   </span>`;
@@ -34,7 +34,8 @@ export function CompressionPage() {
   const { data, error, reload } = usePoll(() => get('/api/v1/compression-jobs', { name, status, limit: 200 }), [name, status], 3000);
   return html`<div>
     <${PageHead} title=${t('Model compression')}>
-      <button class="btn btn-primary" onClick=${() => navigate('/console/compression/create')}>${t('Create compression job')}</button>
+      <${ActionButton} action="maas:compressionJobs:create" class="btn btn-primary" data-action="create-compression-job"
+        onClick=${() => navigate('/console/compression/create')}>${t('Create compression job')}<//>
     <//>
     <div class="toolbar">
       <input class="input search" placeholder=${t('Search by name')} value=${name} onInput=${(e) => setName(e.target.value)} />

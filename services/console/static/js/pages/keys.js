@@ -3,7 +3,7 @@ import { html, useState } from '../lib.js';
 import { del, get, post } from '../api.js';
 import { t } from '../i18n.js';
 import {
-  ConfirmDelete, CopyButton, Empty, ErrorBox, Field, Modal, PageHead, Spinner, fieldError, fmtNumber, fmtTime,
+  ActionButton, ConfirmDelete, CopyButton, Empty, ErrorBox, Field, Modal, PageHead, Spinner, fieldError, fmtNumber, fmtTime,
   toast, useAction, usePoll,
 } from '../ui.js';
 
@@ -37,7 +37,8 @@ export function KeysPage() {
   const max = data ? data.max_keys : 5;
   return html`<div>
     <${PageHead} title=${t('API keys')}>
-      <button class="btn btn-primary" disabled=${data && data.items.length >= max} onClick=${() => setCreating(true)}>${t('Create API key')}</button>
+      <${ActionButton} action="maas:apiKeys:create" class="btn btn-primary" disabled=${data && data.items.length >= max}
+        onClick=${() => setCreating(true)}>${t('Create API key')}<//>
     <//>
     <p class="muted small">${t('At most {n} keys.', { n: max })}</p>
     <${ErrorBox} error=${error} />
@@ -49,7 +50,7 @@ export function KeysPage() {
           <td class="mono">${k.masked_key}</td><td>${k.description || '-'}</td>
           <td>${fmtNumber(k.usage ? k.usage.total_tokens : 0)} (${fmtNumber(k.usage ? k.usage.requests : 0)} req)</td>
           <td>${fmtTime(k.created_at)}</td><td>${fmtTime(k.last_used_at)}</td>
-          <td><button class="link danger" onClick=${() => setDeleting(k)}>${t('Delete')}</button></td>
+          <td><${ActionButton} action="maas:apiKeys:delete" class="link danger" onClick=${() => setDeleting(k)}>${t('Delete')}<//></td>
         </tr>`)}</tbody>
       </table>`}
     ${creating ? html`<${CreateKeyDialog} onClose=${() => setCreating(false)} onCreated=${reload} />` : null}

@@ -4,7 +4,7 @@ import { auth, del, get, post, uploadFiles } from '../api.js';
 import { t } from '../i18n.js';
 import { Link, navigate } from '../router.js';
 import {
-  ConfirmDelete, Empty, ErrorBox, Field, KV, Modal, PageHead, ProgressBar, Section, Spinner, StatusTag, Switch,
+  ActionButton, ConfirmDelete, Empty, ErrorBox, Field, KV, Modal, PageHead, ProgressBar, Section, Spinner, StatusTag, Switch,
   fieldError, fmtBytes, fmtTime, nameError, toast, useAction, usePoll,
 } from '../ui.js';
 import { canCompress, canDeploy, canTune } from './square.js';
@@ -75,7 +75,8 @@ export function ModelsPage() {
   const { data, error, reload } = usePoll(() => get('/api/v1/models', { name, status, limit: 200 }), [name, status], 3000);
   return html`<div>
     <${PageHead} title=${t('My models')}>
-      <button class="btn btn-primary" onClick=${() => navigate('/console/models/create')}>${t('Create model')}</button>
+      <${ActionButton} action="maas:models:create" class="btn btn-primary" data-action="create-model"
+        onClick=${() => navigate('/console/models/create')}>${t('Create model')}<//>
     <//>
     <div class="toolbar">
       <input class="input search" placeholder=${t('Search by name')} value=${name} onInput=${(e) => setName(e.target.value)} />
@@ -95,7 +96,7 @@ export function ModelsPage() {
           <td><${StatusTag} status=${m.status} kind="model" /></td>
           <td>${m.template_name}</td><td>${m.version_count}</td><td>${m.quantization || '-'}</td>
           <td>${fmtTime(m.created_at)}</td>
-          <td><button class="link danger" onClick=${() => setDeleting(m)}>${t('Delete')}</button></td>
+          <td><${ActionButton} action="maas:models:delete" class="link danger" onClick=${() => setDeleting(m)}>${t('Delete')}<//></td>
         </tr>`)}</tbody>
       </table>`}
     ${deleting ? html`<${ConfirmDelete} what=${t('model')} name=${deleting.name} onClose=${() => setDeleting(null)}
@@ -236,13 +237,17 @@ export function ModelPage({ id }) {
   const quantized = !!m.quantization;
   return html`<div>
     <${PageHead} title=${m.name} back="/console/models">
-      <button class="btn" disabled=${!ready || quantized || !template || !canTune(template)}
-        onClick=${() => navigate(`/console/tuning/create?model=${m.id}`)}>${t('Tune')}</button>
-      <button class="btn" disabled=${!ready || quantized || !template || !canCompress(template)}
-        onClick=${() => navigate(`/console/compression/create?model=${m.id}`)}>${t('Compress')}</button>
-      <button class="btn" disabled=${!ready || !template || !canDeploy(template)}
-        onClick=${() => navigate(`/console/services/deploy?model=${m.id}`)}>${t('Deploy')}</button>
-      <button class="btn btn-danger" data-action="delete-model" onClick=${() => setDeleting(true)}>${t('Delete')}</button>
+      <${ActionButton} action="maas:tuningJobs:create" class="btn" data-action="tune"
+        disabled=${!ready || quantized || !template || !canTune(template)}
+        onClick=${() => navigate(`/console/tuning/create?model=${m.id}`)}>${t('Tune')}<//>
+      <${ActionButton} action="maas:compressionJobs:create" class="btn" data-action="compress"
+        disabled=${!ready || quantized || !template || !canCompress(template)}
+        onClick=${() => navigate(`/console/compression/create?model=${m.id}`)}>${t('Compress')}<//>
+      <${ActionButton} action="maas:services:create" class="btn" data-action="deploy"
+        disabled=${!ready || !template || !canDeploy(template)}
+        onClick=${() => navigate(`/console/services/deploy?model=${m.id}`)}>${t('Deploy')}<//>
+      <${ActionButton} action="maas:models:delete" class="btn btn-danger" data-action="delete-model"
+        onClick=${() => setDeleting(true)}>${t('Delete')}<//>
     <//>
     <${Section} title=${t('Basic information')}>
       <${KV} items=${[
@@ -253,8 +258,8 @@ export function ModelPage({ id }) {
         [t('Created'), fmtTime(m.created_at)], [t('Updated'), fmtTime(m.updated_at)],
       ]} />
     <//>
-    <${Section} title=${t('My versions')} actions=${html`<button class="btn btn-small" disabled=${m.version_count >= 10 || quantized}
-        onClick=${() => setAdding(true)}>${t('Add version')}</button>`}>
+    <${Section} title=${t('My versions')} actions=${html`<${ActionButton} action="maas:models:createVersion" class="btn btn-small"
+        disabled=${m.version_count >= 10 || quantized} onClick=${() => setAdding(true)}>${t('Add version')}<//>`}>
       <table class="table">
         <thead><tr><th>${t('Version')}</th><th>${t('Status')}</th><th>${t('Description')}</th><th>${t('Weights')}</th><th>${t('Created')}</th></tr></thead>
         <tbody>${(m.versions || []).map((v) => html`<tr>

@@ -7,7 +7,7 @@ import { t } from '../i18n.js';
 import { Link, navigate } from '../router.js';
 import { LineChart } from '../chart.js';
 import {
-  CodeBlock, Confirm, ConfirmDelete, Empty, ErrorBox, Field, KV, Modal, PageHead, Section, Spinner, StatusTag, Switch,
+  ActionButton, CodeBlock, Confirm, ConfirmDelete, Empty, ErrorBox, Field, KV, Modal, PageHead, Section, Spinner, StatusTag, Switch,
   Tabs, fieldError, fmtNumber, fmtTime, nameError, toast, useAction, usePoll,
 } from '../ui.js';
 
@@ -145,12 +145,12 @@ function ServiceActions({ service, reload, onDeleted, compact }) {
   return html`<span class="actions">
     <button class=${cls} disabled=${!running} onClick=${() => setDialog('call')}>${t('Call')}</button>
     <button class=${cls} disabled=${!running} onClick=${() => navigate(`/console/playground?service=${service.id}`)}>${t('Try it')}</button>
-    ${STARTABLE.includes(service.status) ? html`<button class=${cls} onClick=${() => setDialog('start')}>${t('Start')}</button>` : null}
-    ${STOPPABLE.includes(service.status) ? html`<button class=${cls} onClick=${() => setDialog('stop')}>${t('Stop')}</button>` : null}
-    <button class=${cls} disabled=${!SCALABLE.includes(service.status)} onClick=${() => setDialog('scale')}>${t('Scale')}</button>
-    <button class=${cls} disabled=${!SCALABLE.includes(service.status)} onClick=${() => setDialog('qps')}>${t('Set QPS')}</button>
-    <button class=${cls} disabled=${!UPGRADABLE.includes(service.status)} onClick=${() => setDialog('upgrade')}>${t('Upgrade')}</button>
-    <button class=${cls + ' danger'} onClick=${() => setDialog('delete')}>${t('Delete')}</button>
+    ${STARTABLE.includes(service.status) ? html`<${ActionButton} action="maas:services:start" class=${cls} onClick=${() => setDialog('start')}>${t('Start')}<//>` : null}
+    ${STOPPABLE.includes(service.status) ? html`<${ActionButton} action="maas:services:stop" class=${cls} onClick=${() => setDialog('stop')}>${t('Stop')}<//>` : null}
+    <${ActionButton} action="maas:services:scale" class=${cls} disabled=${!SCALABLE.includes(service.status)} onClick=${() => setDialog('scale')}>${t('Scale')}<//>
+    <${ActionButton} action="maas:services:updateQps" class=${cls} disabled=${!SCALABLE.includes(service.status)} onClick=${() => setDialog('qps')}>${t('Set QPS')}<//>
+    <${ActionButton} action="maas:services:upgrade" class=${cls} disabled=${!UPGRADABLE.includes(service.status)} onClick=${() => setDialog('upgrade')}>${t('Upgrade')}<//>
+    <${ActionButton} action="maas:services:delete" class=${cls + ' danger'} onClick=${() => setDialog('delete')}>${t('Delete')}<//>
     ${dialog === 'call' ? html`<${CallDialog} service=${service} onClose=${close} />` : null}
     ${dialog === 'start' ? html`<${Confirm} title=${t('Start')} message=${t('Start the service? A running service is billed.')} onClose=${close}
       onConfirm=${async () => { await post(`/api/v1/services/${service.id}/start`); reload(); }} />` : null}
@@ -171,7 +171,8 @@ function MyServices() {
     <div class="toolbar">
       <input class="input search" placeholder=${t('Search by name')} value=${name} onInput=${(e) => setName(e.target.value)} />
       <span class="grow"></span>
-      <button class="btn btn-primary" onClick=${() => navigate('/console/services/deploy')}>${t('Deploy model service')}</button>
+      <${ActionButton} action="maas:services:create" class="btn btn-primary" data-action="deploy-service"
+        onClick=${() => navigate('/console/services/deploy')}>${t('Deploy model service')}<//>
     </div>
     <${ErrorBox} error=${error} />
     ${!data ? html`<${Spinner} />` : data.items.length === 0 ? html`<${Empty} />` : html`
@@ -202,7 +203,7 @@ function PresetServices() {
           <td>${s.name}</td><td>${s.model_name}</td><td><${StatusTag} status=${s.status} /></td><td>${s.max_model_len}</td>
           <td>${s.quota.claimed ? `${fmtNumber(s.quota.remaining)} / ${fmtNumber(s.quota.granted)}` : `${fmtNumber(s.quota.granted)}`}</td>
           <td class="actions">
-            <button class="link" data-action="claim" disabled=${s.quota.claimed || claim.busy} onClick=${() => claim.run(s)}>${s.quota.claimed ? t('Claimed') : t('Claim')}</button>
+            <${ActionButton} action="maas:presetServices:claim" class="link" data-action="claim" disabled=${s.quota.claimed || claim.busy} onClick=${() => claim.run(s)}>${s.quota.claimed ? t('Claimed') : t('Claim')}<//>
             <button class="link" disabled=${!s.quota.claimed || s.quota.remaining <= 0} onClick=${() => navigate(`/console/playground?service=${s.id}`)}>${t('Try it')}</button>
             <button class="link" onClick=${() => setCalling(s)}>${t('Call')}</button>
           </td>

@@ -3,7 +3,7 @@ import { html, useState } from '../lib.js';
 import { get } from '../api.js';
 import { getLang, t } from '../i18n.js';
 import { Link, navigate } from '../router.js';
-import { Empty, ErrorBox, KV, PageHead, Section, Spinner, StatusTag, usePoll } from '../ui.js';
+import { ActionButton, Empty, ErrorBox, KV, PageHead, Section, Spinner, StatusTag, usePoll } from '../ui.js';
 
 export function canTune(tpl) { return !tpl.quantization && (tpl.tasks.tune || []).length > 0; }
 export function canCompress(tpl) { return !tpl.quantization && (tpl.tasks.compress || []).length > 0; }
@@ -74,13 +74,14 @@ export function TemplatePage({ id }) {
   const go = (path) => () => navigate(path);
   return html`<div>
     <${PageHead} title=${tpl.name} back="/console/square">
-      <button class="btn" onClick=${go(`/console/models/create?template=${tpl.id}`)}>${t('Create model')}</button>
-      <button class="btn btn-primary" data-action="tune" disabled=${!canTune(tpl)}
-        title=${canTune(tpl) ? '' : t('Not supported')} onClick=${go(`/console/tuning/create?template=${tpl.id}`)}>${t('Tune')}</button>
-      <button class="btn btn-primary" data-action="compress" disabled=${!canCompress(tpl)}
-        title=${canCompress(tpl) ? '' : t('Not supported')} onClick=${go(`/console/compression/create?template=${tpl.id}`)}>${t('Compress')}</button>
-      <button class="btn btn-primary" data-action="deploy" disabled=${!canDeploy(tpl)}
-        title=${canDeploy(tpl) ? '' : t('Not supported')} onClick=${go(`/console/services/deploy?template=${tpl.id}`)}>${t('Deploy')}</button>
+      <${ActionButton} action="maas:models:create" class="btn" data-action="create-model"
+        onClick=${go(`/console/models/create?template=${tpl.id}`)}>${t('Create model')}<//>
+      <${ActionButton} action="maas:tuningJobs:create" class="btn btn-primary" data-action="tune" disabled=${!canTune(tpl)}
+        title=${canTune(tpl) ? '' : t('Not supported')} onClick=${go(`/console/tuning/create?template=${tpl.id}`)}>${t('Tune')}<//>
+      <${ActionButton} action="maas:compressionJobs:create" class="btn btn-primary" data-action="compress" disabled=${!canCompress(tpl)}
+        title=${canCompress(tpl) ? '' : t('Not supported')} onClick=${go(`/console/compression/create?template=${tpl.id}`)}>${t('Compress')}<//>
+      <${ActionButton} action="maas:services:create" class="btn btn-primary" data-action="deploy" disabled=${!canDeploy(tpl)}
+        title=${canDeploy(tpl) ? '' : t('Not supported')} onClick=${go(`/console/services/deploy?template=${tpl.id}`)}>${t('Deploy')}<//>
     <//>
     <p class="muted small">${t('Greyed-out buttons mean the model does not support that task.')}
       ${tpl.quantization ? ' ' + t('Quantized models can only be deployed.') : ''}</p>

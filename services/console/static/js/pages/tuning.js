@@ -7,7 +7,7 @@ import { Link, navigate } from '../router.js';
 import { LineChart } from '../chart.js';
 import { TimelinePanel } from '../timeline.js';
 import {
-  Confirm, ConfirmDelete, Empty, ErrorBox, Field, KV, Modal, OutputModel, PageHead, ProgressBar, Section, Spinner,
+  ActionButton, Confirm, ConfirmDelete, Empty, ErrorBox, Field, KV, Modal, OutputModel, PageHead, ProgressBar, Section, Spinner,
   StatusTag, Switch, Tabs, fieldError, fmtBytes, fmtNumber, fmtTime, nameError, toast, useAction, usePoll,
 } from '../ui.js';
 
@@ -67,9 +67,9 @@ function JobActions({ job, reload, onDeleted, compact }) {
   const [dialog, setDialog] = useState(null);
   const cls = compact ? 'link' : 'btn';
   return html`<span class="actions">
-    ${STOPPABLE.includes(job.status) ? html`<button class=${cls} onClick=${() => setDialog('stop')}>${t('Stop')}</button>` : null}
-    ${job.status === 'stopped' ? html`<button class=${cls} onClick=${() => setDialog('continue')}>${t('Continue')}</button>` : null}
-    <button class=${cls + ' danger'} onClick=${() => setDialog('delete')}>${t('Delete')}</button>
+    ${STOPPABLE.includes(job.status) ? html`<${ActionButton} action="maas:tuningJobs:stop" class=${cls} onClick=${() => setDialog('stop')}>${t('Stop')}<//>` : null}
+    ${job.status === 'stopped' ? html`<${ActionButton} action="maas:tuningJobs:continue" class=${cls} onClick=${() => setDialog('continue')}>${t('Continue')}<//>` : null}
+    <${ActionButton} action="maas:tuningJobs:delete" class=${cls + ' danger'} onClick=${() => setDialog('delete')}>${t('Delete')}<//>
     ${dialog === 'stop' ? html`<${Confirm} title=${t('Stop')} message=${t('Stop the job? Checkpoints are kept.')}
       onClose=${() => setDialog(null)} onConfirm=${async () => { await post(`/api/v1/tuning-jobs/${job.id}/stop`); reload(); }} />` : null}
     ${dialog === 'continue' ? html`<${Confirm} title=${t('Continue')} message=${t('Continue from the latest checkpoint?')}
@@ -85,7 +85,8 @@ export function TuningPage() {
   const { data, error, reload } = usePoll(() => get('/api/v1/tuning-jobs', { name, status, limit: 200 }), [name, status], 3000);
   return html`<div>
     <${PageHead} title=${t('Model tuning')}>
-      <button class="btn btn-primary" onClick=${() => navigate('/console/tuning/create')}>${t('Create tuning job')}</button>
+      <${ActionButton} action="maas:tuningJobs:create" class="btn btn-primary" data-action="create-tuning-job"
+        onClick=${() => navigate('/console/tuning/create')}>${t('Create tuning job')}<//>
     <//>
     <div class="toolbar">
       <input class="input search" placeholder=${t('Search by name')} value=${name} onInput=${(e) => setName(e.target.value)} />
