@@ -1,26 +1,13 @@
-"""``maas users``, ``maas usage``, ``maas events``: accounts, token usage and event timelines."""
+"""``maas usage``, ``maas events``: token usage and event timelines (``maas users`` is users_cmds.py)."""
 from __future__ import annotations
 
 import typer
 
 from services.cli.client import CliError
 from services.cli.common import client, command
-from services.cli.output import JsonOption, console, emit, table, when
+from services.cli.output import JsonOption, emit, table, when
 
-users_app = typer.Typer(help="Users (admins create them; each gets its own tenant).", no_args_is_help=True)
 RESOURCES = ("models", "tuning-jobs", "compression-jobs", "services")
-
-
-@command(users_app)
-def create(username: str = typer.Argument(...),
-           password: str = typer.Option(..., "--password", "-p", prompt=True, hide_input=True,
-                                        confirmation_prompt=True, help="at least 8 characters"),
-           as_json: bool = JsonOption) -> None:
-    """Create a user in a new tenant (admins only)."""
-    with client() as c:
-        data = c.post("/api/v1/users", {"username": username, "password": password})
-    emit(data, as_json=as_json, render=lambda d: console.print(
-        f"created user [bold]{d['username']}[/bold] (bucket {d['default_bucket']})"))
 
 
 def usage(group_by: str = typer.Option("service", "--by", help="service, key or day"),
@@ -49,6 +36,5 @@ def events(resource: str = typer.Argument(..., help="models, tuning-jobs, compre
 
 
 def register(root: typer.Typer) -> None:
-    root.add_typer(users_app, name="users")
     command(root, "usage")(usage)
     command(root, "events")(events)

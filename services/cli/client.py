@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -93,8 +93,29 @@ class Client:
     def put(self, path: str, body: dict) -> Any:
         return self.call("PUT", path, json=body)
 
+    def patch(self, path: str, body: dict) -> Any:
+        return self.call("PATCH", path, json=body)
+
     def delete(self, path: str) -> Any:
         return self.call("DELETE", path)
+
+    def download(self, path: str, sink: BinaryIO, /, **params) -> int:
+        """Stream a GET's body into ``sink`` (a CSV export can be large); the bytes written."""
+        if not self.token:
+            raise CliError("not logged in", hint="run `maas login` first (or set MAAS_TOKEN)")
+        written = 0
+        try:
+            with self.http.stream("GET", path, params={k: v for k, v in params.items() if v is not None},
+                                  timeout=None) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_from_response(response)
+                for chunk in response.iter_bytes():
+                    sink.write(chunk)
+                    written += len(chunk)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        return written
 
     def stream_events(self, path: str, body: dict, *, headers: dict | None = None) -> Iterator[dict]:
         """Server-sent events of a streaming chat: each ``data:`` payload as a dict, until [DONE]."""
@@ -119,15 +140,16 @@ class Client:
             raise self._unreachable(exc) from None
 
 
-def resolve(client: Client, collection: str, ident: str, *, what: str) -> dict:
-    """A resource by id or by exact name (``collection`` is the list path, e.g. /api/v1/models)."""
+def resolve(client: Client, collection: str, ident: str, *, what: str, key: str = "name") -> dict:
+    """A resource by id or by exact name (``collection`` is the list path, e.g. /api/v1/models;
+    ``key`` the name's field, e.g. ``username``)."""
     try:
         return client.get(f"{collection}/{ident}")
     except CliError as exc:
         if exc.status not in (404, 400):
             raise
     listing = client.get(collection, name=ident, limit=200)
-    matches = [item for item in listing.get("items", []) if item.get("name") == ident]
+    matches = [item for item in listing.get("items", []) if item.get(key) == ident]
     if len(matches) == 1:
         return client.get(f"{collection}/{matches[0]['id']}")
     if len(matches) > 1:

@@ -6,8 +6,9 @@ import os
 
 import typer
 
-from services.cli import (account_cmds, auth_cmds, chat_cmds, compress_cmds, keys_cmds, models_cmds, notify_cmds,
-                          platform_cmds, services_cmds, storage_cmds, templates_cmds, tuning_cmds)
+from services.cli import (account_cmds, audit_cmds, auth_cmds, chat_cmds, compress_cmds, groups_cmds, keys_cmds,
+                          models_cmds, notify_cmds, platform_cmds, policies_cmds, services_cmds, storage_cmds,
+                          templates_cmds, tuning_cmds, users_cmds)
 
 # No locals in tracebacks: they would print the bearer token.
 app = typer.Typer(help="OpenMaaS: self-hosted Model-as-a-Service.", no_args_is_help=True,
@@ -25,6 +26,10 @@ app.add_typer(keys_cmds.app, name="keys")
 chat_cmds.register(app)
 app.add_typer(notify_cmds.app, name="notify")
 account_cmds.register(app)
+app.add_typer(users_cmds.app, name="users")
+app.add_typer(groups_cmds.app, name="groups")
+app.add_typer(policies_cmds.app, name="policies")
+app.add_typer(audit_cmds.app, name="audit")
 
 
 def main() -> None:

@@ -36,7 +36,12 @@ def test_every_operation_has_a_command():
     group = typer.main.get_command(app)
     expected = {
         "login": None, "logout": None, "whoami": None, "deploy": None, "chat": None, "usage": None, "events": None,
-        "users": {"create"},
+        "users": {"list", "create", "show", "disable", "enable", "set-role", "delete", "add-to-group",
+                  "remove-from-group"},
+        "groups": {"list", "create", "show", "delete", "attach-policy", "detach-policy", "members"},
+        "policies": {"list", "show", "create", "update", "delete", "validate"},
+        "audit": {"list", "export"},
+        "auth": {"logout", "sessions", "password"},
         "templates": {"list", "show"},
         "models": {"list", "show", "create", "delete", "versions", "version", "add-version"},
         "storage": {"buckets", "ls", "upload"},
@@ -58,7 +63,9 @@ def test_every_operation_has_a_command():
 
 def test_json_output_option_on_listing_commands():
     group = typer.main.get_command(app)
-    for path in (("models", "list"), ("templates", "list"), ("tune", "list"), ("services", "list"), ("keys", "list")):
+    for path in (("models", "list"), ("templates", "list"), ("tune", "list"), ("services", "list"), ("keys", "list"),
+                 ("users", "list"), ("users", "show"), ("groups", "list"), ("groups", "show"), ("groups", "members"),
+                 ("policies", "list"), ("policies", "show"), ("policies", "validate"), ("audit", "list")):
         command = group.commands[path[0]].commands[path[1]]
         assert "--json" in _params(command)["as_json"].opts, path
 
