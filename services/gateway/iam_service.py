@@ -470,8 +470,8 @@ async def detach_policy(platform: Platform, *, tenant_id: str, group_id: str, po
 
 # ------------------------------------------------------------------------------------ accounts
 
-async def record_account(platform: Platform, *, tenant_id: str, created_by: str | None) -> None:
-    """The account of a new tenant (its first user is its administrator)."""
-    await platform.mongo[ACCOUNTS].update_one(
+async def record_account(uow, *, tenant_id: str, created_by: str | None) -> None:
+    """The account of a new tenant (its first user is its administrator), in the caller's unit of work."""
+    await uow.collection(ACCOUNTS).update_one(
         {"_id": tenant_id}, {"$setOnInsert": {"status": ACTIVE, "created_at": datetime.now(UTC),
-                                              "created_by": created_by}}, upsert=True)
+                                              "created_by": created_by}}, upsert=True, session=uow.session)

@@ -51,9 +51,10 @@ async def create_user(platform: Platform, *, username: str, password: str, role:
     user = {"_id": new_id(), "username": username, "password_hash": password_hash, "role": role,
             "tenant_id": tenant_id or new_id(), "account_role": "admin", "status": ACTIVE, "group_ids": [],
             "iam_rev": 0, "created_at": datetime.now(UTC)}
-    await platform.mongo[USERS].insert_one(user)
-    if tenant_id is None:
-        await record_account(platform, tenant_id=user["tenant_id"], created_by=username)
+    async with platform.uow() as uow:   # with the request's audit record
+        await uow.collection(USERS).insert_one(user, session=uow.session)
+        if tenant_id is None:
+            await record_account(uow, tenant_id=user["tenant_id"], created_by=username)
     # Each tenant gets a default bucket to upload weights and datasets into.
     await grant_bucket(platform, bucket=default_bucket(user["tenant_id"]), tenant_id=user["tenant_id"])
     return user

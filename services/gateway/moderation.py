@@ -131,7 +131,9 @@ async def put_blocklist(body: BlocklistUpdate, principal: Principal = Authorized
     terms = [t.strip() for t in body.terms if t.strip()]
     if any(len(t) > 200 for t in terms):
         raise ApiError(400, "invalid_parameter", "terms: each term must be at most 200 characters", field="terms")
-    await platform.mongo[MODERATION].update_one({"_id": "blocklist"}, {"$set": {"terms": terms}}, upsert=True)
+    async with platform.uow() as uow:   # with the request's audit record
+        await uow.collection(MODERATION).update_one({"_id": "blocklist"}, {"$set": {"terms": terms}}, upsert=True,
+                                                    session=uow.session)
     from services.gateway.chat import gateway_for
 
     gateway_for(platform).moderation.invalidate()

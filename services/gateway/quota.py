@@ -38,7 +38,8 @@ async def claim(platform: Platform, *, user_id: str, tenant_id: str, service_id:
            "service_id": service_id, "granted": granted, "used": 0, "reserved": 0, "leases": {},
            "claimed_at": datetime.now(UTC)}
     try:
-        await platform.mongo[QUOTAS].insert_one(doc)
+        async with platform.uow() as uow:   # with the request's audit record
+            await uow.collection(QUOTAS).insert_one(doc, session=uow.session)
     except DuplicateKeyError:
         raise ApiError(409, "quota_already_claimed",
                        f"the free quota of '{service.name}' has already been claimed") from None
