@@ -51,7 +51,8 @@ async def create_topic(platform: Platform, *, tenant_id: str, request: TopicCrea
     doc = {"_id": new_id(), "tenant_id": tenant_id, "name": request.name, "description": request.description,
            "created_at": _now()}
     try:
-        await topics.insert_one(doc)
+        async with platform.uow() as uow:   # with the request's audit record
+            await uow.collection(TOPICS).insert_one(doc, session=uow.session)
     except DuplicateKeyError:
         raise conflict(f"name: a topic named '{request.name}' already exists", field="name") from None
     return topic_view(doc)
@@ -229,7 +230,8 @@ async def create_rule(platform: Platform, *, tenant_id: str, request: RuleCreate
                           field="topic_name")
     doc = {"_id": new_id(), "tenant_id": tenant_id, "topic_name": request.topic_name, "subject": request.subject,
            "events": request.events, "source": "api", "created_at": _now()}
-    await platform.mongo[RULES].insert_one(doc)
+    async with platform.uow() as uow:   # with the request's audit record
+        await uow.collection(RULES).insert_one(doc, session=uow.session)
     return rule_view(doc)
 
 
@@ -240,7 +242,8 @@ async def list_rules(platform: Platform, *, tenant_id: str, subject: str | None 
 
 
 async def delete_rule(platform: Platform, *, tenant_id: str, rule_id: str) -> None:
-    result = await platform.mongo[RULES].delete_one({"_id": rule_id, "tenant_id": tenant_id})
+    async with platform.uow() as uow:   # with the request's audit record
+        result = await uow.collection(RULES).delete_one({"_id": rule_id, "tenant_id": tenant_id}, session=uow.session)
     if result.deleted_count != 1:
         raise not_found("rule", rule_id)
 
@@ -339,11 +342,14 @@ async def retry_delivery(platform: Platform, *, tenant_id: str, delivery_id: str
     if current is None:
         raise not_found("delivery", delivery_id)
     now = _now()
-    doc = await platform.mongo[DELIVERIES].find_one_and_update(
-        {"_id": delivery_id, "status": DeliveryStatus.dead},
-        {"$set": {"status": DeliveryStatus.pending, "next_attempt_at": now, "updated_at": now,
-                  "max_attempts": current["attempts"] + platform.settings.webhook_max_attempts}},
-        return_document=ReturnDocument.AFTER)
+
+    async def requeue(uow) -> dict | None:   # with the request's audit record
+        return await uow.collection(DELIVERIES).find_one_and_update(
+            {"_id": delivery_id, "status": DeliveryStatus.dead},
+            {"$set": {"status": DeliveryStatus.pending, "next_attempt_at": now, "updated_at": now,
+                      "max_attempts": current["attempts"] + platform.settings.webhook_max_attempts}},
+            return_document=ReturnDocument.AFTER, session=uow.session)
+    doc = await transact(platform, requeue)
     if doc is None:
         raise conflict(f"delivery is {current['status']}; only a dead-lettered delivery can be retried",
                        code="not_dead")
