@@ -1,6 +1,6 @@
 from contracts.events import REGISTRY_TOPIC, TASKS_TOPIC, WeightValidationRequested
 from services.common.service_spec import Consumer, ServiceSpec
-from services.registry import api, handlers, presets, worker
+from services.registry import api, handlers, presets, resend, worker
 from services.common.storage_acl import PlatformBucket
 from services.jobs.local_process import LocalProcessExecutor
 from services.registry.models import INDEXES, MANAGED_BUCKET
@@ -16,7 +16,7 @@ REGISTRY = ServiceSpec(
         Consumer(group="registry", topic=TASKS_TOPIC, handlers={
             k: v for k, v in handlers.HANDLERS.items() if k.topic == TASKS_TOPIC}),
     ],
-    background=[presets.import_all_presets],
+    background=[presets.import_all_presets, resend.resend_forever],
     uses_models=True,
 )
 

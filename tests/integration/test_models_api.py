@@ -71,6 +71,30 @@ async def test_uploaded_tiny_weights_become_a_created_model(api, bucket, tiny_fo
     assert {Path(o.key).name for o in copied} >= {"config.json", "model.safetensors"}
 
 
+async def test_an_import_whose_request_was_lost_is_asked_for_again(api, bucket, tiny_folder, running_platform):
+    """The version is the truth, its request a wake-up call: a lost delivery does not leave it creating."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.registry.models import MODELS, TASK_RECORDS, VERSIONS
+    from services.registry.resend import resend_stale_imports
+
+    platform = running_platform["platform"]
+    path = await upload_folder(api, tiny_folder, f"{bucket}/tiny-lost")
+    model = await create(api, name="tiny-lost", weights_path=path)
+    assert (await settled_model(api, model["id"]))["status"] == "created"
+    # As if its request had never been handled: creating, and quiet for an hour.
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    await platform.mongo[MODELS].update_one({"_id": model["id"]}, {"$set": {"status": "creating"}})
+    await platform.mongo[VERSIONS].update_one({"model_id": model["id"]}, {"$set": {"status": "creating"}})
+    await platform.mongo[TASK_RECORDS].update_one({"model_id": model["id"]},
+                                                  {"$set": {"status": "running", "updated_at": long_ago}})
+    assert await resend_stale_imports(platform) == 1
+    assert await resend_stale_imports(platform) == 0       # once per quiet period, not on every sweep
+    assert (await settled_model(api, model["id"]))["status"] == "created"
+    [task] = (await api.get(f"/api/v1/models/{model['id']}/versions/1")).json()["tasks"]
+    assert task["status"] == "succeeded"
+
+
 @pytest.mark.parametrize(("case", "edit", "message"), [
     ("no-config-json-content", {"config.json": "{not json"}, USER_CONFIG_ERROR),
     ("quantized", "quant", QUANT_EXTRA_ERROR),
