@@ -82,14 +82,23 @@ async def test_an_import_whose_request_was_lost_is_asked_for_again(api, bucket, 
     path = await upload_folder(api, tiny_folder, f"{bucket}/tiny-lost")
     model = await create(api, name="tiny-lost", weights_path=path)
     assert (await settled_model(api, model["id"]))["status"] == "created"
-    # As if its request had never been handled: creating, and quiet for an hour.
-    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    # As if its request had never been handled: creating, and quiet for a minute. (Quiet enough for a
+    # 10 s period, not for the 2 minutes of the platform's own sweeper, which must not race this test.)
+    quiet_since = datetime.now(UTC) - timedelta(minutes=1)
     await platform.mongo[MODELS].update_one({"_id": model["id"]}, {"$set": {"status": "creating"}})
     await platform.mongo[VERSIONS].update_one({"model_id": model["id"]}, {"$set": {"status": "creating"}})
     await platform.mongo[TASK_RECORDS].update_one({"model_id": model["id"]},
-                                                  {"$set": {"status": "running", "updated_at": long_ago}})
-    assert await resend_stale_imports(platform) == 1
-    assert await resend_stale_imports(platform) == 0       # once per quiet period, not on every sweep
+                                                  {"$set": {"status": "running", "updated_at": quiet_since}})
+
+    async def task() -> dict:
+        return await platform.mongo[TASK_RECORDS].find_one({"model_id": model["id"]})
+    assert await resend_stale_imports(platform, quiet=timedelta(seconds=10)) >= 1
+    first = (await task())["updated_at"]
+    assert first > quiet_since
+    await resend_stale_imports(platform, quiet=timedelta(seconds=10))
+    again = await task()
+    # Not sent again within its quiet period (unless the import already finished and settled it).
+    assert again["status"] == "succeeded" or again["updated_at"] == first
     assert (await settled_model(api, model["id"]))["status"] == "created"
     [task] = (await api.get(f"/api/v1/models/{model['id']}/versions/1")).json()["tasks"]
     assert task["status"] == "succeeded"
