@@ -55,6 +55,11 @@ class Executor(Protocol):
         ...
 
 
+def ignore_messages(kind: str, data: dict) -> None:
+    """The listener of work that asks nothing and whose news nobody reads."""
+    return None
+
+
 def stop_requested(channel: Channel) -> bool:
     """The usual question of long work: should it stop now (and save what it can)?"""
     return bool(channel.ask("stop?"))

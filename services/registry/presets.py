@@ -16,7 +16,7 @@ from pymongo.errors import DuplicateKeyError
 from services.common.context import Platform
 from services.common.objectstore import ObjectPath
 from services.common.storage_acl import PlatformBucket, reserve_platform_buckets
-from services.jobs.executor import Work, WorkFailed
+from services.jobs.executor import Work, WorkFailed, ignore_messages
 from services.jobs.local_process import LocalProcessExecutor
 from services.registry import work
 from services.catalog.templates import Template, default_catalog
@@ -32,7 +32,7 @@ async def _convert(template: Template, out_dir: Path) -> Path:
     try:
         done = await executor.run(
             Work(entry=work.CONVERT_PRESET, args={"source": template.preset_weights.source, "out_dir": out_dir},
-                 workdir=out_dir.parent / "proc"), lambda kind, data: None)
+                 workdir=out_dir.parent / "proc"), ignore_messages)
     except WorkFailed as exc:
         raise RuntimeError(f"converting the {template.id} weights failed: {exc}\n{exc.detail[-2000:]}") from None
     finally:

@@ -19,7 +19,7 @@ from services.registry.weight_checks import MSG_TEMPLATE as TEMPLATE_ERROR
 from services.registry.weight_checks import MSG_UNKNOWN as UNKNOWN_ERROR
 from services.registry.weight_checks import WeightCheckResult
 from services.registry import work
-from services.jobs.executor import Executor, Work
+from services.jobs.executor import Executor, Work, ignore_messages
 
 log = logging.getLogger(__name__)
 CONSUMER = "registry-weights"
@@ -32,14 +32,11 @@ async def _check(executor: Executor, folder: Path, template_id: str) -> WeightVa
                                          detail=f"template '{template_id}' is not in the catalog")
     result = WeightCheckResult.model_validate(await executor.run(
         Work(entry=work.VALIDATE, args={"folder": folder / "weights", "template_id": template_id},
-             workdir=folder / "proc"), _no_messages))
+             workdir=folder / "proc"), ignore_messages))
     return WeightValidationCompleted(
         task_id="", model_id="", version_id="", ok=result.ok, message=result.message, detail=result.detail,
         checks=[WeightCheck(name=name, passed=passed) for name, passed in result.checks])
 
-
-def _no_messages(kind: str, data: dict) -> None:
-    return None
 
 
 class WeightImporter:

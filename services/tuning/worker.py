@@ -31,7 +31,7 @@ from contracts.tuning import (CheckpointConversionRequested, CheckpointSaved, Tu
                               TuneProgress, TuneRequested, TuneStarted, TuneStopped)
 from services.common.context import Platform
 from services.common.objectstore import ObjectPath
-from services.jobs.executor import Executor, Work, WorkFailed
+from services.jobs.executor import Executor, Work, WorkFailed, ignore_messages
 from services.jobs.local_process import LocalProcessExecutor
 from services.jobs.runner import JobRunner, Outcome, Run, RunnerSettings, flush_run, keep_logs
 from services.tuning import work
@@ -132,7 +132,7 @@ class TuningJobs:
         if job["tune_type"] == "lora":
             run.say("merging the LoRA adapter into the base weights")
             final = Path(await self.executor.run(Work(entry=work.MERGE, workdir=run.work / "merge-proc", args={
-                "base_dir": base, "adapter_dir": final, "out_dir": run.work / "merged"}), _no_messages))
+                "base_dir": base, "adapter_dir": final, "out_dir": run.work / "merged"}), ignore_messages))
         target = ObjectPath.parse(job["output"]["path"] + "model/")
         run.say(f"uploading the tuned model to {target.uri}")
         await self.platform.store.ensure_bucket(target.bucket)
@@ -360,7 +360,7 @@ class CheckpointConversions:
                 await platform.store.download_prefix(ObjectPath.parse(job["source"]["weights_uri"]), base)
                 await platform.store.download_prefix(ObjectPath.parse(checkpoint["uri"]), adapter)
                 await self.executor.run(Work(entry=work.MERGE, workdir=Path(tmp) / "proc", args={
-                    "base_dir": base, "adapter_dir": adapter, "out_dir": merged}), _no_messages)
+                    "base_dir": base, "adapter_dir": adapter, "out_dir": merged}), ignore_messages)
                 target = ObjectPath.parse(conversion["weights_uri"])
                 await platform.store.ensure_bucket(target.bucket)
                 await platform.store.upload_folder(merged, target)
@@ -379,9 +379,6 @@ class CheckpointConversions:
                          subject=subject(conversion["job_id"]))
         await transact(platform, done)
 
-
-def _no_messages(kind: str, data: dict) -> None:
-    return None
 
 
 def _describe(exc: BaseException) -> str:
