@@ -142,7 +142,7 @@ async def main(args) -> dict:
                 for path, runs in json.loads(out.decode().strip().splitlines()[-1]).items():
                     measured[path] += runs
         step("the reservation alone, in this process")
-        per_call_us = await _reservation_cost(platform, on=on)
+        per_call_us = await _reservation_cost(platform, app.state.components["gateway"], on=on)
         await asyncio.sleep(1.5)
         ids = [x["id"] for x in services]
         quotas = [d async for d in platform.mongo["free_quotas"].find({"service_id": {"$in": ids}})]
@@ -165,16 +165,15 @@ async def _make_preset(api, platform, *, on: dict, off: dict) -> None:
     await asyncio.sleep(2)   # the gateway's view of a service is at most 0.5 s old
 
 
-async def _reservation_cost(platform, *, on: dict) -> float:
+async def _reservation_cost(platform, gateway, *, on: dict) -> float:
     """Microseconds per call of the gateway's own reserve + settle (the bound included), hot."""
     from contracts.openai import ChatCompletionRequest
     from services.readmodels.serving_refs import get_service
-    from services.gateway.chat import gateway_for
     from services.gateway.quota_calls import call_bound, reserve
 
     doc = await platform.mongo["free_quotas"].find_one({"service_id": on["id"]})
     service = await get_service(platform, on["id"])
-    ledger = gateway_for(platform).ledger
+    ledger = gateway.ledger
     body = {"model": service.name, "messages": PROMPT, "max_tokens": 64}
     request = ChatCompletionRequest.model_validate(body)
     n = 5000

@@ -112,14 +112,28 @@ def _subscribe(platform: Platform, group: str, consumers: list[Consumer]) -> Non
     )(dispatcher(platform, group, handlers))
 
 
+def _bound(consumer: Consumer, target: object) -> Consumer:
+    """The consumer with handlers that receive ``target`` (the service's component, or the platform)."""
+    def bind(handler):
+        async def handle(platform: Platform, envelope: Envelope, event) -> None:
+            await handler(target, envelope, event)
+        return handle
+    if isinstance(target, Platform):
+        return consumer
+    return Consumer(group=consumer.group, topic=consumer.topic,
+                    handlers={cls: bind(fn) for cls, fn in consumer.handlers.items()})
+
+
 def build_app(settings: Settings | None = None, *, services: str | None = None) -> FastAPI:
     settings = settings or get_settings()
     specs = select_services(services if services is not None else settings.services)
     platform = Platform.connect(settings)
+    components = {s.name: s.component(platform) for s in specs if s.component is not None}
     groups: dict[str, list[Consumer]] = {}
     for spec in specs:
+        target = components.get(spec.name, platform)
         for consumer in spec.consumers:
-            groups.setdefault(consumer.group, []).append(consumer)
+            groups.setdefault(consumer.group, []).append(_bound(consumer, target))
     for group, consumers in groups.items():
         _subscribe(platform, group, consumers)
 
@@ -139,7 +153,8 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
         await ensure_topics(settings, topics)
         await platform.broker.start()
         tasks = [asyncio.create_task(platform.relay.run(), name="outbox-relay")]
-        tasks += [asyncio.create_task(job(platform), name=job.__name__) for s in specs for job in s.background]
+        tasks += [asyncio.create_task(job(components.get(s.name, platform)), name=job.__name__)
+                  for s in specs for job in s.background]
         log.info("services up: %s", ", ".join(s.name for s in specs))
         try:
             yield
@@ -154,6 +169,7 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
     app = FastAPI(title="OpenMaaS", version="0.1.0", lifespan=lifespan,
                   description="Self-hosted Model-as-a-Service: console REST API under /api/v1.")
     app.state.platform = platform
+    app.state.components = components
     app.state.services = [s.name for s in specs]
     install_error_handlers(app)
     document_errors(app)  # the OpenAPI document shows the 400/401/404/... bodies the handlers answer

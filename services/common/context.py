@@ -61,6 +61,13 @@ async def transact(platform: Platform, work: Callable[[UnitOfWork], Awaitable[T]
     return None
 
 
+def get_component(service: str) -> Callable[[Request], Awaitable[object]]:
+    """A route dependency: the object the named service built for this app (``ServiceSpec.component``)."""
+    async def component(request: Request) -> object:
+        return request.app.state.components[service]
+    return component
+
+
 async def get_platform(request: Request) -> Platform:
     # async on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hop
     # on every request (the first token of every chat call waited for it).

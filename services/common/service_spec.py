@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter
 
@@ -10,7 +10,7 @@ from contracts import Envelope, EventData
 from services.common.mongo import IndexSpec
 from services.common.storage_acl import PlatformBucket
 
-Handler = Callable[..., Awaitable[None]]  # (platform, envelope, event) -> None
+Handler = Callable[..., Awaitable[None]]  # (platform or component, envelope, event) -> None
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,11 @@ class ServiceSpec:
     background: list[Callable[..., Awaitable[None]]] = field(default_factory=list)  # (platform) -> None
     uses_models: bool = False           # loads torch/transformers in worker threads
     buckets: list[PlatformBucket] = field(default_factory=list)  # reserved for the platform at start-up
+    # What the service builds once per process (a job runner, the chat gateway, the reconciler):
+    # ``component(platform)``, called by the composition root. When set, the service's handlers and
+    # background tasks receive that object instead of the platform, and its routes reach it with
+    # ``services.common.context.get_component(name)``. Nothing keeps it in a module-level registry.
+    component: Callable[[Any], Any] | None = None
 
     def topics(self) -> set[str]:
         return {c.topic for c in self.consumers}

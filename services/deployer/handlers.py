@@ -4,14 +4,13 @@ from __future__ import annotations
 from contracts import Envelope
 from contracts.serving import (ServiceDeleted, ServiceDeployRequested, ServiceModerationChanged, ServiceQpsChanged,
                                ServiceScaled, ServiceStarted, ServiceStopped, ServiceUpgraded)
-from services.common.context import Platform
-from services.deployer.runtime import reconciler_for
+from services.deployer.reconciler import Reconciler
 
 
-async def on_service_event(platform: Platform, envelope: Envelope, event) -> None:
+async def on_service_event(reconciler: Reconciler, envelope: Envelope, event) -> None:
     # A (re)start or a new desired state deserves new attempts even if the last ones failed.
     retry = isinstance(event, (ServiceDeployRequested, ServiceStarted, ServiceScaled, ServiceUpgraded))
-    reconciler_for(platform).nudge(event.service_id, retry=retry)
+    reconciler.nudge(event.service_id, retry=retry)
 
 
 HANDLERS = {cls: on_service_event for cls in (

@@ -13,7 +13,6 @@ from services.deployer.reconciler import Reconciler
 from services.deployer.settings import DeployerSettings, deployer_settings
 
 log = logging.getLogger(__name__)
-_RECONCILERS: dict[int, Reconciler] = {}   # one per Platform (tests may host several in one process)
 
 
 def make_backend(platform: Platform, settings: DeployerSettings) -> InstanceBackend:
@@ -25,12 +24,10 @@ def make_backend(platform: Platform, settings: DeployerSettings) -> InstanceBack
                                advertise_host=settings.advertise_host or None)
 
 
-def reconciler_for(platform: Platform) -> Reconciler:
-    reconciler = _RECONCILERS.get(id(platform))
-    if reconciler is None:
-        settings = deployer_settings()
-        reconciler = _RECONCILERS[id(platform)] = Reconciler(platform, make_backend(platform, settings), settings)
-    return reconciler
+def build_reconciler(platform: Platform) -> Reconciler:
+    """The deployer's component: one reconciler per process, built by the composition root."""
+    settings = deployer_settings()
+    return Reconciler(platform, make_backend(platform, settings), settings)
 
 
 async def _every(seconds: float, what, name: str) -> None:
@@ -44,9 +41,8 @@ async def _every(seconds: float, what, name: str) -> None:
         await asyncio.sleep(seconds)
 
 
-async def run_deployer(platform: Platform) -> None:
+async def run_deployer(reconciler: Reconciler) -> None:
     """Background task: resync, health checks and log shipping; stops every instance on shutdown."""
-    reconciler = reconciler_for(platform)
     settings = reconciler.settings
     loops = [asyncio.create_task(_every(settings.resync_seconds, reconciler.resync, "resync")),
              asyncio.create_task(_every(settings.health_interval_seconds, reconciler.check_health, "health check")),
@@ -58,4 +54,3 @@ async def run_deployer(platform: Platform) -> None:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         await reconciler.close()
-        _RECONCILERS.pop(id(platform), None)

@@ -8,4 +8,5 @@ DEPLOYER = ServiceSpec(
     indexes=INDEXES,
     consumers=[Consumer(group="deployer", topic=SERVING_TOPIC, handlers=handlers.HANDLERS)],
     background=[runtime.run_deployer],
+    component=runtime.build_reconciler,
 )

@@ -23,12 +23,13 @@ import logging
 import time
 from collections import defaultdict
 
+from fastapi import Depends
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from contracts.openai import PROMPT_TOKENS_HEADER, ChatCompletionRequest
 from contracts.serving import PresetServiceWakeRequested
-from services.common.context import Platform
+from services.common.context import Platform, get_component
 from services.readmodels.serving_refs import InstanceRef, ServiceRef
 from services.gateway import keys, quota_calls
 from services.gateway.key_limits import KEY_WINDOWS, KeyLimits
@@ -475,20 +476,17 @@ def _filtered_chunk(chunk: dict, index: int) -> bytes:
 
 # ------------------------------------------------------------------------------------ per process
 
-_GATEWAYS: dict[int, ChatGateway] = {}
+def build_gateway(platform: Platform) -> ChatGateway:
+    """The gateway service's component: one per process, built by the composition root."""
+    return ChatGateway(platform)
 
 
-def gateway_for(platform: Platform) -> ChatGateway:
-    gateway = _GATEWAYS.get(id(platform))
-    if gateway is None:
-        gateway = _GATEWAYS[id(platform)] = ChatGateway(platform)
-    return gateway
+Gateway = Depends(get_component("gateway"))   # the routes' way to this process's ChatGateway
 
 
-async def run_gateway(platform: Platform) -> None:
+async def run_gateway(gateway: ChatGateway) -> None:
     """Background task: write metered usage every second and keep the gateway's views of the
     database fresh (so calls do not wait on it); flush and close on shutdown."""
-    gateway = gateway_for(platform)
     views = [*gateway.router.views, gateway.moderation.view, keys.callers()]
     period = max(0.05, min(v.max_age for v in views) / 4)
     refresher = asyncio.create_task(keep_fresh(views, period=period), name="gateway-views")
@@ -502,4 +500,3 @@ async def run_gateway(platform: Platform) -> None:
         refresher.cancel()
         await asyncio.gather(refresher, return_exceptions=True)
         await gateway.close()
-        _GATEWAYS.pop(id(platform), None)

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import Principal
-from services.common.context import Platform, get_platform
+from services.common.context import Platform, get_component, get_platform
 from services.common.errors import ApiError
 from services.gateway.settings import gateway_settings
 from services.gateway.views import ReadThroughView
@@ -126,7 +126,7 @@ async def get_blocklist(principal: Principal = Authorized("maas:moderation:getBl
 
 @router.put("/blocklist", summary="Replace the admin-managed blocked terms (admins only)")
 async def put_blocklist(body: BlocklistUpdate, principal: Principal = Authorized("maas:moderation:updateBlocklist"),
-                        platform: Platform = Depends(get_platform)):
+                        platform: Platform = Depends(get_platform), gateway=Depends(get_component("gateway"))):
     _admins_only(principal)
     terms = [t.strip() for t in body.terms if t.strip()]
     if any(len(t) > 200 for t in terms):
@@ -134,7 +134,5 @@ async def put_blocklist(body: BlocklistUpdate, principal: Principal = Authorized
     async with platform.uow() as uow:   # with the request's audit record
         await uow.collection(MODERATION).update_one({"_id": "blocklist"}, {"$set": {"terms": terms}}, upsert=True,
                                                     session=uow.session)
-    from services.gateway.chat import gateway_for
-
-    gateway_for(platform).moderation.invalidate()
+    gateway.moderation.invalidate()   # this process's filter; others see the change within its max_age
     return {"terms": terms}

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from contracts.openai import ChatCompletionRequest
 from services.common.context import Platform, get_platform
 from services.readmodels.serving_refs import PRESET_TENANT, ServiceRef, list_callable_services
-from services.gateway.chat import gateway_for
+from services.gateway.chat import ChatGateway, Gateway
 from services.gateway.keys import authenticate
 from services.gateway.oai_errors import OpenAIError, invalid
 from services.iam.actions import INFERENCE_CALL
@@ -61,25 +61,26 @@ def _model_card(service: ServiceRef) -> dict:
             "service_id": service.id, "max_model_len": service.max_model_len}
 
 
-async def _chat(request: Request, platform: Platform, service_id: str | None, action: str):
+async def _chat(request: Request, platform: Platform, gateway: ChatGateway, service_id: str | None, action: str):
     try:
         caller = await authenticate(platform, request, action=action)
-        return await gateway_for(platform).chat(caller, await _body(request), service_id=service_id)
+        return await gateway.chat(caller, await _body(request), service_id=service_id)
     except OpenAIError as exc:
         return exc.response()
 
 
 @router.post("/v1/chat/completions", summary="Chat completion; `model` names one of your services or a preset",
              responses=CALL_ERRORS, openapi_extra=CHAT_BODY)
-async def chat_completions(request: Request, platform: Platform = Depends(get_platform), action: str = CALL):
-    return await _chat(request, platform, None, action)
+async def chat_completions(request: Request, platform: Platform = Depends(get_platform), action: str = CALL,
+                           gateway: ChatGateway = Gateway):
+    return await _chat(request, platform, gateway, None, action)
 
 
 @router.post("/v1/infers/{service_id}/v1/chat/completions", summary="Chat completion of one service",
              responses=CALL_ERRORS, openapi_extra=CHAT_BODY)
 async def service_chat_completions(service_id: str, request: Request, platform: Platform = Depends(get_platform),
-                                   action: str = CALL):
-    return await _chat(request, platform, service_id, action)
+                                   action: str = CALL, gateway: ChatGateway = Gateway):
+    return await _chat(request, platform, gateway, service_id, action)
 
 
 @router.get("/v1/models", summary="Models you can call: your running services and the preset services")
@@ -93,10 +94,11 @@ async def list_models(request: Request, platform: Platform = Depends(get_platfor
 
 
 @router.get("/v1/models/{model}", summary="One model (service) by name")
-async def get_model(model: str, request: Request, platform: Platform = Depends(get_platform), action: str = CALL):
+async def get_model(model: str, request: Request, platform: Platform = Depends(get_platform), action: str = CALL,
+                    gateway: ChatGateway = Gateway):
     try:
         caller = await authenticate(platform, request, action=action)
-        service = await gateway_for(platform).resolve(caller, service_id=None, model=model)
+        service = await gateway.resolve(caller, service_id=None, model=model)
     except OpenAIError as exc:
         return exc.response()
     return _model_card(service)
@@ -104,10 +106,10 @@ async def get_model(model: str, request: Request, platform: Platform = Depends(g
 
 @router.get("/v1/infers/{service_id}/v1/models", summary="The model of one service")
 async def service_models(service_id: str, request: Request, platform: Platform = Depends(get_platform),
-                         action: str = CALL):
+                         action: str = CALL, gateway: ChatGateway = Gateway):
     try:
         caller = await authenticate(platform, request, action=action)
-        service = await gateway_for(platform).resolve(caller, service_id=service_id, model=None)
+        service = await gateway.resolve(caller, service_id=service_id, model=None)
     except OpenAIError as exc:
         return exc.response()
     return JSONResponse({"object": "list", "data": [_model_card(service)]})

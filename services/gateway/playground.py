@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import Principal
-from services.common.context import Platform, get_platform
-from services.gateway.chat import gateway_for
+from services.gateway.chat import ChatGateway, Gateway
 from services.gateway.keys import Caller
 from services.gateway.oai_errors import OpenAIError
 from services.gateway.openai_api import CALL_ERRORS
@@ -55,10 +54,9 @@ async def parameters(_: Principal = Authorized("maas:playground:getParameters"))
 
 @router.post("/chat", summary="Chat with a service (streaming with stream=true)", responses=CALL_ERRORS)
 async def chat(body: PlaygroundChat, principal: Principal = Authorized("maas:inference:call"),
-               platform: Platform = Depends(get_platform)):
+               gateway: ChatGateway = Gateway):
     caller = Caller(user_id=principal.user_id, tenant_id=principal.tenant_id, username=principal.username,
                     role=principal.role, key_id="playground")
-    gateway = gateway_for(platform)
     payload = {"messages": [m.model_dump() for m in body.messages], "temperature": body.temperature,
                "top_p": body.top_p, "top_k": body.top_k, "stream": body.stream}
     if body.max_tokens is not None:

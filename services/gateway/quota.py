@@ -14,11 +14,10 @@ from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from services.common.auth import Principal
-from services.common.context import Platform, get_platform
+from services.common.context import Platform, get_component, get_platform
 from services.common.errors import ApiError, not_found
 from services.common.mongo import IndexSpec
 from services.readmodels.serving_refs import PRESET_TENANT, SERVICES, find_service_by_name, get_service
-from services.gateway.chat import gateway_for
 from services.gateway.quota_ledger import QuotaLedger
 from services.gateway.quota_store import QUOTAS, quota_id
 from services.gateway.settings import gateway_settings
@@ -66,10 +65,14 @@ def _quota_view(doc: dict | None, ledger: QuotaLedger | None) -> dict:
 router = APIRouter(prefix="/api/v1/preset-services", tags=["preset services"])
 
 
+async def _ledger(gateway=Depends(get_component("gateway"))) -> QuotaLedger:
+    """The quota ledger of this process's chat gateway: balances include tokens it holds for calls."""
+    return gateway.ledger
+
+
 @router.get("", summary="Preset services with my free quota")
 async def list_presets(principal: Principal = Authorized("maas:presetServices:list"),
-                       platform: Platform = Depends(get_platform)):
-    ledger = gateway_for(platform).ledger
+                       platform: Platform = Depends(get_platform), ledger: QuotaLedger = Depends(_ledger)):
     quotas = {d["service_id"]: d async for d in platform.mongo[QUOTAS].find({"user_id": principal.user_id})}
     items = []
     async for doc in platform.mongo[SERVICES].find({"tenant_id": PRESET_TENANT}).sort("name", ASCENDING):

@@ -26,4 +26,5 @@ GATEWAY = ServiceSpec(
     indexes=identity.INDEXES + sessions.INDEXES + login_throttle.INDEXES + keys.INDEXES + key_limits.INDEXES
     + quota.INDEXES + metering.INDEXES + iam_store.INDEXES,
     background=[chat.run_gateway],
+    component=chat.build_gateway,
 )

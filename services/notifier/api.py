@@ -8,17 +8,19 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from contracts.notifications import EVENT_KIND_LABELS, EventKind
 from services.common.auth import Principal
-from services.common.context import Platform, get_platform
+from services.common.context import Platform, get_component, get_platform
 from services.common.errors import not_found
 from services.common.paging import Offset
 from services.iam.authorize import Authorized
 from services.notifier import service, timeline
+from services.notifier.delivery import DeliveryQueue
 from services.notifier.kinds import TIMELINE_RESOURCES
 from services.notifier.models import (ConfirmRequest, DeliveryStatus, DeliveryView, RuleCreate, RuleView,
                                       SubscriptionCreate, SubscriptionView, TopicCreate, TopicView)
 
 router = APIRouter(prefix="/api/v1", tags=["notifications"])
 timeline_router = APIRouter(prefix="/api/v1", tags=["events"])
+Queue = Depends(get_component("notifier"))   # this process's webhook sender, to send a new delivery at once
 
 
 def _base_url(request: Request) -> str:
@@ -61,9 +63,9 @@ async def delete_topic(topic: str, principal: Principal = Authorized("maas:notif
              summary="Subscribe a webhook; it receives a confirmation request and nothing else until confirmed")
 async def create_subscription(topic: str, body: SubscriptionCreate, request: Request,
                               principal: Principal = Authorized("maas:notificationSubscriptions:create"),
-                              platform: Platform = Depends(get_platform)):
+                              platform: Platform = Depends(get_platform), queue: DeliveryQueue = Queue):
     return await service.create_subscription(platform, tenant_id=principal.tenant_id, topic=topic, request=body,
-                                             confirm_base_url=_base_url(request))
+                                             confirm_base_url=_base_url(request), wake=queue.wake)
 
 
 @router.get("/notification-topics/{topic}/subscriptions", summary="A topic's subscriptions")
@@ -106,9 +108,9 @@ async def confirm_subscription(subscription_id: str, body: ConfirmRequest, platf
              summary="Send a new confirmation request (the old token stops working)")
 async def resend_confirmation(subscription_id: str, request: Request,
                               principal: Principal = Authorized("maas:notificationSubscriptions:resendConfirmation"),
-                              platform: Platform = Depends(get_platform)):
+                              platform: Platform = Depends(get_platform), queue: DeliveryQueue = Queue):
     return await service.resend_confirmation(platform, tenant_id=principal.tenant_id, subscription_id=subscription_id,
-                                             confirm_base_url=_base_url(request))
+                                             confirm_base_url=_base_url(request), wake=queue.wake)
 
 
 # ---- rules: which events of which jobs go to which topic
@@ -152,8 +154,9 @@ async def get_delivery(delivery_id: str, principal: Principal = Authorized("maas
 @router.post("/notification-deliveries/{delivery_id}/retry", response_model=DeliveryView,
              summary="Re-drive a dead-lettered delivery")
 async def retry_delivery(delivery_id: str, principal: Principal = Authorized("maas:notificationDeliveries:retry"),
-                         platform: Platform = Depends(get_platform)):
-    return await service.retry_delivery(platform, tenant_id=principal.tenant_id, delivery_id=delivery_id)
+                         platform: Platform = Depends(get_platform), queue: DeliveryQueue = Queue):
+    return await service.retry_delivery(platform, tenant_id=principal.tenant_id, delivery_id=delivery_id,
+                                        wake=queue.wake)
 
 
 # ---- event timelines (kept 30 days)

@@ -74,16 +74,6 @@ def signed_headers(*, secret: str, msg_id: str, body: str, at: datetime) -> dict
     }
 
 
-# In-process nudges, so a fresh delivery goes out without waiting for the next poll.
-_wakers: dict[int, asyncio.Event] = {}
-
-
-def wake(platform) -> None:
-    event = _wakers.get(id(platform))
-    if event is not None:
-        event.set()
-
-
 def _reason(exc: Exception) -> str:
     """What the tenant's delivery log says: a fixed reason, never the raw error."""
     if isinstance(exc, AddressNotAllowed):
@@ -173,13 +163,22 @@ class DeliveryWorker:
         return len(claimed)
 
 
-async def run_delivery_worker(platform) -> None:
-    """Background task of the notifier service."""
-    waker = _wakers.setdefault(id(platform), asyncio.Event())
-    settings = platform.settings
-    async with WebhookHttp(settings=settings) as http:
-        worker = DeliveryWorker(platform, http=http)
-        try:
+class DeliveryQueue:
+    """The notifier's component: this process's webhook sender, and the nudge that sends a fresh
+    delivery at once instead of at the next poll."""
+
+    def __init__(self, platform):
+        self.platform = platform
+        self._waker = asyncio.Event()
+
+    def wake(self) -> None:
+        self._waker.set()
+
+    async def run(self) -> None:
+        """Background task of the notifier service: send due deliveries until cancelled."""
+        settings = self.platform.settings
+        async with WebhookHttp(settings=settings) as http:
+            worker = DeliveryWorker(self.platform, http=http)
             while True:
                 try:
                     if await worker.run_once():
@@ -189,9 +188,11 @@ async def run_delivery_worker(platform) -> None:
                 except Exception:  # database hiccup: the queue is in MongoDB, try again shortly
                     log.exception("webhook delivery loop failed; retrying")
                 try:
-                    await asyncio.wait_for(waker.wait(), timeout=max(0.2, settings.outbox_poll_seconds))
+                    await asyncio.wait_for(self._waker.wait(), timeout=max(0.2, settings.outbox_poll_seconds))
                 except TimeoutError:
                     pass
-                waker.clear()
-        finally:
-            _wakers.pop(id(platform), None)
+                self._waker.clear()
+
+
+async def run_delivery_queue(queue: DeliveryQueue) -> None:
+    await queue.run()

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 from contracts import ALL_EVENTS, Envelope, EventData
 from contracts.notifications import NotificationRuleChanged
-from services.common.context import Platform
-from services.notifier import delivery, service, timeline
+from services.notifier import service, timeline
+from services.notifier.delivery import DeliveryQueue
 from services.notifier.kinds import NOT_IN_TIMELINE, classify
 
 CONSUMER = "notifier"
 
 
-async def on_event(platform: Platform, envelope: Envelope, event: EventData) -> None:
+async def on_event(queue: DeliveryQueue, envelope: Envelope, event: EventData) -> None:
+    platform = queue.platform
     kind = classify(envelope.type, envelope.data)
     queued = 0
     async with platform.uow() as uow:
@@ -28,7 +29,7 @@ async def on_event(platform: Platform, envelope: Envelope, event: EventData) -> 
         if await timeline.record(uow, envelope, kind):
             queued += await service.fan_out(uow, envelope=envelope, kind=kind)
     if queued:
-        delivery.wake(platform)
+        queue.wake()
 
 
 async def _catch_up(uow, rule: Envelope) -> int:

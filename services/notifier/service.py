@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from pymongo import DESCENDING, ReturnDocument
@@ -123,7 +124,7 @@ async def _queue_confirmation(uow, sub: dict, *, confirm_base_url: str) -> str:
 
 
 async def create_subscription(platform: Platform, *, tenant_id: str, topic: str, request: SubscriptionCreate,
-                              confirm_base_url: str) -> SubscriptionView:
+                              confirm_base_url: str, wake: Callable[[], None]) -> SubscriptionView:
     topic_doc = await _topic_or_404(platform, tenant_id=tenant_id, topic=topic)
     try:
         endpoint = await check_endpoint(request.endpoint.strip(),
@@ -144,7 +145,7 @@ async def create_subscription(platform: Platform, *, tenant_id: str, topic: str,
     async with platform.uow() as uow:
         await uow.collection(SUBSCRIPTIONS).insert_one(sub, session=uow.session)
         await _queue_confirmation(uow, sub, confirm_base_url=confirm_base_url)
-    delivery.wake(platform)
+    wake()
     return subscription_view(sub, secret=secret)
 
 
@@ -207,7 +208,7 @@ async def confirm_subscription(platform: Platform, *, subscription_id: str, toke
 
 
 async def resend_confirmation(platform: Platform, *, tenant_id: str, subscription_id: str,
-                              confirm_base_url: str) -> SubscriptionView:
+                              confirm_base_url: str, wake: Callable[[], None]) -> SubscriptionView:
     sub = await _subscription_or_404(platform, subscription_id=subscription_id, tenant_id=tenant_id)
     if sub["status"] == SubscriptionStatus.confirmed:
         raise conflict("the subscription is already confirmed", code="already_confirmed")
@@ -218,7 +219,7 @@ async def resend_confirmation(platform: Platform, *, tenant_id: str, subscriptio
             {"$set": {"status": DeliveryStatus.cancelled, "updated_at": _now()}}, session=uow.session)
         await _queue_confirmation(uow, sub, confirm_base_url=confirm_base_url)
     await transact(platform, requeue)
-    delivery.wake(platform)
+    wake()
     return subscription_view(sub)
 
 
@@ -336,7 +337,8 @@ async def get_delivery(platform: Platform, *, tenant_id: str, delivery_id: str) 
     return delivery_view(doc, with_payload=doc["kind"] == DeliveryKind.notification)
 
 
-async def retry_delivery(platform: Platform, *, tenant_id: str, delivery_id: str) -> DeliveryView:
+async def retry_delivery(platform: Platform, *, tenant_id: str, delivery_id: str,
+                         wake: Callable[[], None]) -> DeliveryView:
     """Re-drive a dead-lettered delivery: it gets a fresh round of attempts."""
     current = await platform.mongo[DELIVERIES].find_one({"_id": delivery_id, "tenant_id": tenant_id})
     if current is None:
@@ -353,5 +355,5 @@ async def retry_delivery(platform: Platform, *, tenant_id: str, delivery_id: str
     if doc is None:
         raise conflict(f"delivery is {current['status']}; only a dead-lettered delivery can be retried",
                        code="not_dead")
-    delivery.wake(platform)
+    wake()
     return delivery_view(doc)

@@ -18,7 +18,7 @@ async def _jobs_by_state(platform) -> None:
         metrics.jobs.labels(resource=resource, state=state).set(n)
 
 
-async def register_metrics(platform) -> None:
+async def register_metrics(queue: delivery.DeliveryQueue) -> None:
     """Scrape-time gauges of the process that hosts the notifier (it owns their data)."""
     metrics.on_scrape("notifier.delivery_queue", _delivery_queue, every=10)
     metrics.on_scrape("notifier.jobs_by_state", _jobs_by_state, every=10)
@@ -30,5 +30,6 @@ NOTIFIER = ServiceSpec(
     indexes=models.INDEXES + timeline.INDEXES,
     # One group over every topic: each event is stored in its timeline and matched against rules.
     consumers=[Consumer(group="notifier", topic=t, handlers=handlers.handlers_for(t)) for t in handlers.topics()],
-    background=[delivery.run_delivery_worker, register_metrics],
+    background=[delivery.run_delivery_queue, register_metrics],
+    component=delivery.DeliveryQueue,
 )

@@ -7,7 +7,7 @@ from services.tuning.models import INDEXES, MANAGED_BUCKET
 
 TUNING = ServiceSpec(
     name="tuning",
-    routers=[api.router, api.logs_router],
+    routers=[api.router, api.jobs_router],
     indexes=INDEXES,
     buckets=[PlatformBucket(MANAGED_BUCKET)],
     consumers=[
@@ -27,4 +27,5 @@ TUNING_WORKER = ServiceSpec(
     consumers=[Consumer(group="tuning-worker", topic=TUNING_TOPIC, handlers=worker.HANDLERS)],
     background=[worker.run_worker],
     uses_models=True,
+    component=worker.build_worker,
 )

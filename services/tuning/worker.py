@@ -412,10 +412,8 @@ class TuningWorker:
     conversions: CheckpointConversions
 
 
-_WORKERS: dict[int, TuningWorker] = {}
-
-
 def build_worker(platform: Platform, settings: TuningSettings | None = None) -> TuningWorker:
+    """The tuning worker's component: one per process, built by the composition root."""
     settings = settings or TuningSettings()
     # Trainings and adapter merges run in job processes, never in this process's threads.
     executor = LocalProcessExecutor(max_concurrent=settings.slots + 2)
@@ -426,38 +424,23 @@ def build_worker(platform: Platform, settings: TuningSettings | None = None) -> 
                                                                          worker_id=runner.worker_id))
 
 
-def worker_for(platform: Platform) -> TuningWorker:
-    worker = _WORKERS.get(id(platform))
-    if worker is None:
-        worker = _WORKERS[id(platform)] = build_worker(platform)
-    return worker
-
-
-def local_workers() -> list[JobRunner]:
-    """The tuning runners of this process (e.g. to drain them before a shutdown)."""
-    return [w.runner for w in _WORKERS.values()]
-
-
-async def run_worker(platform: Platform) -> None:
-    worker = worker_for(platform)
+async def run_worker(worker: TuningWorker) -> None:
+    # On shutdown, running jobs are handed back (a checkpoint first) rather than left to their leases.
     try:
-        await worker.runner.poll_forever(worker.conversions.claim_conversions)
-    finally:  # the process is shutting down: hand running jobs back rather than let their leases expire
-        try:
-            worker.conversions.draining = True
-            await worker.runner.shutdown(grace_seconds=worker.runner.kind.settings.shutdown_grace_seconds)
-            worker.runner.kind.executor.close()
-        finally:
-            _WORKERS.pop(id(platform), None)
+        await worker.runner.serve(worker.conversions.claim_conversions,
+                                  grace_seconds=worker.runner.kind.settings.shutdown_grace_seconds)
+    finally:
+        worker.conversions.draining = True
 
 
-async def on_tune_requested(platform: Platform, envelope: Envelope, event: TuneRequested) -> None:
+async def on_tune_requested(worker: TuningWorker, envelope: Envelope, event: TuneRequested) -> None:
     # Returns at once: the training runs as a task, so the consumer keeps polling Kafka.
-    await worker_for(platform).runner.try_claim(event.job_id)
+    await worker.runner.try_claim(event.job_id)
 
 
-async def on_conversion_requested(platform: Platform, envelope: Envelope, event: CheckpointConversionRequested) -> None:
-    await worker_for(platform).conversions.try_convert(event.conversion_id)
+async def on_conversion_requested(worker: TuningWorker, envelope: Envelope,
+                                  event: CheckpointConversionRequested) -> None:
+    await worker.conversions.try_convert(event.conversion_id)
 
 
 HANDLERS = {TuneRequested: on_tune_requested, CheckpointConversionRequested: on_conversion_requested}

@@ -346,7 +346,7 @@ async def test_a_delivery_claimed_by_a_worker_that_died_is_delivered_after_its_l
         # As a dead worker leaves it: claimed, lease expired.
         doc.update(status="delivering", claim="dead-worker", next_attempt_at=now - timedelta(seconds=1))
         await platform.mongo[DELIVERIES].insert_one(doc)
-        delivery.wake(platform)
+        running_platform["app"].state.components["notifier"].wake()
 
         async def delivered():
             d = await platform.mongo[DELIVERIES].find_one({"_id": doc["_id"]})

@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from services.tuning.worker import local_workers
 from tests.integration.conftest import wait_for
 from tests.integration.test_tuning_jobs import (ITERATION, alpaca_rows, create_model, created, job_body, jsonl, put,
                                                 upload_model)
@@ -34,10 +33,11 @@ def start_worker_process(platform_env: dict, work_dir, log_file) -> subprocess.P
                             env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
 
-async def test_a_killed_workers_job_resumes_on_another_worker(api, platform_env, tmp_path, tmp_path_factory):
+async def test_a_killed_workers_job_resumes_on_another_worker(api, platform_env, running_platform, tmp_path,
+                                                              tmp_path_factory):
     from services.mlkit.tiny import build_tiny_model
 
-    [local] = local_workers()
+    local = running_platform["app"].state.components["tuning-worker"].runner
     local.draining = True           # this process's worker steps aside, so the other one takes the job
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log_file:  # started first: it boots while the model is being prepared
@@ -97,7 +97,7 @@ async def test_a_worker_shutting_down_hands_its_job_back(api, running_platform, 
     model = await created(api, (await create_model(api, name="tune-release-base",
                                                    path=await upload_model(api, folder, f"{bucket}/release-tiny")))["id"])
     data = await put(api, f"{bucket}/release/alpaca.jsonl", jsonl(alpaca_rows(64)))
-    [local] = local_workers()
+    local = running_platform["app"].state.components["tuning-worker"].runner
     local.draining = True
     leaving = build_worker(running_platform["platform"]).runner   # a second worker, as another process runs it
     try:
