@@ -35,11 +35,13 @@ def announce_task_record(uow, job: dict, *, task_kind: str, removed: bool = Fals
              tenant_id=job["tenant_id"], subject=f"models/{source['model_id']}")
 
 
-async def transition(uow, *, collection: str, task_kind: str, job_id: str, target: str,
+async def transition(uow, *, collection: str, task_kind: str | None, job_id: str, target: str,
                      allowed_from: Iterable[str], message: str | None = None,
                      where: dict[str, Any] | None = None, set_: dict[str, Any] | None = None,
                      inc: dict[str, Any] | None = None) -> dict | None:
-    """Move a job to ``target`` if its status is one of ``allowed_from``; the updated document, or None."""
+    """Move a job to ``target`` if its status is one of ``allowed_from``; the updated document, or None.
+    ``task_kind`` None: the job is not a task on a source model's record (a weight validation is the
+    registry's own)."""
     at = now()
     update: dict[str, Any] = {
         "$set": {"status": target, "status_message": message, "updated_at": at, **(set_ or {})},
@@ -50,7 +52,7 @@ async def transition(uow, *, collection: str, task_kind: str, job_id: str, targe
     doc = await uow.collection(collection).find_one_and_update(
         {"_id": job_id, "status": {"$in": list(allowed_from)}, **(where or {})}, update,
         return_document=ReturnDocument.AFTER, session=uow.session)
-    if doc is not None:
+    if doc is not None and task_kind is not None:
         announce_task_record(uow, doc, task_kind=task_kind)
     return doc
 

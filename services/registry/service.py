@@ -8,8 +8,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
 
 from contracts import new_id
-from contracts.events import (ModelArtifactRejected, ModelCreated, ModelDeleted, ModelVersionCreated,
-                             WeightValidationRequested)
+from contracts.events import ModelArtifactRejected, ModelCreated, ModelDeleted, ModelVersionCreated
 from services.common.account_limits import account_limits, refuse
 from services.common.context import Platform
 from services.common.errors import ApiError, bad_request, conflict, not_found
@@ -19,6 +18,7 @@ from services.catalog.templates import Template, default_catalog
 from services.registry.models import (MANAGED_BUCKET, MAX_VERSIONS, MODELS, PRESETS, TASK_RECORDS, VERSIONS,
                                       ModelCreate, ModelView, Status, TaskStatus, VersionCreate, VersionView,
                                       model_view, version_view)
+from services.registry.validation_jobs import request_validation
 from services.registry.weight_checks import is_hf_folder
 
 WEIGHT_VALIDATION = "weight_validation"
@@ -85,7 +85,7 @@ def _version_doc(*, tenant_id: str, model_id: str, number: int, source_uri: str,
 
 
 async def _start_import(uow, *, tenant_id: str, model_id: str, version: dict, template: Template) -> None:
-    """Record the weight-validation task and ask the worker for it, in the caller's transaction."""
+    """Record the weight-validation task and its job (the worker's), in the caller's transaction."""
     task_id = new_id()
     now = _now()
     await uow.collection(TASK_RECORDS).insert_one({
@@ -93,10 +93,7 @@ async def _start_import(uow, *, tenant_id: str, model_id: str, version: dict, te
         "kind": WEIGHT_VALIDATION, "name": f"weight-validation-V{version['number']}",
         "status": TaskStatus.running, "message": None, "checks": [], "created_at": now, "updated_at": now,
     }, session=uow.session)
-    uow.emit(WeightValidationRequested(
-        task_id=task_id, model_id=model_id, version_id=version["_id"], template_id=template.id,
-        weights_uri=version["source_uri"], target_uri=version["target_uri"],
-        validate_weights=version["validate_weights"]), tenant_id=tenant_id, subject=f"models/{model_id}")
+    await request_validation(uow, task_id=task_id, tenant_id=tenant_id, version=version, template_id=template.id)
 
 
 async def create_model(platform: Platform, *, tenant_id: str, request: ModelCreate) -> ModelView:

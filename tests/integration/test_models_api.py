@@ -71,35 +71,28 @@ async def test_uploaded_tiny_weights_become_a_created_model(api, bucket, tiny_fo
     assert {Path(o.key).name for o in copied} >= {"config.json", "model.safetensors"}
 
 
-async def test_an_import_whose_request_was_lost_is_asked_for_again(api, bucket, tiny_folder, running_platform):
-    """The version is the truth, its request a wake-up call: a lost delivery does not leave it creating."""
-    from datetime import UTC, datetime, timedelta
-
+async def test_a_validation_whose_request_was_lost_is_found_by_a_polling_worker(api, bucket, tiny_folder,
+                                                                                running_platform):
+    """The validation job is the truth, its request only a wake-up call: a job no event announces
+    is still claimed (by the worker's poll) and settles its version."""
     from services.registry.models import MODELS, TASK_RECORDS, VERSIONS
-    from services.registry.resend import resend_stale_imports
+    from services.registry.validation_jobs import JOBS
 
     platform = running_platform["platform"]
     path = await upload_folder(api, tiny_folder, f"{bucket}/tiny-lost")
     model = await create(api, name="tiny-lost", weights_path=path)
     assert (await settled_model(api, model["id"]))["status"] == "created"
-    # As if its request had never been handled: creating, and quiet for a minute. (Quiet enough for a
-    # 10 s period, not for the 2 minutes of the platform's own sweeper, which must not race this test.)
-    quiet_since = datetime.now(UTC) - timedelta(minutes=1)
+    [job] = [j async for j in platform.mongo[JOBS].find({"model_id": model["id"]})]
+    assert job["status"] == "completed" and job["attempt"] == 1
+    # As if its request had never been delivered: waiting, with no event to wake anyone.
     await platform.mongo[MODELS].update_one({"_id": model["id"]}, {"$set": {"status": "creating"}})
     await platform.mongo[VERSIONS].update_one({"model_id": model["id"]}, {"$set": {"status": "creating"}})
-    await platform.mongo[TASK_RECORDS].update_one({"model_id": model["id"]},
-                                                  {"$set": {"status": "running", "updated_at": quiet_since}})
+    await platform.mongo[TASK_RECORDS].update_one({"_id": job["_id"]}, {"$set": {"status": "running"}})
+    await platform.mongo[JOBS].update_one({"_id": job["_id"]}, {"$set": {"status": "waiting", "run": None}})
 
-    async def task() -> dict:
-        return await platform.mongo[TASK_RECORDS].find_one({"model_id": model["id"]})
-    assert await resend_stale_imports(platform, quiet=timedelta(seconds=10)) >= 1
-    first = (await task())["updated_at"]
-    assert first > quiet_since
-    await resend_stale_imports(platform, quiet=timedelta(seconds=10))
-    again = await task()
-    # Not sent again within its quiet period (unless the import already finished and settled it).
-    assert again["status"] == "succeeded" or again["updated_at"] == first
     assert (await settled_model(api, model["id"]))["status"] == "created"
+    again = await platform.mongo[JOBS].find_one({"_id": job["_id"]})
+    assert again["status"] == "completed" and again["attempt"] == 2
     [task] = (await api.get(f"/api/v1/models/{model['id']}/versions/1")).json()["tasks"]
     assert task["status"] == "succeeded"
 
