@@ -3,7 +3,10 @@
 Flow: the API records a job (status ``pending``) and emits ``CompressionRequested``; a worker claims
 the job atomically (the job document is the truth, the event only wakes workers), emits
 ``CompressionStarted``, then ``CompressionCompleted`` (and ``ModelArtifactProduced`` for the registry)
-or ``CompressionFailed``. ``CompressionDeleted`` when the user deletes the job.
+or ``CompressionFailed``. ``CompressionStopped`` when the user stops a pending or running job (its
+worker ends the run; nothing more is recorded); continuing it emits ``CompressionRequested`` with
+reason ``continued`` and the job runs again from the beginning. ``CompressionDeleted`` when the user
+deletes the job.
 """
 from __future__ import annotations
 
@@ -19,12 +22,12 @@ Strategy = Literal["smoothquant-w8a8", "awq-w4a16"]
 
 
 class CompressionRequested(EventData):
-    """A job wants a worker: submitted, or re-queued after its worker vanished."""
+    """A job wants a worker: submitted, continued after a stop, or re-queued after its worker vanished."""
     type = "CompressionRequested"
     topic = COMPRESSION_TOPIC
     job_id: str
     strategy: Strategy
-    reason: Literal["submitted", "restarted"] = "submitted"
+    reason: Literal["submitted", "restarted", "continued"] = "submitted"
     attempt: int = 1
 
 
@@ -63,6 +66,14 @@ class CompressionFailed(EventData):
     job_id: str
     message: str = Field(description="why, in words the console shows")
     attempt: int = 1
+
+
+class CompressionStopped(EventData):
+    """The user stopped the job; a running compression is ended (it has no checkpoints to keep)."""
+    type = "CompressionStopped"
+    topic = COMPRESSION_TOPIC
+    job_id: str
+    reason: Literal["user"] = "user"
 
 
 class CompressionDeleted(EventData):

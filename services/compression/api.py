@@ -1,22 +1,23 @@
-"""HTTP routes of model compression (guide chapter 7): jobs, their logs, the duration estimate."""
+"""HTTP routes of model compression (guide chapter 7): strategies, the duration estimate, create.
+
+List, detail, delete, stop, continue and logs are the job engine's routes (services.jobs.api),
+the same for every kind of job.
+"""
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends
 
 from services.common.auth import Principal
 from services.common.context import Platform, get_platform
-from services.common.paging import Offset
 from services.compression import service
-from services.compression.models import INSTANCE_SPECS, MAX_INSTANCES, EstimateRequest, JobCreate, JobStatus, Strategy
-from services.compression.jobs import JOB_LOGS
+from services.compression.jobs import RESOURCE
+from services.compression.models import INSTANCE_SPECS, MAX_INSTANCES, EstimateRequest, JobCreate, Strategy
 from services.iam.authorize import Authorized
-from services.jobs.api import log_routes
+from services.jobs.api import job_routes
 
 router = APIRouter(prefix="/api/v1", tags=["compression"])
-logs_router = log_routes(path="compression-jobs", resource="compressionJobs", tag="compression", logs=JOB_LOGS,
-                         find_job=service.job_or_404)
+# The job engine's routes for compression jobs (the service spec mounts them under this name).
+jobs_router = job_routes(RESOURCE)   # list, detail, delete, stop, continue, logs: the engine's
 
 
 @router.get("/compression-strategies", summary="Compression strategies and instance specs")
@@ -37,26 +38,3 @@ async def estimate(body: EstimateRequest, principal: Principal = Authorized("maa
 async def create_job(body: JobCreate, principal: Principal = Authorized("maas:compressionJobs:create"),
                      platform: Platform = Depends(get_platform)):
     return await service.create_job(platform, tenant_id=principal.tenant_id, request=body)
-
-
-@router.get("/compression-jobs", summary="Compression jobs")
-async def list_jobs(principal: Principal = Authorized("maas:compressionJobs:list"), name: str | None = None,
-                    status: JobStatus | None = None,
-                    strategy: Strategy | None = None, offset: Offset = 0,
-                    limit: Annotated[int, Query(ge=1, le=200)] = 50, platform: Platform = Depends(get_platform)):
-    return await service.list_jobs(platform, tenant_id=principal.tenant_id, name=name,
-                                   status=status.value if status else None,
-                                   strategy=strategy.value if strategy else None, offset=offset, limit=limit)
-
-
-@router.get("/compression-jobs/{job_id}", summary="Compression job detail: settings, progress, metrics")
-async def get_job(job_id: str, principal: Principal = Authorized("maas:compressionJobs:get"),
-                  platform: Platform = Depends(get_platform)):
-    return await service.get_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
-
-
-@router.delete("/compression-jobs/{job_id}", status_code=204, summary="Delete a compression job")
-async def delete_job(job_id: str, principal: Principal = Authorized("maas:compressionJobs:delete"),
-                     platform: Platform = Depends(get_platform)):
-    await service.delete_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
-    return Response(status_code=204)

@@ -10,6 +10,7 @@ from pymongo import ASCENDING, DESCENDING
 from contracts.notifications import EventNotification
 from services.common.mongo import IndexSpec
 from services.common.jobs import PermanentLog, SourceModel
+from services.jobs import resources
 from services.common.validation import Description100, ResourceName, TaskName, limited_text
 
 JOBS = "compression_jobs"
@@ -30,8 +31,9 @@ INDEXES: list[IndexSpec] = [
 
 
 class JobStatus(StrEnum):
-    pending = "pending"       # 等待中: queued for a worker
+    pending = "pending"       # 等待中: queued for a worker (also after a continue)
     running = "running"       # 运行中
+    stopped = "stopped"       # 已停止: by the user; continue runs it again from the start (no checkpoints)
     completed = "completed"   # 已完成
     failed = "failed"         # 运行失败
 
@@ -103,10 +105,4 @@ class EstimateRequest(Strict):
     strategy: Strategy
 
 
-def job_view(doc: dict) -> dict:
-    """The job as the API shows it: the document minus internals."""
-    run = doc.get("run") or {}
-    view = {k: v for k, v in doc.items() if k not in ("_id", "tenant_id", "run", "log_seq")}
-    view["id"] = doc["_id"]
-    view["worker_id"] = run.get("worker_id")
-    return view
+job_view = resources.job_view   # nothing of compression's own to add

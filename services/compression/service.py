@@ -1,4 +1,5 @@
-"""Use cases of the compression service: estimate, create, list, detail, delete, logs.
+"""Use cases of the compression service: estimate and create (list, detail, stop, continue, delete
+and logs are the job engine's: services.jobs.resources).
 
 Everything that can be wrong with a request (names, α, the strategy against the template's table
 7-2 entry, the source model's state and weights, the calibration file, the output name and path)
@@ -8,25 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from pathlib import Path
 
-from pymongo import DESCENDING
-
 from contracts import new_id
-from contracts.compression import CompressionDeleted, CompressionRequested
-from contracts.notifications import NotificationRuleChanged
+from contracts.compression import CompressionRequested
 from services.common.context import Platform
-from services.common.errors import bad_request, conflict, not_found
-from services.readmodels.model_refs import model_name_taken, preset_weights_ready, resolve_model_version
+from services.common.errors import bad_request, conflict
+from services.readmodels.model_refs import preset_weights_ready, resolve_model_version
 from services.common.objectstore import ObjectPath
 from services.common.storage_acl import check_access
 from services.compression import estimate as est
 from services.compression.jobs import announce_task_record, now, subject
-from services.compression.models import (DEFAULT_ALPHA, INSTANCE_SPECS, JOBS, LOGS, MANAGED_BUCKET, STRATEGY_LABELS,
+from services.compression.models import (DEFAULT_ALPHA, INSTANCE_SPECS, JOBS, MANAGED_BUCKET, STRATEGY_LABELS,
                                          EstimateRequest, JobCreate, JobStatus, SourceModel, Strategy, job_view)
 from services.mlkit.quantize.calibration import SUFFIXES, CalibrationDataError, parse_calibration_file
 from services.catalog.templates import Template, default_catalog  # shared catalog data, read-only
+from services.jobs.resources import announce_notification_rule, check_output_name
 
 MAX_CALIBRATION_BYTES = 200 * 1024 ** 2
 MIN_CALIBRATION_CHARS = 200
@@ -128,13 +126,7 @@ async def _read_calibration(platform: Platform, *, tenant_id: str, text: str) ->
 
 
 async def _check_output_name(platform: Platform, *, tenant_id: str, name: str) -> None:
-    if await model_name_taken(platform, tenant_id=tenant_id, name=name):
-        raise conflict(f"output_model_name: a model named '{name}' already exists", field="output_model_name")
-    pending = await platform.mongo[JOBS].find_one(
-        {"tenant_id": tenant_id, "output.model_name": name, "status": {"$ne": JobStatus.failed.value}}, {"name": 1})
-    if pending:
-        raise conflict(f"output_model_name: job '{pending['name']}' already produces a model named '{name}'",
-                       field="output_model_name")
+    await check_output_name(platform, jobs=JOBS, tenant_id=tenant_id, name=name)
 
 
 async def _output_root(platform: Platform, *, tenant_id: str, job_id: str, output_path: str | None) -> ObjectPath:
@@ -212,48 +204,5 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
         announce_task_record(uow, job)
         uow.emit(CompressionRequested(job_id=job_id, strategy=request.strategy.value),
                  tenant_id=tenant_id, subject=subject(job_id))
-        if request.notification.enabled:
-            uow.emit(NotificationRuleChanged(subject=subject(job_id), topic_name=request.notification.topic_name,
-                                             events=list(request.notification.events)),
-                     tenant_id=tenant_id, subject=subject(job_id))
+        announce_notification_rule(uow, job, subject=subject(job_id))
     return job_view(job)
-
-
-async def job_or_404(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    doc = await platform.mongo[JOBS].find_one({"_id": job_id, "tenant_id": tenant_id})
-    if doc is None:
-        raise not_found("compression job", job_id)
-    return doc
-
-
-async def list_jobs(platform: Platform, *, tenant_id: str, name: str | None = None, status: str | None = None,
-                    strategy: str | None = None, offset: int = 0, limit: int = 50) -> dict:
-    query: dict = {"tenant_id": tenant_id}
-    if status:
-        query["status"] = status
-    if strategy:
-        query["strategy"] = strategy
-    if name:
-        query["name"] = {"$regex": re.escape(name), "$options": "i"}
-    total = await platform.mongo[JOBS].count_documents(query)
-    cursor = platform.mongo[JOBS].find(query).sort("created_at", DESCENDING).skip(offset).limit(limit)
-    return {"total": total, "items": [job_view(d) async for d in cursor]}
-
-
-async def get_job(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    return job_view(await job_or_404(platform, tenant_id=tenant_id, job_id=job_id))
-
-
-async def delete_job(platform: Platform, *, tenant_id: str, job_id: str) -> None:
-    """Delete a job in any state; a running one is stopped by its worker, which finds its job gone."""
-    job = await job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
-    async with platform.uow() as uow:
-        deleted = await uow.collection(JOBS).delete_one({"_id": job_id, "tenant_id": tenant_id}, session=uow.session)
-        if deleted.deleted_count != 1:
-            raise not_found("compression job", job_id)
-        await uow.collection(LOGS).delete_many({"job_id": job_id}, session=uow.session)
-        announce_task_record(uow, job, removed=True)
-        uow.emit(CompressionDeleted(job_id=job_id, name=job["name"]), tenant_id=tenant_id, subject=subject(job_id))
-        if (job.get("notification") or {}).get("enabled"):
-            uow.emit(NotificationRuleChanged(subject=subject(job_id), removed=True),
-                     tenant_id=tenant_id, subject=subject(job_id))

@@ -7,7 +7,7 @@ from services.compression.models import INDEXES, MANAGED_BUCKET
 
 COMPRESSION = ServiceSpec(
     name="compression",
-    routers=[api.router, api.logs_router],
+    routers=[api.router, api.jobs_router],
     indexes=INDEXES,
     buckets=[PlatformBucket(MANAGED_BUCKET)],
     consumers=[Consumer(group="compression", topic=REGISTRY_TOPIC, handlers=handlers.HANDLERS)],
@@ -22,4 +22,5 @@ COMPRESSION_WORKER = ServiceSpec(
     consumers=[Consumer(group="compression-worker", topic=COMPRESSION_TOPIC, handlers=worker.HANDLERS)],
     background=[worker.run_worker],
     uses_models=True,
+    component=worker.build_runner,
 )

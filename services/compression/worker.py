@@ -33,7 +33,7 @@ from services.compression.jobs import JOB_LOGS, now, subject, transition
 from services.compression.models import JOBS, MAX_ATTEMPTS, STRATEGY_LABELS, JobStatus, Strategy
 from services.jobs.executor import Executor, JobCancelled, Work, WorkFailed
 from services.jobs.local_process import LocalProcessExecutor
-from services.jobs.runner import JobRunner, Outcome, Run, RunnerSettings
+from services.jobs.runner import JobRunner, Outcome, Run, RunnerSettings, unless_stopped
 from services.jobs.watchdog import watch
 from services.mlkit.quantize.calibration import parse_calibration_file
 from services.mlkit.quantize.pipeline import CompressionConfig, CompressionOutcome
@@ -117,7 +117,7 @@ class CompressionJobs:
         pass
 
     def failure(self, run: Run, exc: Exception) -> Outcome:
-        if run.stop.is_set():   # deleted while it ran: whatever broke, there is nothing to record
+        if run.stop.is_set():   # stopped or deleted while it ran: whatever broke, there is nothing to record
             return Outcome("cancelled")
         return Outcome("failed", message=describe(exc))
 
@@ -156,17 +156,22 @@ class CompressionJobs:
         def on_message(kind: str, data: dict):   # from the executor's relay thread
             if kind == "progress":
                 run.set_progress({"fraction": round(data["fraction"], 4), "step": data["step"]})
-                return run.stop.is_set()        # the answer stops a deleted job at its next step
+                return run.stop.is_set()        # the answer stops a stopped or deleted job at its next step
             if kind == "log":
                 run.log(data["line"])
             return None
 
-        result = await self.executor.run(Work(entry=work.COMPRESS, workdir=run.work / "proc", args={
-            "model_dir": source, "out_dir": run.work / "out", "work_dir": run.work / "work",
-            "config": dataclasses.asdict(config), "calibration_texts": texts}), on_message)
+        # A stop (the job left "running": stopped or deleted) ends the job process at once: there is
+        # no checkpoint to save, a continued job starts again from the beginning.
+        if run.stop.is_set():
+            raise JobCancelled("the job was stopped or deleted before it started compressing")
+        result = await unless_stopped(run, self.executor.run(Work(
+            entry=work.COMPRESS, workdir=run.work / "proc", args={
+                "model_dir": source, "out_dir": run.work / "out", "work_dir": run.work / "work",
+                "config": dataclasses.asdict(config), "calibration_texts": texts}), on_message))
         outcome = CompressionOutcome(**{**result, "out_dir": Path(result["out_dir"])})
-        if run.stop.is_set():   # deleted while it computed: upload nothing
-            raise JobCancelled("the job was deleted before its upload")
+        if run.stop.is_set():   # stopped or deleted while it computed: upload nothing
+            raise JobCancelled("the job was stopped or deleted before its upload")
         target = ObjectPath.parse(job["output"]["path"]).as_prefix()
         target = ObjectPath(target.bucket, target.key + "model/")
         run.say(f"uploading the compressed model to {target.uri}")
@@ -185,10 +190,15 @@ class CompressionJobs:
     # -- the end of a run ---------------------------------------------------------------------------
 
     async def record_end(self, uow, run: Run, outcome: Outcome) -> str | None:
-        if outcome.kind == "cancelled":
-            log.info("compression job %s was deleted while running; stopped", run.job_id)
-            return None
         job, fence, at = run.job, {"run.run_id": run.run_id}, now()
+        # This run lets the job go (a continue waits for that, or for its lease to expire).
+        released = await uow.collection(JOBS).find_one_and_update(
+            {"_id": run.job_id, **fence}, {"$set": {"run.active": False}}, session=uow.session)
+        if outcome.kind == "cancelled":
+            if released is None or released["status"] != JobStatus.stopped.value:
+                log.info("compression job %s was deleted or re-queued while running; its run ended", run.job_id)
+                return None
+            return "stopped: the job process was ended; continuing the job runs it again from the beginning"
         if outcome.kind == "completed":
             m, weights_uri = outcome.result["metrics"], outcome.result["weights_uri"]
             message = (f"perplexity {m.perplexity_before:.3f} → {m.perplexity_after:.3f} "
@@ -220,27 +230,13 @@ class CompressionJobs:
         return None
 
 
-_RUNNERS: dict[int, JobRunner] = {}
-
-
 def build_runner(platform: Platform, settings: CompressionSettings | None = None) -> JobRunner:
+    """The compression worker's component: one runner per process, built by the composition root."""
     settings = settings or CompressionSettings()
     kind = CompressionJobs(platform, settings, LocalProcessExecutor(max_concurrent=settings.slots))
     return JobRunner(platform, kind, RunnerSettings(
         slots=settings.slots, lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds,
         poll_seconds=settings.poll_seconds, log_flush_seconds=settings.log_flush_seconds))
-
-
-def runner_for(platform: Platform) -> JobRunner:
-    runner = _RUNNERS.get(id(platform))
-    if runner is None:
-        runner = _RUNNERS[id(platform)] = build_runner(platform)
-    return runner
-
-
-def local_runners() -> list[JobRunner]:
-    """The compression runners of this process."""
-    return list(_RUNNERS.values())
 
 
 async def watch_leases(platform: Platform) -> None:
@@ -250,19 +246,13 @@ async def watch_leases(platform: Platform) -> None:
     await watch(platform, CompressionJobs(platform, settings, executor=None), every_seconds=settings.poll_seconds)
 
 
-async def run_worker(platform: Platform) -> None:
-    runner = runner_for(platform)
-    try:
-        await runner.poll_forever()
-    finally:
-        runner.draining = True
-        runner.kind.executor.close()
-        _RUNNERS.pop(id(platform), None)
+async def run_worker(runner: JobRunner) -> None:
+    await runner.serve()
 
 
-async def on_compression_requested(platform: Platform, envelope: Envelope, event: CompressionRequested) -> None:
+async def on_compression_requested(runner: JobRunner, envelope: Envelope, event: CompressionRequested) -> None:
     # Returns at once: the compression runs as a task, so the consumer keeps polling Kafka.
-    await runner_for(platform).try_claim(event.job_id)
+    await runner.try_claim(event.job_id)
 
 
 HANDLERS = {CompressionRequested: on_compression_requested}

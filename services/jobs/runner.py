@@ -19,14 +19,16 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from contracts import new_id
 from services.common.context import Platform, transact
 from services.common.jobs import JobLogs, now
+from services.jobs.executor import JobCancelled
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,28 @@ class Run:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.stop.set()
+
+
+T = TypeVar("T")
+
+
+async def unless_stopped(run: Run, work: Awaitable[T], *, poll_seconds: float = 0.5) -> T:
+    """Await ``work`` (an executor's run), but if ``run`` is asked to stop first, cancel it — the
+    executor then ends the job process — and raise JobCancelled. For work with nothing to save when
+    it stops (no checkpoints): the stop takes effect within ``poll_seconds``, not at the work's next
+    question. Cancelling the caller cancels the work too."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_seconds)
+            if done:
+                return task.result()
+            if run.stop.is_set():
+                raise JobCancelled(f"the run was stopped ({run.stop_reason})")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 @dataclass
@@ -177,6 +201,15 @@ class JobRunner:
         self.runs[job_id] = task
         task.add_done_callback(lambda _: (self.runs.pop(job_id, None), self.nudge()))
         return True
+
+    async def serve(self, *also, grace_seconds: float = 0.0) -> None:
+        """A worker's background task: claim and run jobs until cancelled (``also``: as in
+        ``poll_forever``); then hand running jobs back (``shutdown``) and close the executor."""
+        try:
+            await self.poll_forever(*also)
+        finally:
+            await self.shutdown(grace_seconds=grace_seconds)
+            self.kind.executor.close()
 
     async def shutdown(self, *, grace_seconds: float) -> None:
         """Stop claiming and ask every run to stop (``shutdown``); wait up to ``grace_seconds``."""

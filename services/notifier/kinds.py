@@ -69,7 +69,7 @@ EVENT_KINDS: dict[str, KindRule] = {
     "CheckpointSaved": IGNORE,
     "CheckpointConversionRequested": IGNORE,
     # compression (contracts/compression.py)
-    "CompressionRequested": by_field("reason", submitted="creating", restarted="starting"),
+    "CompressionRequested": by_field("reason", submitted="creating", continued="starting", restarted="starting"),
     "CompressionStarted": fixed("running"),
     "CompressionStatusChanged": BY_STATUS,
     "CompressionStopped": fixed("stopped"),

@@ -1,22 +1,23 @@
-"""HTTP routes of model tuning (模型调优): jobs, estimate, stop/continue, logs, checkpoints."""
+"""HTTP routes of model tuning (模型调优): estimate, create, checkpoints and their conversions.
+
+List, detail, delete, stop, continue and logs are the job engine's routes (services.jobs.api),
+the same for every kind of job.
+"""
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends
 
 from services.common.auth import Principal
 from services.common.context import Platform, get_platform
-from services.common.paging import Offset
 from services.iam.authorize import Authorized
-from services.jobs.api import log_routes
+from services.jobs.api import job_routes
 from services.tuning import service
-from services.tuning.jobs import JOB_LOGS
-from services.tuning.models import ConversionCreate, EstimateRequest, JobCreate, JobStatus
+from services.tuning.jobs import RESOURCE
+from services.tuning.models import ConversionCreate, EstimateRequest, JobCreate
 
 router = APIRouter(prefix="/api/v1", tags=["tuning"])
-logs_router = log_routes(path="tuning-jobs", resource="tuningJobs", tag="tuning", logs=JOB_LOGS,
-                         find_job=service.job_or_404)
+# The job engine's routes for tuning jobs (the service spec mounts them under this name).
+jobs_router = job_routes(RESOURCE)   # list, detail, delete, stop, continue, logs: the engine's
 
 
 @router.post("/tuning-jobs/estimate", summary="Iterations and duration estimate (tables 6-5, 6-6) before submitting")
@@ -29,40 +30,6 @@ async def estimate(body: EstimateRequest, principal: Principal = Authorized("maa
 async def create_job(body: JobCreate, principal: Principal = Authorized("maas:tuningJobs:create"),
                      platform: Platform = Depends(get_platform)):
     return await service.create_job(platform, tenant_id=principal.tenant_id, request=body)
-
-
-@router.get("/tuning-jobs", summary="Tuning jobs")
-async def list_jobs(principal: Principal = Authorized("maas:tuningJobs:list"), name: str | None = None,
-                    status: JobStatus | None = None,
-                    offset: Offset = 0, limit: Annotated[int, Query(ge=1, le=200)] = 50,
-                    platform: Platform = Depends(get_platform)):
-    return await service.list_jobs(platform, tenant_id=principal.tenant_id, name=name,
-                                   status=status.value if status else None, offset=offset, limit=limit)
-
-
-@router.get("/tuning-jobs/{job_id}", summary="Job detail: settings, status history, progress, checkpoints")
-async def get_job(job_id: str, principal: Principal = Authorized("maas:tuningJobs:get"),
-                  platform: Platform = Depends(get_platform)):
-    return await service.get_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
-
-
-@router.delete("/tuning-jobs/{job_id}", status_code=204, summary="Delete a job (cannot be undone)")
-async def delete_job(job_id: str, principal: Principal = Authorized("maas:tuningJobs:delete"),
-                     platform: Platform = Depends(get_platform)):
-    await service.delete_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
-    return Response(status_code=204)
-
-
-@router.post("/tuning-jobs/{job_id}/stop", summary="Stop a creating, waiting or running job (checkpoints are kept)")
-async def stop_job(job_id: str, principal: Principal = Authorized("maas:tuningJobs:stop"),
-                   platform: Platform = Depends(get_platform)):
-    return await service.stop_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
-
-
-@router.post("/tuning-jobs/{job_id}/continue", summary="Continue a stopped job from its latest checkpoint")
-async def continue_job(job_id: str, principal: Principal = Authorized("maas:tuningJobs:continue"),
-                       platform: Platform = Depends(get_platform)):
-    return await service.continue_job(platform, tenant_id=principal.tenant_id, job_id=job_id)
 
 
 @router.get("/tuning-jobs/{job_id}/checkpoints", summary="Checkpoints with their format and path")

@@ -11,6 +11,7 @@ from contracts.notifications import EventNotification
 from services.common.mongo import IndexSpec
 from services.common.jobs import PermanentLog, SourceModel
 from services.common.objectstore import ObjectPath
+from services.jobs import resources
 from services.common.validation import Description100, ResourceName, TaskName, limited_text
 
 JOBS = "tuning_jobs"
@@ -182,11 +183,8 @@ class CheckpointView(BaseModel):
 
 
 def job_view(doc: dict) -> dict:
-    """The job as the API shows it: the document minus internals."""
-    run = doc.get("run") or {}
-    view = {k: v for k, v in doc.items() if k not in ("_id", "tenant_id", "run", "log_seq")}
-    view["id"] = doc["_id"]
-    view["worker_id"] = run.get("worker_id")
+    """The job as the API shows it, with its checkpoints."""
+    view = resources.job_view(doc)
     view["checkpoints"] = [checkpoint_view(c) for c in doc.get("checkpoints", [])]
     return view
 

@@ -1,5 +1,6 @@
-"""Use cases of the tuning service: estimate, create, list, detail, stop, continue, delete, logs,
-checkpoints and their conversion into models. Keyword-only; each write is one unit of work.
+"""Use cases of the tuning service: estimate, create, checkpoints and their conversion into models
+(list, detail, stop, continue, delete and logs are the job engine's: services.jobs.resources).
+Keyword-only; each write is one unit of work.
 
 Everything that can be wrong with a request (names, ranges, the source model, the template's tune
 types, paths, every line of the dataset) is checked here, before a job exists or any compute runs.
@@ -10,27 +11,26 @@ import logging
 from collections.abc import Iterator
 from contextlib import closing
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING
 
 from contracts import new_id
 from contracts.events import ModelArtifactProduced
-from contracts.tuning import CheckpointConversionRequested, TuneDeleted, TuneRequested, TuneStopped
+from contracts.tuning import CheckpointConversionRequested, TuneRequested
 from services.common.context import Platform
 from services.common.errors import ApiError, bad_request, conflict, not_found
-from services.readmodels.model_refs import model_name_taken, preset_weights_ready, resolve_model_version
+from services.jobs import resources
+from services.readmodels.model_refs import preset_weights_ready, resolve_model_version
 from services.common.objectstore import ObjectPath
 from services.common.storage_acl import check_access
 from services.catalog.templates import Template, default_catalog  # shared catalog data, read-only
 from services.tuning import estimate as est
 from services.tuning.datasets import (DatasetInvalid, DatasetRejected, ParsedDataset, check_whole_file_size,
                                      file_kind, normalise_dataset, to_jsonl)
-from services.tuning.jobs import (announce_notification_rule, announce_task_record, now, subject, transact,
-                                  transition)
-from services.tuning.models import (CONVERSIONS, FLAVORS, JOBS, LOGS, MANAGED_BUCKET, MAX_CHECKPOINTS,
+from services.tuning.jobs import RESOURCE, announce_notification_rule, announce_task_record, now, subject, transact
+from services.tuning.models import (CONVERSIONS, FLAVORS, JOBS, MANAGED_BUCKET, MAX_CHECKPOINTS,
                                     MAX_DATASET_BYTES, MAX_ITERATIONS, TUNE_TYPE_LABELS, ConversionCreate,
                                     EstimateRequest, JobCreate, JobStatus, SourceModel, conversion_view, job_view,
                                     managed_root)
-from services.tuning.states import STOPPABLE
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +190,7 @@ def _check_hyperparameters(request: JobCreate, *, template: Template, samples: i
 
 
 async def _check_output_name(platform: Platform, *, tenant_id: str, name: str) -> None:
-    if await model_name_taken(platform, tenant_id=tenant_id, name=name):
-        raise conflict(f"output_model_name: a model named '{name}' already exists", field="output_model_name")
-    pending = await platform.mongo[JOBS].find_one(
-        {"tenant_id": tenant_id, "output.model_name": name, "status": {"$ne": JobStatus.failed.value}}, {"name": 1})
-    if pending:
-        raise conflict(f"output_model_name: job '{pending['name']}' already produces a model named '{name}'",
-                       field="output_model_name")
+    await resources.check_output_name(platform, jobs=JOBS, tenant_id=tenant_id, name=name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,93 +283,12 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
 
 
 async def job_or_404(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    doc = await platform.mongo[JOBS].find_one({"_id": job_id, "tenant_id": tenant_id})
-    if doc is None:
-        raise not_found("tuning job", job_id)
-    return doc
-
-
-async def list_jobs(platform: Platform, *, tenant_id: str, name: str | None = None, status: str | None = None,
-                    offset: int = 0, limit: int = 50) -> dict:
-    query: dict = {"tenant_id": tenant_id}
-    if status:
-        if status not in JobStatus._value2member_map_:
-            raise bad_request(f"status: must be one of {', '.join(JobStatus)}", field="status")
-        query["status"] = status
-    docs = [d async for d in platform.mongo[JOBS].find(query, {"history": 0}).sort("created_at", DESCENDING)]
-    if name:
-        docs = [d for d in docs if name.lower() in d["name"].lower()]
-    return {"total": len(docs), "items": [job_view({**d, "history": []}) for d in docs[offset:offset + limit]]}
-
-
-async def get_job(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    return job_view(await job_or_404(platform, tenant_id=tenant_id, job_id=job_id))
+    return await resources.job_or_404(platform, RESOURCE, tenant_id=tenant_id, job_id=job_id)
 
 
 def _not_allowed(job: dict, action: str, allowed: str) -> ApiError:
     return conflict(f"tuning job '{job['name']}' is {job['status']}; only {allowed} jobs can be {action}",
                     code="invalid_state")
-
-
-async def stop_job(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    job = await job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
-    if job["status"] not in STOPPABLE:
-        raise _not_allowed(job, "stopped", "creating, waiting or running")
-    async def stop(uow) -> dict | None:
-        # A running worker notices at its next heartbeat and saves a checkpoint where it stopped.
-        doc = await transition(uow, job_id, JobStatus.stopped, message="stopped by the user",
-                               where={"tenant_id": tenant_id, "status": {"$in": [s.value for s in STOPPABLE]}})
-        if doc is not None:
-            uow.emit(TuneStopped(job_id=job_id, reason="user", iteration=doc["progress"]["iteration"]),
-                     tenant_id=tenant_id, subject=subject(job_id))
-        return doc
-    doc = await transact(platform, stop)
-    if doc is None:
-        raise _not_allowed(await job_or_404(platform, tenant_id=tenant_id, job_id=job_id), "stopped",
-                           "creating, waiting or running")
-    return job_view(doc)
-
-
-async def continue_job(platform: Platform, *, tenant_id: str, job_id: str) -> dict:
-    job = await job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
-    if job["status"] != JobStatus.stopped:
-        raise _not_allowed(job, "continued", "stopped")
-    run = job.get("run") or {}
-    if run.get("active") and run.get("lease_until") and run["lease_until"] > now():
-        raise conflict(f"tuning job '{job['name']}' is still saving its last checkpoint; continue it in a moment",
-                       code="still_stopping")
-    latest = job["checkpoints"][-1]["iteration"] if job["checkpoints"] else 0
-
-    async def resume(uow) -> dict | None:
-        doc = await transition(uow, job_id, JobStatus.creating, where={"tenant_id": tenant_id},
-                               message=f"continued from the checkpoint at iteration {latest}" if latest
-                               else "continued from the start (no checkpoint yet)",
-                               set_={"unconditional_streak": 0})
-        if doc is not None:
-            uow.emit(TuneRequested(job_id=job_id, reason="continued", restart_count=doc["restart_count"]),
-                     tenant_id=tenant_id, subject=subject(job_id))
-        return doc
-    doc = await transact(platform, resume)
-    if doc is None:
-        raise _not_allowed(await job_or_404(platform, tenant_id=tenant_id, job_id=job_id), "continued", "stopped")
-    return job_view(doc)
-
-
-async def delete_job(platform: Platform, *, tenant_id: str, job_id: str) -> None:
-    job = await job_or_404(platform, tenant_id=tenant_id, job_id=job_id)
-    async def delete(uow) -> None:
-        # A worker still training it finds the document gone at its next heartbeat and stops.
-        deleted = await uow.collection(JOBS).delete_one({"_id": job_id, "tenant_id": tenant_id}, session=uow.session)
-        if deleted.deleted_count != 1:
-            raise not_found("tuning job", job_id)
-        await uow.collection(LOGS).delete_many({"job_id": job_id}, session=uow.session)
-        await uow.collection(CONVERSIONS).delete_many({"job_id": job_id}, session=uow.session)
-        announce_task_record(uow, job, removed=True)
-        announce_notification_rule(uow, job, removed=True)
-        uow.emit(TuneDeleted(job_id=job_id, name=job["name"]), tenant_id=tenant_id, subject=subject(job_id))
-    await transact(platform, delete)
-    # Platform-owned copies go; checkpoints and weights in the user's output path stay theirs.
-    await platform.store.remove_prefix(managed_root(tenant_id, job_id))
 
 
 async def list_checkpoints(platform: Platform, *, tenant_id: str, job_id: str) -> dict:

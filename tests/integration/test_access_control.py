@@ -93,6 +93,8 @@ def matrix(uid: str) -> list[Step]:
         Step("maas:compressionJobs:create", "POST", "/api/v1/compression-jobs", {}, {400}),
         Step("maas:compressionJobs:get", "GET", "/api/v1/compression-jobs/nope", allowed={404}),
         Step("maas:compressionJobs:delete", "DELETE", "/api/v1/compression-jobs/nope", allowed={404}),
+        Step("maas:compressionJobs:stop", "POST", "/api/v1/compression-jobs/nope/stop", allowed={404}),
+        Step("maas:compressionJobs:continue", "POST", "/api/v1/compression-jobs/nope/continue", allowed={404}),
         Step("maas:services:list", "GET", "/api/v1/services"),
         Step("maas:services:create", "POST", "/api/v1/services", {}, {400}),
         Step("maas:services:get", "GET", "/api/v1/services/nope", allowed={404}),
