@@ -1,56 +1,29 @@
-"""``maas compress``: compression jobs (SmoothQuant-W8A8, AWQ-W4A16) with a live progress bar."""
-from __future__ import annotations
+"""``maas compress``: compression jobs (SmoothQuant-W8A8, AWQ-W4A16) with a live progress bar.
 
-import time
-from pathlib import Path
+The commands every job kind has (list, show, watch, logs, stop, continue, delete) come from
+services.cli.jobs_cmds; this module describes compression jobs and adds estimate, create and specs.
+"""
+from __future__ import annotations
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-from services.cli.client import CliError, Client, resolve
-from services.cli.common import client, command, confirm_delete
-from services.cli.models_cmds import find as find_model
-from services.cli.output import (JsonOption, WatchEnd, console, emit, err_console, fields, human_bytes, output_model,
-                                 status_text, table, watch_status, when)
+from services.cli.common import client, command
+from services.cli.jobs_cmds import JobKind, WatchBar, add_job_commands, finish, source_of, watch
+from services.cli.output import JsonOption, console, emit, fields, human_bytes, output_model, status_text, table, when
 
 app = typer.Typer(help="Model compression: SmoothQuant-W8A8 and AWQ-W4A16 jobs.", no_args_is_help=True)
-JOBS = "/api/v1/compression-jobs"
-FINISHED = ("completed", "failed")
 
 
-def find(c: Client, ident: str) -> dict:
-    return resolve(c, JOBS, ident, what="compression job")
+def fraction(j: dict) -> str:
+    return f"{(j.get('progress') or {}).get('fraction', 0):.0%}"
 
 
-def _source(c: Client, *, model: str | None, version: str | None, template: str | None) -> dict:
-    if bool(model) == bool(template):
-        raise CliError("give either --model (one of my models) or --template (a model-square template)",
-                       field="source")
-    if template:
-        return {"template_id": template}
-    source = {"model_id": find_model(c, model)["id"]}
-    if version:
-        source["version"] = version
-    return source
-
-
-def watch(c: Client, job_id: str, *, quiet: bool = False, interval: float = 2.0) -> dict:
-    """Follow a job until it ends: the worker's fraction done and its current step."""
-    job = c.get(f"{JOBS}/{job_id}")
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[step]}"), TextColumn("{task.fields[status]}")]
-    end = WatchEnd(FINISHED)
-    with Progress(*columns, console=err_console, disable=quiet) as bar:
-        task = bar.add_task(job["name"], total=1.0, step="", status=job["status"])
-        while True:
-            progress = job.get("progress") or {}
-            bar.update(task, completed=progress.get("fraction") or 0.0, step=escape(str(progress.get("step") or "")),
-                       status=watch_status(job))
-            if end.reached(job):
-                return job
-            time.sleep(interval)
-            job = c.get(f"{JOBS}/{job_id}")
+def bar_update(job: dict) -> dict:
+    """The --watch bar: the worker's fraction done and its current step."""
+    progress = job.get("progress") or {}
+    return {"completed": progress.get("fraction") or 0.0, "total": 1.0, "step": escape(str(progress.get("step") or ""))}
 
 
 def render_job(j: dict) -> None:
@@ -60,17 +33,24 @@ def render_job(j: dict) -> None:
             ("source", j["source"].get("model_name") or j["source"].get("template_id") or j.get("template_id")),
             ("strategy", j["strategy"]), ("migration strength", (j.get("params") or {}).get("alpha")),
             ("output model", output_model(j)), ("output path", j["output"]["path"]),
-            ("progress", f"{(j.get('progress') or {}).get('fraction', 0):.0%} {(j.get('progress') or {}).get('step', '')}"),
+            ("progress", f"{fraction(j)} {(j.get('progress') or {}).get('step', '')}"),
             ("size", f"{human_bytes(m['size_before_bytes'])} → {human_bytes(m['size_after_bytes'])} (×{m['size_ratio']})"
              if m else None),
             ("perplexity", f"{m['perplexity_before']} → {m['perplexity_after']} (×{m['perplexity_ratio']})" if m else None),
             ("estimate", est.get("text")), ("created", when(j["created_at"]))], title=j["name"])
 
 
-def _finish(job: dict, *, as_json: bool) -> None:
-    emit(job, as_json=as_json, render=render_job)
-    if job["status"] == "failed":
-        raise typer.Exit(1)
+KIND = JobKind(
+    path="compression-jobs", label="compression job",
+    columns=["id", "name", "status", "strategy", "source", "progress", "created"],
+    row=lambda j: (j["id"], j["name"], status_text(j["status"]), j["strategy"],
+                   j["source"].get("model_name") or j.get("template_id"), fraction(j), when(j["created_at"])),
+    render=render_job, shows="size / perplexity before and after", resumes="(it runs again from the start)",
+    bar=WatchBar(columns=lambda: [TaskProgressColumn(), TimeElapsedColumn(), TextColumn("{task.fields[step]}")],
+                 update=bar_update),
+    # A finished job is shown in full: its size and perplexity before and after are the result.
+    outcome=render_job)
+JOBS = KIND.jobs
 
 
 @command(app)
@@ -79,7 +59,7 @@ def estimate(model: str = typer.Option(None, "--model", "-m"), version: str = ty
              strategy: str = typer.Option("smoothquant-w8a8", "--strategy", "-s"), as_json: bool = JsonOption) -> None:
     """How long a compression job takes (table 7-4)."""
     with client() as c:
-        data = c.post(f"{JOBS}/estimate", {"source": _source(c, model=model, version=version, template=template),
+        data = c.post(f"{JOBS}/estimate", {"source": source_of(c, model=model, version=version, template=template),
                                            "strategy": strategy})
     emit(data, as_json=as_json, render=lambda d: console.print(
         (d["estimate"] or {}).get("text") or d.get("note") or "-", highlight=False, markup=False))
@@ -104,7 +84,7 @@ def create(
     """Create a compression job; the result is a new, deploy-only model."""
     with client() as c:
         body = {"name": name, "description": description,
-                "source": _source(c, model=model, version=version, template=template), "strategy": strategy,
+                "source": source_of(c, model=model, version=version, template=template), "strategy": strategy,
                 "output_model_name": output_name}
         for key, value in (("alpha", alpha), ("calibration_dataset", calibration), ("output_path", output_path),
                            ("instance_spec", spec)):
@@ -115,51 +95,8 @@ def create(
             console.print(f"job [bold]{job['name']}[/bold] ({job['id']}) is {job['status']}"
                           + (f", estimated {escape((job.get('estimate') or {}).get('text', ''))}" if job.get("estimate") else ""))
         if follow:
-            job = watch(c, job["id"], quiet=as_json)
-    _finish(job, as_json=as_json)
-
-
-@command(app, "list")
-def list_(name: str = typer.Option(None), status: str = typer.Option(None), as_json: bool = JsonOption) -> None:
-    """List compression jobs."""
-    with client() as c:
-        data = c.get(JOBS, name=name, status=status, limit=200)
-    emit(data, as_json=as_json, render=lambda d: table(
-        ["id", "name", "status", "strategy", "source", "progress", "created"],
-        [(j["id"], j["name"], status_text(j["status"]), j["strategy"],
-          j["source"].get("model_name") or j.get("template_id"), f"{(j.get('progress') or {}).get('fraction', 0):.0%}",
-          when(j["created_at"])) for j in d["items"]], title="Compression jobs"))
-
-
-@command(app)
-def show(job: str = typer.Argument(..., help="job id or name"), as_json: bool = JsonOption) -> None:
-    """A job's settings, progress and size / perplexity before and after."""
-    with client() as c:
-        j = find(c, job)
-    emit(j, as_json=as_json, render=render_job)
-
-
-@command(app, "watch")
-def watch_cmd(job: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
-    """Follow a job with a progress bar until it ends."""
-    with client() as c:
-        j = watch(c, find(c, job)["id"], quiet=as_json)
-    _finish(j, as_json=as_json)
-
-
-@command(app)
-def logs(job: str = typer.Argument(...), search: str = typer.Option(None, "--search", "-s"),
-         download: Path = typer.Option(None, "--download"), as_json: bool = JsonOption) -> None:
-    """Search, print or download a job's logs."""
-    with client() as c:
-        j = find(c, job)
-        if download:
-            download.write_text(str(c.call("GET", f"{JOBS}/{j['id']}/logs/download")))
-            console.print(f"wrote {download}")
-            return
-        data = c.get(f"{JOBS}/{j['id']}/logs", search=search, limit=1000)
-    emit(data, as_json=as_json, render=lambda d: [console.print(i["line"], highlight=False, markup=False)
-                                                   for i in d["items"]])
+            job = watch(c, KIND, job["id"], quiet=as_json)
+    finish(KIND, job, as_json=as_json)
 
 
 @command(app)
@@ -173,11 +110,5 @@ def specs(as_json: bool = JsonOption) -> None:
               title="Instance specs")))
 
 
-@command(app)
-def delete(job: str = typer.Argument(...), yes: bool = typer.Option(False, "--yes", "-y")) -> None:
-    """Delete a compression job (asks you to type DELETE)."""
-    with client() as c:
-        j = find(c, job)
-        confirm_delete(f"compression job '{j['name']}'", yes=yes)
-        c.delete(f"{JOBS}/{j['id']}")
-    console.print(f"deleted compression job [bold]{j['name']}[/bold]")
+# After create and friends, so that `maas compress --help` lists them first.
+add_job_commands(app, KIND)

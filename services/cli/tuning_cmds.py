@@ -1,30 +1,25 @@
-"""``maas tune``: tuning jobs, with a live progress bar (iteration, lm loss, ETA)."""
+"""``maas tune``: tuning jobs, with a live progress bar (iteration, lm loss, ETA).
+
+The commands every job kind has (list, show, watch, logs, stop, continue, delete) come from
+services.cli.jobs_cmds; this module describes tuning jobs and adds estimate, create, checkpoints and convert.
+"""
 from __future__ import annotations
 
 import math
 import re
-import time
 from pathlib import Path
 
 import typer
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import MofNCompleteColumn, TextColumn
 
-from services.cli.client import CliError, Client, resolve
-from services.cli.common import client, command, confirm_delete
-from services.cli.models_cmds import find as find_model
-from services.cli.output import (JsonOption, WatchEnd, console, emit, err_console, fields, hours, output_model,
-                                 status_text, table, watch_status, when)
+from services.cli.client import CliError
+from services.cli.common import client, command
+from services.cli.jobs_cmds import JobKind, LogSeries, WatchBar, add_job_commands, finish, find, source_of, watch
+from services.cli.output import JsonOption, console, emit, fields, hours, output_model, status_text, table, when
 from services.cli.upload import upload
 
 app = typer.Typer(help="Model tuning: jobs, logs, checkpoints.", no_args_is_help=True)
-JOBS = "/api/v1/tuning-jobs"
-FINISHED = ("completed", "failed", "stopped")
 LOSS_LINE = re.compile(r"iteration\s+(\d+)/\s*(\d+).*?lm loss: ([0-9.eE+-]+)")
-
-
-def find(c: Client, ident: str) -> dict:
-    return resolve(c, JOBS, ident, what="tuning job")
 
 
 def eta_seconds(job: dict) -> float | None:
@@ -56,47 +51,56 @@ def loss_points(lines: list[str]) -> list[tuple[int, float]]:
     return points
 
 
-def source_of(c: Client, *, model: str | None, version: str | None, template: str | None) -> dict:
-    if bool(model) == bool(template):
-        raise CliError("give either --model (one of my models) or --template (a model-square template)",
-                       field="source")
-    if template:
-        return {"template_id": template}
-    source = {"model_id": find_model(c, model)["id"]}
-    if version:
-        source["version"] = version
-    return source
+def iterations(j: dict) -> str:
+    progress = j.get("progress") or {}
+    return f"{progress.get('iteration', 0)}/{progress.get('total_iterations', '-')}"
 
 
-def watch(c: Client, job_id: str, *, quiet: bool = False, interval: float = 2.0) -> dict:
-    """Follow a job until it finishes: a bar of iterations with the latest loss and the ETA."""
-    job = c.get(f"{JOBS}/{job_id}")
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss [cyan]{task.fields[loss]}"), TextColumn("ETA {task.fields[eta]}"),
-               TextColumn("{task.fields[status]}")]
-    end = WatchEnd(FINISHED)
-    with Progress(*columns, console=err_console, disable=quiet) as bar:
-        total = (job.get("progress") or {}).get("total_iterations") or None
-        task = bar.add_task(job["name"], total=total, loss="-", eta="-:--", status=job["status"])
-        while True:
-            progress = job.get("progress") or {}
-            loss = progress.get("lm_loss")
-            bar.update(task, completed=progress.get("iteration") or 0, total=progress.get("total_iterations") or total,
-                       loss=f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
-                       eta=fmt_eta(eta_seconds(job)) if job["status"] == "running" else "-:--",
-                       status=watch_status(job))
-            if end.reached(job):
-                return job
-            time.sleep(interval)
-            job = c.get(f"{JOBS}/{job_id}")
+def bar_update(job: dict) -> dict:
+    """The --watch bar: iterations done of all, the latest loss and the ETA while running."""
+    progress = job.get("progress") or {}
+    loss = progress.get("lm_loss")
+    return {"completed": progress.get("iteration") or 0, "total": progress.get("total_iterations") or None,
+            "loss": f"{loss:.4f}" if isinstance(loss, (int, float)) else "-",
+            "eta": fmt_eta(eta_seconds(job)) if job["status"] == "running" else "-:--"}
 
 
-def _finish(job: dict, *, as_json: bool) -> None:
-    emit(job, as_json=as_json, render=lambda j: console.print(
-        f"job [bold]{j['name']}[/bold]: {status_text(j['status'])}"
-        + (f" — {escape(j['status_message'])}" if j.get("status_message") else "")))
-    if job["status"] == "failed":
-        raise typer.Exit(1)
+def render_job(j: dict) -> None:
+    hp, progress, est = j["hyperparameters"], j.get("progress") or {}, j.get("estimate")
+    fields([("id", j["id"]), ("status", status_text(j["status"])), ("message", j.get("status_message")),
+            ("source", f"{j['source'].get('model_name') or j.get('template_name')}"
+                       f"{' V' + str(j['source']['version_number']) if j['source'].get('version_number') else ''}"),
+            ("type", j["tune_type"]), ("output model", output_model(j)),
+            ("output path", j["output"]["path"]), ("dataset", f"{j['dataset']['path']} ({j['dataset']['format']}, "
+                                                              f"{j['dataset']['sample_count']} samples)"),
+            ("epochs", hp["epochs"]), ("iterations", hp["iterations"]), ("learning rate", hp["learning_rate"]),
+            ("progress", iterations(j)),
+            ("lm loss", progress.get("lm_loss")), ("ETA", fmt_eta(eta_seconds(j)) if j["status"] == "running" else "-"),
+            ("estimate", f"{hours(est['min_hours'])} – {hours(est['max_hours'])}" if est else None),
+            ("created", when(j["created_at"]))], title=j["name"])
+    if j.get("checkpoints"):
+        render_checkpoints(j["checkpoints"])
+
+
+def render_checkpoints(items: list[dict]) -> None:
+    table(["iteration", "format", "path", "created"],
+          [(c["iteration"], c["format"], c["path"], when(c["created_at"])) for c in items], title="Checkpoints")
+
+
+KIND = JobKind(
+    path="tuning-jobs", label="tuning job",
+    columns=["id", "name", "status", "source", "type", "progress", "loss", "created"],
+    row=lambda j: (j["id"], j["name"], status_text(j["status"]),
+                   j["source"].get("model_name") or j.get("template_name"), j["tune_type"], iterations(j),
+                   (j.get("progress") or {}).get("lm_loss"), when(j["created_at"])),
+    render=render_job, shows="checkpoints", resumes="from its latest checkpoint",
+    bar=WatchBar(columns=lambda: [MofNCompleteColumn(), TextColumn("loss [cyan]{task.fields[loss]}"),
+                                  TextColumn("ETA {task.fields[eta]}")], update=bar_update),
+    series=LogSeries(flag="--loss", help="print (iteration, lm loss) pairs", search="lm loss",
+                     parse=lambda lines: [{"iteration": i, "lm_loss": v} for i, v in loss_points(lines)],
+                     columns=["iteration", "lm loss"], row=lambda p: (p["iteration"], f"{p['lm_loss']:.6f}"),
+                     title="Loss"))
+JOBS = KIND.jobs
 
 
 @command(app)
@@ -176,118 +180,15 @@ def create(
             console.print(f"job [bold]{job['name']}[/bold] ({job['id']}): {hp['iterations']} iterations"
                           + (f", estimated {hours(est['min_hours'])} – {hours(est['max_hours'])}" if est else ""))
         if follow:
-            job = watch(c, job["id"], quiet=as_json)
-    _finish(job, as_json=as_json)
-
-
-@command(app, "list")
-def list_(name: str = typer.Option(None), status: str = typer.Option(None), as_json: bool = JsonOption) -> None:
-    """List tuning jobs."""
-    with client() as c:
-        data = c.get(JOBS, name=name, status=status, limit=200)
-    emit(data, as_json=as_json, render=lambda d: table(
-        ["id", "name", "status", "source", "type", "progress", "loss", "created"],
-        [(j["id"], j["name"], status_text(j["status"]), j["source"].get("model_name") or j.get("template_name"),
-          j["tune_type"], f"{(j.get('progress') or {}).get('iteration', 0)}/{(j.get('progress') or {}).get('total_iterations', '-')}",
-          (j.get("progress") or {}).get("lm_loss"), when(j["created_at"])) for j in d["items"]], title="Tuning jobs"))
-
-
-@command(app)
-def show(job: str = typer.Argument(..., help="job id or name"), as_json: bool = JsonOption) -> None:
-    """A job's settings, progress and checkpoints."""
-    with client() as c:
-        j = find(c, job)
-
-    def render(j: dict) -> None:
-        hp, progress, est = j["hyperparameters"], j.get("progress") or {}, j.get("estimate")
-        fields([("id", j["id"]), ("status", status_text(j["status"])), ("message", j.get("status_message")),
-                ("source", f"{j['source'].get('model_name') or j.get('template_name')}"
-                           f"{' V' + str(j['source']['version_number']) if j['source'].get('version_number') else ''}"),
-                ("type", j["tune_type"]), ("output model", output_model(j)),
-                ("output path", j["output"]["path"]), ("dataset", f"{j['dataset']['path']} ({j['dataset']['format']}, "
-                                                                  f"{j['dataset']['sample_count']} samples)"),
-                ("epochs", hp["epochs"]), ("iterations", hp["iterations"]), ("learning rate", hp["learning_rate"]),
-                ("progress", f"{progress.get('iteration', 0)}/{progress.get('total_iterations', '-')}"),
-                ("lm loss", progress.get("lm_loss")), ("ETA", fmt_eta(eta_seconds(j)) if j["status"] == "running" else "-"),
-                ("estimate", f"{hours(est['min_hours'])} – {hours(est['max_hours'])}" if est else None),
-                ("created", when(j["created_at"]))], title=j["name"])
-        if j.get("checkpoints"):
-            render_checkpoints(j["checkpoints"])
-    emit(j, as_json=as_json, render=render)
-
-
-def render_checkpoints(items: list[dict]) -> None:
-    table(["iteration", "format", "path", "created"],
-          [(c["iteration"], c["format"], c["path"], when(c["created_at"])) for c in items], title="Checkpoints")
-
-
-@command(app, "watch")
-def watch_cmd(job: str = typer.Argument(..., help="job id or name"), as_json: bool = JsonOption) -> None:
-    """Follow a job with a progress bar (iteration, lm loss, ETA) until it ends."""
-    with client() as c:
-        j = watch(c, find(c, job)["id"], quiet=as_json)
-    _finish(j, as_json=as_json)
-
-
-@command(app)
-def logs(job: str = typer.Argument(..., help="job id or name"),
-         search: str = typer.Option(None, "--search", "-s", help="e.g. 'lm loss'"),
-         download: Path = typer.Option(None, "--download", help="write the whole log to this file"),
-         loss: bool = typer.Option(False, "--loss", help="print (iteration, lm loss) pairs"),
-         as_json: bool = JsonOption) -> None:
-    """Search, print or download a job's logs."""
-    with client() as c:
-        j = find(c, job)
-        if download:
-            text = c.call("GET", f"{JOBS}/{j['id']}/logs/download")
-            download.write_text(text if isinstance(text, str) else str(text))
-            console.print(f"wrote {download}")
-            return
-        data = c.get(f"{JOBS}/{j['id']}/logs", search="lm loss" if loss else search, limit=5000)
-    if loss:
-        points = loss_points([item["line"] for item in data["items"]])
-        emit([{"iteration": i, "lm_loss": v} for i, v in points], as_json=as_json,
-             render=lambda d: table(["iteration", "lm loss"], [(p["iteration"], f"{p['lm_loss']:.6f}") for p in d],
-                                    title="Loss"))
-        return
-    emit(data, as_json=as_json, render=lambda d: [console.print(item["line"], highlight=False, markup=False)
-                                                   for item in d["items"]])
-
-
-@command(app)
-def stop(job: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
-    """Stop a creating, waiting or running job (checkpoints are kept)."""
-    with client() as c:
-        j = c.post(f"{JOBS}/{find(c, job)['id']}/stop")
-    emit(j, as_json=as_json, render=lambda j: console.print(f"job [bold]{j['name']}[/bold]: {status_text(j['status'])}"))
-
-
-@command(app, "continue")
-def continue_(job: str = typer.Argument(...), follow: bool = typer.Option(False, "--watch"),
-              as_json: bool = JsonOption) -> None:
-    """Continue a stopped job from its latest checkpoint."""
-    with client() as c:
-        j = c.post(f"{JOBS}/{find(c, job)['id']}/continue")
-        if follow:
-            j = watch(c, j["id"], quiet=as_json)
-    _finish(j, as_json=as_json)
-
-
-@command(app)
-def delete(job: str = typer.Argument(...), yes: bool = typer.Option(False, "--yes", "-y")) -> None:
-    """Delete a job (asks you to type DELETE)."""
-    with client() as c:
-        j = find(c, job)
-        confirm_delete(f"tuning job '{j['name']}'", yes=yes)
-        c.delete(f"{JOBS}/{j['id']}")
-    console.print(f"deleted tuning job [bold]{j['name']}[/bold]")
+            job = watch(c, KIND, job["id"], quiet=as_json)
+    finish(KIND, job, as_json=as_json)
 
 
 @command(app)
 def checkpoints(job: str = typer.Argument(...), as_json: bool = JsonOption) -> None:
     """A job's checkpoints."""
     with client() as c:
-        data = c.get(f"{JOBS}/{find(c, job)['id']}/checkpoints")
+        data = c.get(f"{JOBS}/{find(c, KIND, job)['id']}/checkpoints")
     emit(data, as_json=as_json, render=lambda d: render_checkpoints(d["items"]))
 
 
@@ -305,7 +206,7 @@ def convert(
     if bool(new_model) == new_version:
         raise CliError("give either --new-model NAME or --new-version", field="target")
     with client() as c:
-        j = find(c, job)
+        j = find(c, KIND, job)
         body = {"target": "new_model" if new_model else "new_version", "description": description,
                 "validate_weights": validate}
         if new_model:
@@ -313,3 +214,7 @@ def convert(
         data = c.post(f"{JOBS}/{j['id']}/checkpoints/{iteration}/models", body)
     emit(data, as_json=as_json, render=lambda d: console.print(
         f"checkpoint {iteration} → {d.get('model_name') or 'new version'}: {status_text(d['status'])}"))
+
+
+# After create and friends, so that `maas tune --help` lists them first.
+add_job_commands(app, KIND)

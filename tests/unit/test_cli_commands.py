@@ -47,7 +47,7 @@ def test_every_operation_has_a_command():
         "storage": {"buckets", "ls", "upload"},
         "tune": {"estimate", "create", "list", "show", "watch", "logs", "stop", "continue", "delete", "checkpoints",
                  "convert"},
-        "compress": {"estimate", "create", "list", "show", "watch", "logs", "specs", "delete"},
+        "compress": {"estimate", "create", "list", "show", "watch", "logs", "stop", "continue", "specs", "delete"},
         "services": {"list", "show", "specs", "start", "stop", "scale", "qps", "upgrade", "delete", "events", "logs",
                      "metrics", "call", "moderation"},
         "presets": {"list", "claim"},
@@ -63,8 +63,9 @@ def test_every_operation_has_a_command():
 
 def test_json_output_option_on_listing_commands():
     group = typer.main.get_command(app)
-    for path in (("models", "list"), ("templates", "list"), ("tune", "list"), ("services", "list"), ("keys", "list"),
-                 ("users", "list"), ("users", "show"), ("groups", "list"), ("groups", "show"), ("groups", "members"),
+    for path in (("models", "list"), ("templates", "list"), ("tune", "list"), ("compress", "list"),
+                 ("services", "list"), ("keys", "list"), ("users", "list"), ("users", "show"), ("groups", "list"),
+                 ("groups", "show"), ("groups", "members"),
                  ("policies", "list"), ("policies", "show"), ("policies", "validate"), ("audit", "list")):
         command = group.commands[path[0]].commands[path[1]]
         assert "--json" in _params(command)["as_json"].opts, path
