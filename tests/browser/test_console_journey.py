@@ -1,6 +1,7 @@
-"""Browser journeys after a model exists: tune it and watch the loss chart, deploy it, call it with the
-copied curl example and an API key made in the console, see the monitoring, chat in the playground,
-manage the service; the preset service's free quota and playground chat (slow: the real SmolLM2)."""
+"""Browser journeys after a model exists: tune it and watch the loss chart, stop and continue a compression
+job, compress and deploy it, call it with the copied curl example and an API key made in the console, see the
+monitoring, chat in the playground, manage the service; the preset service's free quota and playground chat
+(slow: the real SmolLM2)."""
 from __future__ import annotations
 
 import asyncio
@@ -97,6 +98,57 @@ async def test_lora_tune_from_the_form_and_watch_the_loss_chart(console, tiny_mo
     job = (await api.get(f"/api/v1/tuning-jobs/{job_id}")).json()
     assert job["status"] == "completed" and len(job["checkpoints"]) == 3
 
+
+
+async def test_compression_jobs_stop_continue_and_delete_from_the_console(console, tiny_model, api, running_platform):
+    page = console.page
+    # The platform's compression worker claims nothing meanwhile: the job waits in "pending", however fast
+    # the tiny model would compress (the job-engine tests hold their jobs the same way).
+    worker = running_platform["app"].state.components["compression-worker"]
+    worker.draining = True
+    try:
+        r = await api.post("/api/v1/compression-jobs", json={
+            "name": "browser-stop", "source": {"model_id": tiny_model["id"]}, "strategy": "smoothquant-w8a8",
+            "output_model_name": "browser-stop-sq"})
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+
+        # The list offers Stop for a waiting job (not Continue); stopped, it offers Continue instead.
+        await console.goto("/console/compression")
+        row = page.get_by_test_id("compression-table").locator('tr[data-job="browser-stop"]')
+        await expect(row.locator('[data-status="pending"]')).to_be_visible()
+        await expect(row.locator("button[data-action=continue]")).to_have_count(0)
+        await row.locator("button[data-action=stop]").click()
+        await page.get_by_role("dialog").get_by_role("button", name="OK").click()
+        await expect(row.locator('[data-status="stopped"]')).to_be_visible()
+        await expect(row.locator("button[data-action=stop]")).to_have_count(0)
+        await expect(row.locator("button[data-action=continue]")).to_be_enabled()
+        await page.locator("select[aria-label=status]").select_option("stopped")
+        await expect(page.get_by_test_id("compression-table").locator("tbody tr")).to_have_count(1)
+        await expect(row).to_be_visible()
+        assert (await api.get(f"/api/v1/compression-jobs/{job_id}")).json()["status"] == "stopped"
+        await console.shot("compression-list-stopped")
+
+        # The detail page: "stopped" in the status line and the history; Continue queues it again (from the start).
+        await row.get_by_role("link", name="browser-stop").click()
+        await expect(page.locator('[data-testid=job-status] [data-status="stopped"]')).to_be_visible()
+        await expect(page.locator('[data-testid=status-history] [data-status="stopped"]')).to_be_visible()
+        await console.shot("compression-detail-stopped")
+        await page.get_by_role("button", name="Continue", exact=True).click()
+        await expect(page.get_by_role("dialog")).to_contain_text("from the start")
+        await page.get_by_role("dialog").get_by_role("button", name="OK").click()
+        await expect(page.locator('[data-testid=job-status] [data-status="pending"]')).to_be_visible()
+        await expect(page.get_by_role("button", name="Stop", exact=True)).to_be_enabled()
+        assert (await api.get(f"/api/v1/compression-jobs/{job_id}")).json()["status"] == "pending"
+
+        await page.get_by_role("button", name="Delete", exact=True).click()
+        await page.get_by_placeholder("DELETE").fill("DELETE")
+        await page.get_by_test_id("confirm-delete").click()
+        await expect(page).to_have_url(re.compile(r"/console/compression$"))
+        assert (await api.get(f"/api/v1/compression-jobs/{job_id}")).status_code == 404
+    finally:
+        worker.draining = False
+        worker.nudge()
 
 async def _run_curl(command: str) -> dict:
     proc = await asyncio.create_subprocess_exec("bash", "-c", command, stdout=asyncio.subprocess.PIPE,

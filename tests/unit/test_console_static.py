@@ -75,7 +75,7 @@ def test_every_relative_import_names_a_real_export():
 def test_every_literal_text_has_a_chinese_translation():
     i18n = (STATIC / "js" / "i18n.js").read_text()
     zh_block = i18n[i18n.index("const zh = {"):i18n.index("};", i18n.index("const zh = {"))]
-    zh_keys = set(re.findall(r"^\s*'((?:[^'\\]|\\.)*)':", zh_block, flags=re.M))
+    zh_keys = set(re.findall(r"^\s*'((?:[^'\\]|\\.)*)':", zh_block, flags=re.MULTILINE))
     used = set()
     for path in JS:
         used |= set(re.findall(r"\bt\('((?:[^'\\]|\\.)*)'", path.read_text()))
@@ -92,3 +92,32 @@ def test_every_action_the_console_checks_is_in_the_catalogue():
     assert {"maas:services:create", "maas:models:create", "maas:inference:call"} <= named
     unknown = sorted(a for a in named if a not in ACTIONS and "*" not in a)
     assert not unknown, f"actions the console names that the platform does not have: {unknown}"
+
+
+def _job_kinds() -> dict[str, str]:
+    """The job kinds the pages describe to jobs.js: page file name -> IAM resource."""
+    kinds = {}
+    for path in (STATIC / "js" / "pages").glob("*.js"):
+        found = re.findall(r"resource: '(\w+)'", path.read_text())
+        if found:
+            kinds[path.name] = found[0]
+    return kinds
+
+
+def test_the_tuning_and_compression_pages_are_the_shared_job_pages():
+    assert _job_kinds() == {"tuning.js": "tuningJobs", "compression.js": "compressionJobs"}
+    for name in _job_kinds():
+        text = (STATIC / "js" / "pages" / name).read_text()
+        # List, detail, logs, stop / continue / delete come from jobs.js: a kind page does not grow its own copy.
+        assert "<${JobListPage} kind=" in text and "<${JobPage} kind=" in text, name
+        assert "/logs/download" not in text and "ConfirmDelete" not in text and "/stop`" not in text, name
+
+
+def test_every_action_a_job_kind_implies_is_in_the_catalogue():
+    # jobs.js names its actions as maas:${kind.resource}:<verb>, which the literal search above cannot see.
+    verbs = set(re.findall(r"maas:\$\{kind\.resource\}:(\w+)", (STATIC / "js" / "jobs.js").read_text()))
+    assert verbs == {"create", "stop", "continue", "delete"}
+    implied = {f"maas:{resource}:{verb}" for resource in _job_kinds().values() for verb in verbs}
+    assert "maas:compressionJobs:stop" in implied
+    unknown = sorted(a for a in implied if a not in ACTIONS)
+    assert not unknown, f"actions the job pages check that the platform does not have: {unknown}"

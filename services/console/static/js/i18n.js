@@ -237,6 +237,8 @@ const zh = {
   'Search logs (e.g. lm loss)': '搜索日志（例如 lm loss）',
   'Stop the job? Checkpoints are kept.': '确定停止作业？已保存的Checkpoint会保留。',
   'Continue from the latest checkpoint?': '确定从最新的Checkpoint继续作业？',
+  'Stop the job?': '确定停止作业？',
+  'Run the job again from the start?': '确定从头重新运行作业？',
   'Upload a file': '上传文件',
   'Output model': '调优后模型',
   'registering…': '注册中…',

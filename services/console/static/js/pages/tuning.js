@@ -1,14 +1,18 @@
-// Model tuning (guide chapter 6): jobs list, create form with iterations and duration estimate,
-// detail with live loss chart, logs (search, download), checkpoints -> model / version, stop / continue / delete.
+// Model tuning (guide chapter 6): the shared job pages (jobs.js) with tuning's columns, its create form with
+// iterations and duration estimate, and its detail: live loss chart, checkpoints -> model / version.
 import { html, useEffect, useMemo, useState } from '../lib.js';
-import { auth, del, get, post, uploadObject } from '../api.js';
+import { auth, get, post, uploadObject } from '../api.js';
 import { t } from '../i18n.js';
 import { Link, navigate } from '../router.js';
 import { LineChart } from '../chart.js';
-import { TimelinePanel } from '../timeline.js';
+import { JobListPage, JobPage, JobProgress, isActive } from '../jobs.js';
 import {
-  ActionButton, Confirm, ConfirmDelete, Empty, ErrorBox, Field, KV, Modal, OutputModel, PageHead, ProgressBar, Section, Spinner,
-  StatusTag, Switch, Tabs, fieldError, fmtBytes, fmtNumber, fmtTime, nameError, toast, useAction, usePoll,
+  FormButtons, NotificationField, PermanentLogField, ResourcePoolField, SourceModelField, TaskSection, jobFormDefaults,
+  permanentLogBody, useJobSource,
+} from '../job-form.js';
+import {
+  Empty, ErrorBox, Field, KV, Modal, OutputModel, PageHead, ProgressBar, Section, StatusTag, Switch, fieldError,
+  fmtNumber, fmtTime, nameError, toast, useAction, usePoll,
 } from '../ui.js';
 
 // services/tuning/models.py FLAVORS (cards feed the estimate, table 6-5).
@@ -18,8 +22,6 @@ export const FLAVORS = [
   ['gpu.8', 'GPU: 8*gpu'],
 ];
 const NOTIFY_EVENTS = ['creating', 'waiting', 'running', 'stopped', 'completed', 'failed', 'restarted'];
-const STOPPABLE = ['creating', 'waiting', 'running'];
-const ACTIVE = ['creating', 'waiting', 'running'];
 const ITERATION = /iteration\s+(\d+)\/\s*(\d+)/;
 const LOSS = /lm loss: ([0-9.eE+-]+)/;
 
@@ -43,72 +45,30 @@ function eta(job) {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
-function JobProgress({ job }) {
-  const p = job.progress || {};
-  return html`<div class="job-progress">
-    <${ProgressBar} value=${p.iteration || 0} total=${p.total_iterations || 1}
-      label=${`${p.iteration || 0} / ${p.total_iterations || '-'}`} />
-  </div>`;
-}
-
-async function downloadLog(job) {
-  const response = await fetch(`/api/v1/tuning-jobs/${job.id}/logs/download`,
-    { headers: { Authorization: `Bearer ${auth.token}` } });
-  const blob = await response.blob();
-  const a = document.createElement('a');
-  a.href = URL.createObjectURL(blob);
-  a.download = `${job.name}-${job.id.slice(0, 8)}.log`;
-  document.body.appendChild(a);
-  a.click();
-  a.remove();
-}
-
-function JobActions({ job, reload, onDeleted, compact }) {
-  const [dialog, setDialog] = useState(null);
-  const cls = compact ? 'link' : 'btn';
-  return html`<span class="actions">
-    ${STOPPABLE.includes(job.status) ? html`<${ActionButton} action="maas:tuningJobs:stop" class=${cls} onClick=${() => setDialog('stop')}>${t('Stop')}<//>` : null}
-    ${job.status === 'stopped' ? html`<${ActionButton} action="maas:tuningJobs:continue" class=${cls} onClick=${() => setDialog('continue')}>${t('Continue')}<//>` : null}
-    <${ActionButton} action="maas:tuningJobs:delete" class=${cls + ' danger'} onClick=${() => setDialog('delete')}>${t('Delete')}<//>
-    ${dialog === 'stop' ? html`<${Confirm} title=${t('Stop')} message=${t('Stop the job? Checkpoints are kept.')}
-      onClose=${() => setDialog(null)} onConfirm=${async () => { await post(`/api/v1/tuning-jobs/${job.id}/stop`); reload(); }} />` : null}
-    ${dialog === 'continue' ? html`<${Confirm} title=${t('Continue')} message=${t('Continue from the latest checkpoint?')}
-      onClose=${() => setDialog(null)} onConfirm=${async () => { await post(`/api/v1/tuning-jobs/${job.id}/continue`); reload(); }} />` : null}
-    ${dialog === 'delete' ? html`<${ConfirmDelete} what=${t('job')} name=${job.name} onClose=${() => setDialog(null)}
-      onConfirm=${async () => { await del(`/api/v1/tuning-jobs/${job.id}`); toast(`${job.name} ✓`); onDeleted ? onDeleted() : reload(); }} />` : null}
-  </span>`;
-}
+// What the shared job pages need to know about tuning jobs.
+const TUNING = {
+  path: 'tuning-jobs', resource: 'tuningJobs', route: '/console/tuning', name: 'tuning',
+  statuses: ['creating', 'waiting', 'running', 'stopped', 'completed', 'failed'],
+  text: () => ({
+    title: t('Model tuning'), create: t('Create tuning job'), logSearch: t('Search logs (e.g. lm loss)'),
+    stop: t('Stop the job? Checkpoints are kept.'), continue: t('Continue from the latest checkpoint?'),
+  }),
+  columns: () => [
+    { label: t('Source model'), cell: (job) => `${job.source.model_name || job.template_name}${job.source.version_number ? ` V${job.source.version_number}` : ''}` },
+    { label: t('Tune type'), cell: (job) => t(job.tune_type) },
+  ],
+  progress: (job) => {
+    const p = job.progress || {};
+    return { value: p.iteration || 0, total: p.total_iterations || 1, label: `${p.iteration || 0} / ${p.total_iterations || '-'}` };
+  },
+  details: (job) => html`<${TuningDetails} job=${job} />`,
+  tabs: ['details', { id: 'loss', label: () => t('Loss curve'), render: (job) => html`<${LossPanel} job=${job} />` }, 'logs',
+    { id: 'checkpoints', label: () => t('Checkpoints'), render: (job, reload) => html`<${CheckpointsPanel} job=${job} reload=${reload} />` },
+    'events'],
+};
 
 export function TuningPage() {
-  const [name, setName] = useState('');
-  const [status, setStatus] = useState('');
-  const { data, error, reload } = usePoll(() => get('/api/v1/tuning-jobs', { name, status, limit: 200 }), [name, status], 3000);
-  return html`<div>
-    <${PageHead} title=${t('Model tuning')}>
-      <${ActionButton} action="maas:tuningJobs:create" class="btn btn-primary" data-action="create-tuning-job"
-        onClick=${() => navigate('/console/tuning/create')}>${t('Create tuning job')}<//>
-    <//>
-    <div class="toolbar">
-      <input class="input search" placeholder=${t('Search by name')} value=${name} onInput=${(e) => setName(e.target.value)} />
-      <select class="input" value=${status} onChange=${(e) => setStatus(e.target.value)} aria-label="status">
-        <option value="">${t('All statuses')}</option>
-        ${['creating', 'waiting', 'running', 'stopped', 'completed', 'failed'].map((s) => html`<option value=${s}>${t(`status.${s}`)}</option>`)}
-      </select>
-    </div>
-    <${ErrorBox} error=${error} />
-    ${!data ? html`<${Spinner} />` : data.items.length === 0 ? html`<${Empty} />` : html`
-      <table class="table" data-testid="tuning-table">
-        <thead><tr><th>${t('Name')}</th><th>${t('Status')}</th><th>${t('Source model')}</th><th>${t('Tune type')}</th>
-          <th>${t('Progress')}</th><th>${t('Created')}</th><th>${t('Operation')}</th></tr></thead>
-        <tbody>${data.items.map((job) => html`<tr data-job=${job.name}>
-          <td><${Link} href=${`/console/tuning/${job.id}`}>${job.name}<//></td>
-          <td><${StatusTag} status=${job.status} message=${job.status_message} /></td>
-          <td>${job.source.model_name || job.template_name}${job.source.version_number ? ` V${job.source.version_number}` : ''}</td>
-          <td>${t(job.tune_type)}</td><td class="w-progress"><${JobProgress} job=${job} /></td><td>${fmtTime(job.created_at)}</td>
-          <td><${JobActions} job=${job} reload=${reload} compact /></td>
-        </tr>`)}</tbody>
-      </table>`}
-  </div>`;
+  return html`<${JobListPage} kind=${TUNING} />`;
 }
 
 function countSamples(file) {
@@ -128,14 +88,9 @@ function countSamples(file) {
 
 export function TuningCreatePage() {
   const params = new URLSearchParams(location.search);
-  const templates = usePoll(() => get('/api/v1/templates', { task: 'tune' }), []);
-  const models = usePoll(() => get('/api/v1/models', { status: 'created', limit: 200 }), []);
   const [form, setForm] = useState({
-    name: '', description: '', sourceKind: params.get('template') ? 'template' : 'model',
-    modelId: params.get('model') || '', version: '', templateId: params.get('template') || '', tuneType: '',
-    outputName: '', outputDescription: '', outputPath: '', format: 'alpaca', datasetMode: 'upload', datasetFile: null,
-    datasetPath: '', samples: '', epochs: '2', lr: '0.00002', checkpoints: '1', pool: 'public', flavor: 'cpu.1',
-    nodes: '1', permanentLog: false, logPath: '', notify: false, topic: '', events: ['completed', 'failed'],
+    ...jobFormDefaults(params), tuneType: '', format: 'alpaca', datasetMode: 'upload', datasetFile: null,
+    datasetPath: '', samples: '', epochs: '2', lr: '0.00002', checkpoints: '1', flavor: 'cpu.1', nodes: '1',
     autoStop: false, stopHours: '1', customHours: '', autoRestart: false, maxRestarts: '3', unconditional: false,
   });
   const set = (patch) => setForm((f) => ({ ...f, ...patch }));
@@ -144,15 +99,8 @@ export function TuningCreatePage() {
   const [confirming, setConfirming] = useState(null);
   const [uploading, setUploading] = useState(null);
 
-  const tuneModels = useMemo(() => {
-    if (!models.data || !templates.data) return [];
-    const ids = new Set(templates.data.items.map((x) => x.id));
-    return models.data.items.filter((m) => !m.quantization && ids.has(m.template_id));
-  }, [models.data, templates.data]);
-  const presetTemplates = templates.data ? templates.data.items.filter((x) => x.preset_weights) : [];
-  const model = tuneModels.find((m) => m.id === form.modelId);
-  const templateId = form.sourceKind === 'model' ? (model && model.template_id) : form.templateId;
-  const template = templates.data ? templates.data.items.find((x) => x.id === templateId) : null;
+  const src = useJobSource('tune', form);
+  const { model, templateId, template, source } = src;
   const tuneTypes = template ? template.tasks.tune : [];
   useEffect(() => { if (template && !tuneTypes.includes(form.tuneType)) set({ tuneType: tuneTypes.includes('lora') ? 'lora' : tuneTypes[0] || '' }); }, [templateId, !!template]);
   useEffect(() => { if (!form.outputName && form.name) set({ outputName: `${form.name}-tuned` }); }, [form.name]);
@@ -161,9 +109,6 @@ export function TuningCreatePage() {
   const samples = Number(form.samples);
   const epochs = Number(form.epochs);
   const iterations = samples > 0 && epochs > 0 ? Math.ceil(samples / gbs) * epochs : null;
-  const source = form.sourceKind === 'model'
-    ? { model_id: form.modelId, ...(form.version ? { version: Number(form.version) } : {}) }
-    : { template_id: form.templateId };
 
   useEffect(() => {
     setEstimate(null);
@@ -179,7 +124,7 @@ export function TuningCreatePage() {
 
   const errors = {
     name: nameError(form.name, { dot: false }),
-    source: form.sourceKind === 'model' ? (form.modelId ? null : t('Required')) : (form.templateId ? null : t('Required')),
+    source: src.error,
     output_model_name: nameError(form.outputName),
     dataset_path: form.datasetMode === 'upload' ? (form.datasetFile ? null : t('No files chosen')) : (form.datasetPath ? null : t('Required')),
   };
@@ -200,7 +145,7 @@ export function TuningCreatePage() {
       ...(samples > 0 ? { sample_count: samples } : {}),
       hyperparameters: { epochs, learning_rate: Number(form.lr), checkpoint_count: Number(form.checkpoints) },
       resource_pool: form.pool, flavor: form.flavor, node_count: Number(form.nodes) || 1,
-      permanent_log: { enabled: form.permanentLog, ...(form.permanentLog ? { path: form.logPath } : {}) },
+      permanent_log: permanentLogBody(form),
       notification: { enabled: form.notify, ...(form.notify ? { topic: form.topic, events: form.events } : {}) },
       auto_stop: { enabled: form.autoStop, ...(form.autoStop ? { hours } : {}) },
       auto_restart: { enabled: form.autoRestart, max_restarts: Number(form.maxRestarts) || 3, unconditional: form.unconditional },
@@ -222,33 +167,9 @@ export function TuningCreatePage() {
   return html`<div>
     <${PageHead} title=${t('Create tuning job')} back="/console/tuning" />
     <form class="form" onSubmit=${trySubmit} data-testid="tuning-create-form">
-      <${Section} title=${t('Task settings')}>
-        <${Field} label=${t('Task name')} required id="name" error=${shown('name', 'name')}
-          hint=${t('Name rule: 1-64 characters, starting with a letter or Chinese character; letters, digits, Chinese, "_", "-".')}>
-          <input class="input" name="name" value=${form.name} onInput=${(e) => set({ name: e.target.value })} /><//>
-        <${Field} label=${t('Description')} hint=${`${form.description.length}/1000`} error=${fieldError(err, 'description')}>
-          <textarea class="input" rows="2" value=${form.description} onInput=${(e) => set({ description: e.target.value })}></textarea><//>
-      <//>
+      <${TaskSection} form=${form} set=${set} nameError=${shown('name', 'name')} err=${err} />
       <${Section} title=${t('Model settings')}>
-        <${Field} label=${t('Source model')} required id="source" error=${shown('source', 'source')}>
-          <div class="radio-row">
-            <label><input type="radio" checked=${form.sourceKind === 'model'} onChange=${() => set({ sourceKind: 'model' })} />${t('My models')}</label>
-            <label><input type="radio" checked=${form.sourceKind === 'template'} onChange=${() => set({ sourceKind: 'template' })} />${t('Model square')}</label>
-          </div>
-          ${form.sourceKind === 'model' ? html`<div class="row">
-            <select class="input grow" name="model" value=${form.modelId} onChange=${(e) => set({ modelId: e.target.value, version: '' })}>
-              <option value="">${t('Select a base model')}</option>
-              ${tuneModels.map((m) => html`<option value=${m.id}>${m.name} (${m.template_name})</option>`)}
-            </select>
-            ${model ? html`<select class="input" name="version" value=${form.version} onChange=${(e) => set({ version: e.target.value })}>
-              <option value="">V${model.latest_version} (latest)</option>
-              ${Array.from({ length: model.latest_version }, (_, i) => i + 1).map((n) => html`<option value=${String(n)}>V${n}</option>`)}
-            </select>` : null}
-          </div>` : html`<select class="input" name="template" value=${form.templateId} onChange=${(e) => set({ templateId: e.target.value })}>
-              <option value="">${t('Select a base model')}</option>
-              ${presetTemplates.map((x) => html`<option value=${x.id}>${x.name}</option>`)}
-            </select>`}
-        <//>
+        <${SourceModelField} form=${form} set=${set} source=${src} error=${shown('source', 'source')} />
         <${Field} label=${t('Tune type')} required id="tune_type" error=${fieldError(err, 'tune_type')}>
           <div class="radio-row">${['full', 'lora', 'pretrain'].map((tt) => html`<label class=${tuneTypes.includes(tt) ? '' : 'disabled'}>
             <input type="radio" name="tune_type" value=${tt} disabled=${!tuneTypes.includes(tt)} checked=${form.tuneType === tt}
@@ -297,11 +218,7 @@ export function TuningCreatePage() {
             : estimate && estimate.error ? html`<span class="field-error">${estimate.error.message}</span>` : '-'}</div><//>
       <//>
       <${Section} title=${t('Resource settings')}>
-        <${Field} label=${t('Resource pool')}>
-          <div class="radio-row">
-            <label><input type="radio" checked=${form.pool === 'public'} onChange=${() => set({ pool: 'public' })} />${t('Public pool')}</label>
-            <label><input type="radio" checked=${form.pool === 'dedicated'} onChange=${() => set({ pool: 'dedicated' })} />${t('Dedicated pool')}</label>
-          </div><//>
+        <${ResourcePoolField} form=${form} set=${set} />
         <${Field} label=${t('Flavor')} error=${fieldError(err, 'flavor')}>
           <select class="input" value=${form.flavor} onChange=${(e) => set({ flavor: e.target.value })}>
             ${FLAVORS.map(([id, label]) => html`<option value=${id}>${label}</option>`)}</select><//>
@@ -309,14 +226,8 @@ export function TuningCreatePage() {
           <input class="input narrow" type="number" min="1" value=${form.nodes} onInput=${(e) => set({ nodes: e.target.value })} /><//>
       <//>
       <${Section} title=${t('More options')}>
-        <${Field} label=${t('Keep logs permanently')} error=${fieldError(err, 'permanent_log')}>
-          <${Switch} checked=${form.permanentLog} onChange=${(v) => set({ permanentLog: v })} />
-          ${form.permanentLog ? html`<input class="input" placeholder=${t('Log path') + ' (bucket/folder)'} value=${form.logPath} onInput=${(e) => set({ logPath: e.target.value })} />` : null}<//>
-        <${Field} label=${t('Event notification')} error=${fieldError(err, 'notification')}>
-          <${Switch} checked=${form.notify} onChange=${(v) => set({ notify: v })} />
-          ${form.notify ? html`<div><input class="input" placeholder=${t('Topic')} value=${form.topic} onInput=${(e) => set({ topic: e.target.value })} />
-            <div class="checks-row">${NOTIFY_EVENTS.map((ev) => html`<label><input type="checkbox" checked=${form.events.includes(ev)}
-              onChange=${(e) => set({ events: e.target.checked ? [...form.events, ev] : form.events.filter((x) => x !== ev) })} />${t(`status.${ev}`)}</label>`)}</div></div>` : null}<//>
+        <${PermanentLogField} form=${form} set=${set} err=${err} />
+        <${NotificationField} form=${form} set=${set} err=${err} events=${NOTIFY_EVENTS} />
         <${Field} label=${t('Auto stop')} error=${fieldError(err, 'auto_stop')}>
           <${Switch} checked=${form.autoStop} onChange=${(v) => set({ autoStop: v })} />
           ${form.autoStop ? html`<div class="row"><select class="input" value=${form.stopHours} onChange=${(e) => set({ stopHours: e.target.value })}>
@@ -328,10 +239,7 @@ export function TuningCreatePage() {
             <label><input type="checkbox" checked=${form.unconditional} onChange=${(e) => set({ unconditional: e.target.checked })} />${t('Unconditional restart')}</label></div>` : null}<//>
       <//>
       ${err && !err.field ? html`<${ErrorBox} error=${err} />` : err && !document.querySelector(`[data-field="${err.field}"]`) ? html`<${ErrorBox} error=${err} />` : null}
-      <div class="form-actions sticky">
-        <button type="button" class="btn" onClick=${() => navigate('/console/tuning')}>${t('Cancel')}</button>
-        <button type="submit" class="btn btn-primary" disabled=${submit.busy}>${t('Submit')}</button>
-      </div>
+      <${FormButtons} back="/console/tuning" busy=${submit.busy} sticky />
     </form>
     ${confirming ? html`<${Modal} title=${t('Create tuning job')} onClose=${() => setConfirming(null)} footer=${html`
         <button class="btn" onClick=${() => setConfirming(null)}>${t('Cancel')}</button>
@@ -345,37 +253,20 @@ export function TuningCreatePage() {
 }
 
 function LossPanel({ job }) {
-  const running = ACTIVE.includes(job.status);
+  const running = isActive(job);
   const { data } = usePoll(() => get(`/api/v1/tuning-jobs/${job.id}/logs`, { search: 'lm loss', limit: 5000 }),
     [job.id], running ? 3000 : 0);
   const { x, y } = useMemo(() => parseLoss(data ? data.items.map((i) => i.line) : []), [data]);
   const p = job.progress || {};
   return html`<div>
     <${KV} items=${[
-      [t('Progress'), html`<${JobProgress} job=${job} />`],
+      [t('Progress'), html`<${JobProgress} kind=${TUNING} job=${job} />`],
       [t('Loss'), p.lm_loss !== null && p.lm_loss !== undefined ? html`<span data-testid="latest-loss">${Number(p.lm_loss).toFixed(4)}</span>` : '-'],
       [t('Throughput (tokens/s/card)'), fmtNumber(p.tokens_per_sec_per_card, 1)],
       [t('ETA'), running ? eta(job) || '-' : '-'],
     ]} />
     ${x.length ? html`<${LineChart} x=${x} series=${[{ label: 'lm loss', values: y }]} xLabel=${t('Iteration')} testid="loss-chart" />`
       : html`<${Empty}>${t('Waiting for the first iteration…')}<//>`}
-  </div>`;
-}
-
-function LogsPanel({ job }) {
-  const [search, setSearch] = useState('');
-  const running = ACTIVE.includes(job.status);
-  const { data, error } = usePoll(() => get(`/api/v1/tuning-jobs/${job.id}/logs`, { search, limit: 5000 }),
-    [job.id, search], running ? 3000 : 0);
-  return html`<div>
-    <div class="toolbar">
-      <input class="input search" placeholder=${t('Search logs (e.g. lm loss)')} value=${search}
-        onInput=${(e) => setSearch(e.target.value)} data-testid="log-search" />
-      <button class="btn" onClick=${() => downloadLog(job)}>${t('Download')}</button>
-      ${data ? html`<span class="muted small">${data.total}</span>` : null}
-    </div>
-    <${ErrorBox} error=${error} />
-    <pre class="logs" data-testid="logs">${data ? data.items.map((l) => `${fmtTime(l.at)} ${l.line}`).join('\n') : ''}</pre>
   </div>`;
 }
 
@@ -425,50 +316,28 @@ function CheckpointsPanel({ job, reload }) {
   </div>`;
 }
 
-export function TuningJobPage({ id }) {
-  const [tab, setTab] = useState('details');
-  const { data: job, error, reload } = usePoll(() => get(`/api/v1/tuning-jobs/${id}`), [id], 3000);
-  if (error && !job) return html`<${ErrorBox} error=${error} />`;
-  if (!job) return html`<${Spinner} />`;
+function TuningDetails({ job }) {
   const hp = job.hyperparameters || {};
   const est = job.estimate;
-  return html`<div>
-    <${PageHead} title=${job.name} back="/console/tuning">
-      <${JobActions} job=${job} reload=${reload} onDeleted=${() => navigate('/console/tuning')} />
-    <//>
-    <div class="status-line"><span data-testid="job-status"><${StatusTag} status=${job.status} message=${job.status_message} /></span>
-      ${job.status_message ? html`<span class="muted">${job.status_message}</span>` : null}</div>
-    <${Tabs} active=${tab} onChange=${setTab} tabs=${[
-      { id: 'details', label: t('Details') }, { id: 'loss', label: t('Loss curve') }, { id: 'logs', label: t('Logs') },
-      { id: 'checkpoints', label: t('Checkpoints') }, { id: 'events', label: t('Events') }]} />
-    <div class="card section">
-      ${tab === 'details' ? html`<div class="grid-2">
-        <${KV} items=${[
-          ['ID', html`<code>${job.id}</code>`], [t('Description'), job.description],
-          [t('Source model'), job.source.model_id ? html`<${Link} href=${`/console/models/${job.source.model_id}`}>${job.source.model_name} V${job.source.version_number}<//>` : job.template_name],
-          [t('Tune type'), t(job.tune_type)],
-          [t('Output model'), html`<${OutputModel} job=${job} />`],
-          [t('Path'), html`<span class="mono small">${job.output.path}</span>`],
-          [t('Dataset'), html`<span class="mono small">${job.dataset.path}</span>`], [t('Dataset format'), job.dataset.format],
-          [t('Sample count'), fmtNumber(job.dataset.sample_count)],
-        ]} />
-        <${KV} items=${[
-          [t('Epochs'), hp.epochs], [t('Iterations'), fmtNumber(hp.iterations)], [t('Learning rate'), hp.learning_rate],
-          [t('Checkpoints to save'), hp.checkpoint_count], ['global batch size', hp.global_batch_size], ['SEQ_LEN', hp.seq_len],
-          [t('Flavor'), job.resources.flavor_name], [t('Nodes'), job.resources.node_count],
-          [t('Estimated duration'), est ? t('{min} – {max} hours', { min: est.min_hours, max: est.max_hours }) : '-'],
-          [t('Created'), fmtTime(job.created_at)],
-        ]} />
-        <div class="span-2"><h4>${t('Status history')}</h4><table class="table">
-          <tbody>${(job.history || []).map((h) => html`<tr><td>${fmtTime(h.at)}</td><td><${StatusTag} status=${h.status} /></td><td>${h.message || ''}</td></tr>`)}</tbody>
-        </table></div>
-      </div>` : null}
-      ${tab === 'loss' ? html`<${LossPanel} job=${job} />` : null}
-      ${tab === 'logs' ? html`<${LogsPanel} job=${job} />` : null}
-      ${tab === 'checkpoints' ? html`<${CheckpointsPanel} job=${job} reload=${reload} />` : null}
-      ${tab === 'events' ? html`<${TimelinePanel} resource="tuning-jobs" id=${job.id} />` : null}
-    </div>
-  </div>`;
+  return html`
+    <${KV} items=${[
+      ['ID', html`<code>${job.id}</code>`], [t('Description'), job.description],
+      [t('Source model'), job.source.model_id ? html`<${Link} href=${`/console/models/${job.source.model_id}`}>${job.source.model_name} V${job.source.version_number}<//>` : job.template_name],
+      [t('Tune type'), t(job.tune_type)],
+      [t('Output model'), html`<${OutputModel} job=${job} />`],
+      [t('Path'), html`<span class="mono small">${job.output.path}</span>`],
+      [t('Dataset'), html`<span class="mono small">${job.dataset.path}</span>`], [t('Dataset format'), job.dataset.format],
+      [t('Sample count'), fmtNumber(job.dataset.sample_count)],
+    ]} />
+    <${KV} items=${[
+      [t('Epochs'), hp.epochs], [t('Iterations'), fmtNumber(hp.iterations)], [t('Learning rate'), hp.learning_rate],
+      [t('Checkpoints to save'), hp.checkpoint_count], ['global batch size', hp.global_batch_size], ['SEQ_LEN', hp.seq_len],
+      [t('Flavor'), job.resources.flavor_name], [t('Nodes'), job.resources.node_count],
+      [t('Estimated duration'), est ? t('{min} – {max} hours', { min: est.min_hours, max: est.max_hours }) : '-'],
+      [t('Created'), fmtTime(job.created_at)],
+    ]} />`;
 }
 
-export { fmtBytes };
+export function TuningJobPage({ id }) {
+  return html`<${JobPage} kind=${TUNING} id=${id} />`;
+}
