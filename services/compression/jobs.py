@@ -71,7 +71,7 @@ async def _deleted(uow, job: dict) -> None:
              subject=subject(job["_id"]))
 
 
-def list_filters(strategy: Strategy | None = None) -> dict:
+async def list_filters(strategy: Strategy | None = None) -> dict:
     """Compression's own list filter (a query parameter of GET /compression-jobs)."""
     return {"strategy": strategy.value} if strategy else {}
 

@@ -28,8 +28,9 @@ Emit = Callable[[Any, dict], None]                      # (uow, job) -> emits th
 InUow = Callable[[Any, dict], Awaitable[None]]          # (uow, job) -> the kind's writes and events
 
 
-def no_filters() -> dict:
-    """The list filters of a kind that has none beyond name and status."""
+async def no_filters() -> dict:
+    """The list filters of a kind that has none beyond name and status (async, as every dependency:
+    FastAPI runs a plain ``def`` in its thread pool)."""
     return {}
 
 
@@ -70,7 +71,7 @@ class JobResource:
     after_delete: Callable[[Platform, dict], Awaitable[None]] | None = None   # after the commit: object storage
     # A FastAPI dependency whose query parameters are the kind's own list filters, returning MongoDB
     # conditions (e.g. compression's ``strategy``).
-    list_filters: Callable[..., dict] = no_filters
+    list_filters: Callable[..., Awaitable[dict]] = no_filters
 
     def subject(self, job_id: str) -> str:
         return f"{self.path}/{job_id}"

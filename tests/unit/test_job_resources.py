@@ -110,11 +110,11 @@ async def test_list_is_the_callers_only_newest_first_and_matches_part_of_the_nam
     assert error.value.status == 400 and "status: must be one of" in error.value.message
 
 
-def test_compression_lists_by_strategy_and_tuning_has_no_extra_filter():
+async def test_compression_lists_by_strategy_and_tuning_has_no_extra_filter():
     from services.compression.models import Strategy
 
-    assert COMPRESSION.list_filters(Strategy.awq_w4a16) == {"strategy": "awq-w4a16"}
-    assert COMPRESSION.list_filters(None) == {} and TUNING.list_filters() == {}
+    assert await COMPRESSION.list_filters(Strategy.awq_w4a16) == {"strategy": "awq-w4a16"}
+    assert await COMPRESSION.list_filters(None) == {} and await TUNING.list_filters() == {}
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.task_kind)
