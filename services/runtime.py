@@ -20,9 +20,9 @@ from services.common.context import Platform
 from services.common.errors import install_error_handlers
 from services.common.http import BodySizeLimit
 from services.common.openapi_errors import document_errors
-from services.common.service_spec import Consumer, ServiceSpec, envelope_handler_types
+from services.common.service_spec import Consumer, PlatformBucket, ServiceSpec, envelope_handler_types
 from services.common.settings import Settings, get_settings
-from services.common.storage_acl import PlatformBucket, reserve_platform_buckets
+from services.readmodels.buckets import reserve_platform_buckets
 from services.common.telemetry import isolate_request_context, tracer_provider
 from services.iam import authorize as authorization
 

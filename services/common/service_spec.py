@@ -8,7 +8,21 @@ from fastapi import APIRouter
 
 from contracts import Envelope, EventData
 from services.common.mongo import IndexSpec
-from services.common.storage_acl import PlatformBucket
+
+PUBLIC_READ = "*"        # owner of buckets every tenant may read (platform presets); only the platform writes
+PLATFORM = "@platform"   # owner of buckets only the platform's services use; no tenant id looks like this
+
+
+@dataclass(frozen=True)
+class PlatformBucket:
+    """A bucket a service needs the platform to own (reserved at start-up, never a tenant's)."""
+    name: str
+    public_read: bool = False
+
+    @property
+    def owner(self) -> str:
+        return PUBLIC_READ if self.public_read else PLATFORM
+
 
 Handler = Callable[..., Awaitable[None]]  # (platform or component, envelope, event) -> None
 

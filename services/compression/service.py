@@ -17,7 +17,7 @@ from services.common.context import Platform
 from services.common.errors import bad_request, conflict
 from services.readmodels.model_refs import preset_weights_ready, resolve_model_version
 from services.common.objectstore import ObjectPath
-from services.common.storage_acl import check_access
+from services.readmodels.buckets import check_access
 from services.compression import estimate as est
 from services.compression.jobs import announce_task_record, now, subject
 from services.compression.models import (DEFAULT_ALPHA, INSTANCE_SPECS, JOBS, MANAGED_BUCKET, STRATEGY_LABELS,

@@ -2,7 +2,7 @@ from contracts.compression import COMPRESSION_TOPIC
 from contracts.events import REGISTRY_TOPIC
 from services.common.service_spec import Consumer, ServiceSpec
 from services.compression import api, handlers, worker
-from services.common.storage_acl import PlatformBucket
+from services.common.service_spec import PlatformBucket
 from services.compression.models import INDEXES, MANAGED_BUCKET
 
 COMPRESSION = ServiceSpec(

@@ -15,7 +15,7 @@ from services.common.auth import ACTIVE, TOKENS, Principal
 from services.common.context import Platform, get_platform
 from services.common.errors import ApiError
 from services.common.mongo import IndexSpec
-from services.common.storage_acl import grant_bucket
+from services.readmodels.buckets import grant_bucket
 from services.gateway.iam_service import record_account
 from services.gateway.login_throttle import LOGIN_FAILURES, LoginThrottle, ThrottleRules
 from services.gateway.passwords import (  # noqa: F401  (hash_password, verify_password: imported from here)

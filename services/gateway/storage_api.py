@@ -12,7 +12,7 @@ from services.common.auth import Principal
 from services.common.context import Platform, get_platform
 from services.common.errors import ApiError, bad_request
 from services.common.objectstore import ObjectPath, TooLarge
-from services.common.storage_acl import (BUCKETS, RESERVED_PREFIX, check_access, grant_bucket, is_reserved_name,
+from services.readmodels.buckets import (BUCKETS, RESERVED_PREFIX, check_access, grant_bucket, is_reserved_name,
                                          stored_bytes, tenant_buckets)
 from services.iam.authorize import Authorized
 

@@ -15,7 +15,8 @@ from pymongo.errors import DuplicateKeyError
 
 from services.common.context import Platform
 from services.common.objectstore import ObjectPath
-from services.common.storage_acl import PlatformBucket, reserve_platform_buckets
+from services.common.service_spec import PlatformBucket
+from services.readmodels.buckets import reserve_platform_buckets
 from services.jobs.executor import Work, WorkFailed, ignore_messages
 from services.jobs.local_process import LocalProcessExecutor
 from services.registry import work

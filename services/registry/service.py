@@ -13,7 +13,7 @@ from services.common.account_limits import account_limits, refuse
 from services.common.context import Platform
 from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.common.objectstore import ObjectPath
-from services.common.storage_acl import check_access
+from services.readmodels.buckets import check_access
 from services.catalog.templates import Template, default_catalog
 from services.registry.models import (MANAGED_BUCKET, MAX_VERSIONS, MODELS, PRESETS, TASK_RECORDS, VERSIONS,
                                       ModelCreate, ModelView, Status, TaskStatus, VersionCreate, VersionView,

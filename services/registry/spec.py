@@ -1,7 +1,7 @@
 from contracts.events import REGISTRY_TOPIC, TASKS_TOPIC
 from services.common.service_spec import Consumer, ServiceSpec
 from services.registry import api, handlers, presets, validation_jobs
-from services.common.storage_acl import PlatformBucket
+from services.common.service_spec import PlatformBucket
 from services.registry.models import INDEXES, MANAGED_BUCKET
 
 REGISTRY = ServiceSpec(

@@ -21,7 +21,7 @@ from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.jobs import resources
 from services.readmodels.model_refs import preset_weights_ready, resolve_model_version
 from services.common.objectstore import ObjectPath
-from services.common.storage_acl import check_access
+from services.readmodels.buckets import check_access
 from services.catalog.templates import Template, default_catalog  # shared catalog data, read-only
 from services.tuning import estimate as est
 from services.tuning.datasets import (DatasetInvalid, DatasetRejected, ParsedDataset, check_whole_file_size,

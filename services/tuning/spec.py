@@ -2,7 +2,7 @@ from contracts.events import REGISTRY_TOPIC
 from contracts.tuning import TUNING_TOPIC
 from services.common.service_spec import Consumer, ServiceSpec
 from services.tuning import api, handlers, watchdog, worker
-from services.common.storage_acl import PlatformBucket
+from services.common.service_spec import PlatformBucket
 from services.tuning.models import INDEXES, MANAGED_BUCKET
 
 TUNING = ServiceSpec(

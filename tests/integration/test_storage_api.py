@@ -96,7 +96,8 @@ async def test_the_platforms_buckets_are_recorded_as_the_platforms_at_start(runn
 
 async def test_a_bucket_a_tenant_held_before_the_upgrade_is_taken_back(running_platform, mallory):
     """A platform that ran older code may have recorded a tenant as a platform bucket's owner."""
-    from services.common.storage_acl import PlatformBucket, reserve_platform_buckets
+    from services.common.service_spec import PlatformBucket
+    from services.readmodels.buckets import reserve_platform_buckets
 
     platform = running_platform["platform"]
     me = (await mallory.get("/api/v1/auth/me")).json()

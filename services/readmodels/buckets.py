@@ -1,4 +1,5 @@
-"""Which tenant owns which bucket. Shared by the storage API and every service that reads user paths.
+"""Which tenant owns which bucket: the storage API's read-model, read by every service that takes a
+user's path (``check_access``) and by the composition root, which reserves the platform's buckets.
 
 The platform's own buckets (registry copies, tuning state, compression outputs, the ONNX cache,
 presets) are recorded at start-up with an owner no tenant can have, and every name under the
@@ -8,28 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.common.errors import ApiError
 from services.common.objectstore import ObjectPath
+from services.common.service_spec import PUBLIC_READ, PlatformBucket
 
 log = logging.getLogger(__name__)
 
 BUCKETS = "buckets"
-PUBLIC_READ = "*"        # buckets every tenant may read (platform presets); only the platform writes
-PLATFORM = "@platform"   # buckets only the platform's services use; no tenant id looks like this
 RESERVED_PREFIX = "maas-"  # bucket names the platform creates (its own and each tenant's default)
-
-
-@dataclass(frozen=True)
-class PlatformBucket:
-    name: str
-    public_read: bool = False
-
-    @property
-    def owner(self) -> str:
-        return PUBLIC_READ if self.public_read else PLATFORM
 
 
 def is_reserved_name(bucket: str) -> bool:
