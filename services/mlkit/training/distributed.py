@@ -8,8 +8,9 @@ The same machinery runs a single isolated process (TrainConfig.isolate) without 
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -18,10 +19,12 @@ from datetime import timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from services.mlkit.training.config import TrainResult
+from services.mlkit.training.config import TrainConfig, TrainResult
+from services.mlkit.training.data import Encoded
 from services.mlkit.training.loop import Comm, Hooks, RunInputs, run
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[3]     # the folder holding the `services` package
@@ -61,15 +64,64 @@ class _PipeHooks(Hooks):
         super().__init__(on_log=self._log, on_checkpoint=self._checkpoint, should_stop=self._stop)
 
     def _log(self, record: dict) -> None:
-        self._conn.send(("log", record))
+        _send(self._conn, ["log", record])
 
     def _checkpoint(self, iteration: int, folder: Path) -> None:
-        self._conn.send(("checkpoint", iteration, folder))
-        self._conn.recv()                     # the caller's on_checkpoint has finished
+        _send(self._conn, ["checkpoint", iteration, str(folder)])
+        _recv(self._conn)                     # the caller's on_checkpoint has finished
 
     def _stop(self) -> bool:
-        self._conn.send(("stop?",))
-        return bool(self._conn.recv())
+        _send(self._conn, ["stop?"])
+        return bool(_recv(self._conn))
+
+
+# Everything between the coordinator and the ranks is JSON (and the samples an .npz without object
+# arrays): neither side ever unpickles what the other wrote.
+def _send(conn: Connection, message) -> None:
+    conn.send_bytes(json.dumps(message).encode())
+
+
+def _recv(conn: Connection):
+    return json.loads(conn.recv_bytes())
+
+
+def _write_payload(folder: Path, inputs: RunInputs, **settings) -> Path:
+    lengths = np.array([len(e.ids) for e in inputs.encoded], dtype=np.int64)
+    np.savez(folder / "samples.npz", lengths=lengths,
+             ids=np.concatenate([e.ids for e in inputs.encoded]) if inputs.encoded else np.zeros(0, np.int32),
+             target=np.concatenate([e.target for e in inputs.encoded]) if inputs.encoded else np.zeros(0, bool))
+    payload = folder / "payload.json"
+    payload.write_text(json.dumps({
+        "inputs": {"model_dir": str(inputs.model_dir), "config": dataclasses.asdict(inputs.config),
+                   "output_dir": str(inputs.output_dir),
+                   "resume_from": str(inputs.resume_from) if inputs.resume_from else None,
+                   "fingerprint": inputs.fingerprint, "device": inputs.device},
+        **settings}))
+    return payload
+
+
+def _read_payload(path: Path) -> tuple[RunInputs, dict]:
+    payload = json.loads(path.read_text())
+    with np.load(path.parent / "samples.npz", allow_pickle=False) as samples:
+        bounds = np.cumsum(samples["lengths"])[:-1]
+        encoded = [Encoded(ids=i, target=t) for i, t in
+                   zip(np.split(samples["ids"], bounds), np.split(samples["target"], bounds))] \
+            if len(samples["lengths"]) else []
+    raw = payload.pop("inputs")
+    inputs = RunInputs(model_dir=Path(raw["model_dir"]), encoded=encoded, config=TrainConfig(**raw["config"]),
+                       output_dir=Path(raw["output_dir"]),
+                       resume_from=Path(raw["resume_from"]) if raw["resume_from"] else None,
+                       fingerprint=raw["fingerprint"], device=raw["device"])
+    return inputs, payload
+
+
+def _result_json(result: TrainResult) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
+
+
+def _result(data: dict) -> TrainResult:
+    paths = ("last_checkpoint", "final_dir")
+    return TrainResult(**{k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()})
 
 
 def _free_port() -> int:
@@ -82,25 +134,24 @@ def rank_main(argv: list[str]) -> None:
     """Entry of one rank process: ``python -m services.mlkit.training.rank RANK PAYLOAD [FD]``."""
     rank, payload_path = int(argv[0]), Path(argv[1])
     conn = Connection(int(argv[2])) if len(argv) > 2 else None
-    # Written by run_distributed into its own 0700 temporary folder, never from a tenant's data.
-    payload = pickle.loads(payload_path.read_bytes())
+    inputs, payload = _read_payload(payload_path)
     torch.set_num_threads(payload["threads"])
     if "GLOO_SOCKET_IFNAME" not in os.environ and "lo" in {name for _, name in socket.if_nameindex()}:
         os.environ["GLOO_SOCKET_IFNAME"] = "lo"   # ranks talk over loopback, whatever the hostname resolves to
     world = payload["world_size"]
     hooks = _PipeHooks(conn) if rank == 0 else None
     if world == 1:            # an isolated single process: no process group needed
-        result = run(payload["inputs"], comm=Comm(), hooks=hooks)
+        result = run(inputs, comm=Comm(), hooks=hooks)
     else:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{payload['port']}", rank=rank,
                                 world_size=world, timeout=timedelta(seconds=payload["timeout_s"]))
         try:
-            result = run(payload["inputs"], comm=GlooComm(rank, world), hooks=hooks)
+            result = run(inputs, comm=GlooComm(rank, world), hooks=hooks)
             dist.barrier()   # every rank is done before any tears gloo down under the others
         finally:
             dist.destroy_process_group()
     if conn is not None:
-        conn.send(("done", result))
+        _send(conn, ["done", _result_json(result)])
         conn.close()
 
 
@@ -119,9 +170,8 @@ def run_distributed(inputs: RunInputs, hooks: Hooks, *, world_size: int, threads
     """Start the ranks as fresh interpreters (``python -m``), so nothing of the caller's __main__,
     threads or torch state is copied or re-imported, and coordinate them until rank 0 is done."""
     with tempfile.TemporaryDirectory(prefix="maas-train-") as tmp:
-        payload = Path(tmp) / "payload.pkl"
-        payload.write_bytes(pickle.dumps({"inputs": inputs, "threads": threads_per_rank, "world_size": world_size,
-                                          "port": _free_port(), "timeout_s": timeout_s}))
+        payload = _write_payload(Path(tmp), inputs, threads=threads_per_rank, world_size=world_size,
+                                 port=_free_port(), timeout_s=timeout_s)
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PROJECT_ROOT), env.get("PYTHONPATH")]))
@@ -158,7 +208,7 @@ def _coordinate(conn: Connection, hooks: Hooks, procs) -> TrainResult:
         if not conn.poll(0.05):
             continue
         try:
-            kind, *args = conn.recv()
+            kind, *args = _recv(conn)
         except EOFError:
             for proc, _ in procs:     # rank 0 is gone: let the failing rank finish writing its error
                 try:
@@ -170,12 +220,13 @@ def _coordinate(conn: Connection, hooks: Hooks, procs) -> TrainResult:
         if kind == "log":
             hooks.on_log(*args)
         elif kind == "checkpoint":
-            hooks.on_checkpoint(*args)
-            conn.send(True)
+            iteration, folder = args
+            hooks.on_checkpoint(iteration, Path(folder))
+            _send(conn, True)
         elif kind == "stop?":
-            conn.send(bool(hooks.should_stop()))
+            _send(conn, bool(hooks.should_stop()))
         elif kind == "done":
-            return args[0]
+            return _result(args[0])
 
 
 def _raise_rank_failure(procs) -> None:
