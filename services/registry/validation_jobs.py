@@ -203,16 +203,19 @@ async def watch_leases(platform: Platform) -> None:
 
 
 async def on_validation_requested(runner: JobRunner, envelope: Envelope, event: WeightValidationRequested) -> None:
-    mongo = runner.platform.mongo
-    if await mongo[JOBS].find_one({"_id": event.task_id}, {"_id": 1}) is None:
-        # Asked for before validations were jobs (a platform upgraded with imports in flight): the
-        # request becomes its job, once, while its version still waits for it.
-        version = await mongo[VERSIONS].find_one({"_id": event.version_id, "status": Status.creating}, {"number": 1})
-        if version is None:
-            return
-        job = new_job(event, tenant_id=envelope.tenant_id, name=f"weight-validation-V{version['number']}", at=now())
-        await mongo[JOBS].update_one({"_id": event.task_id}, {"$setOnInsert": job}, upsert=True)
     # Returns at once: the validation runs as a task, so the consumer keeps polling Kafka.
+    if await runner.try_claim(event.task_id):
+        return
+    mongo = runner.platform.mongo
+    if await mongo[JOBS].find_one({"_id": event.task_id}, {"_id": 1}) is not None:
+        return   # taken by another worker, or waiting for a free slot (the poll takes it)
+    # Asked for before validations were jobs (a platform upgraded with imports in flight): the
+    # request becomes its job, once, while its version still waits for it.
+    version = await mongo[VERSIONS].find_one({"_id": event.version_id, "status": Status.creating}, {"number": 1})
+    if version is None:
+        return
+    job = new_job(event, tenant_id=envelope.tenant_id, name=f"weight-validation-V{version['number']}", at=now())
+    await mongo[JOBS].update_one({"_id": event.task_id}, {"$setOnInsert": job}, upsert=True)
     await runner.try_claim(event.task_id)
 
 
