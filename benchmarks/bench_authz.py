@@ -75,8 +75,9 @@ async def setup(platform):
     """An account: its administrator, a member in a group with CommonOperations and a custom policy,
     the member's login token and API key."""
     from services.common.auth import USERS, principal_of
-    from services.gateway import iam_service, keys, sessions
-    from services.gateway.identity import create_user
+    from services.gateway.accounts import iam_service, sessions
+    from services.gateway.keys import service as keys
+    from services.gateway.accounts.identity import create_user
 
     owner = await create_user(platform, username="bench-owner", password="bench-password-1", role="user")
     tenant = owner["tenant_id"]
@@ -96,7 +97,7 @@ async def setup(platform):
 
 async def measure(app, variant: str, path: str, token: str, calls: int) -> float:
     """CPU microseconds per call of ``calls`` calls of ``path`` under ``variant``."""
-    from services.gateway import keys
+    from services.gateway.keys import service as keys
     from services.iam.store import AllowAll, Authorizer
 
     platform = app.state.platform

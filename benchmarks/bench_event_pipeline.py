@@ -333,7 +333,7 @@ async def pipeline_bench(settings, n_models: int, tmp: Path) -> dict[str, Any]:
     from contracts.events import REGISTRY_TOPIC
     from services.common.bus import topic_name
     from services.common.http import server_config
-    from services.gateway.identity import ensure_bootstrap_admin
+    from services.gateway.accounts.identity import ensure_bootstrap_admin
     from services.mlkit.tiny import build_tiny_model
     from services.runtime import build_app
 

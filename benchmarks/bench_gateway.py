@@ -198,7 +198,7 @@ async def main(args) -> dict:
     servers.start(timeout=120)
     os.environ.update(servers.settings_env())
     get_settings.cache_clear()
-    from services.gateway.identity import ensure_bootstrap_admin
+    from services.gateway.accounts.identity import ensure_bootstrap_admin
     from services.runtime import build_app
 
     settings = get_settings().model_copy(update={"work_dir": str(work / "work")})

@@ -94,7 +94,7 @@ async def main(args) -> dict:
     os.environ.update(servers.settings_env())
     os.environ["MAAS_GATEWAY_QUOTA_CHUNK_TOKENS"] = str(args.chunk)
     get_settings.cache_clear()
-    from services.gateway.identity import ensure_bootstrap_admin
+    from services.gateway.accounts.identity import ensure_bootstrap_admin
     from services.gateway.settings import gateway_settings
     from services.runtime import build_app
 
@@ -169,7 +169,7 @@ async def _reservation_cost(platform, gateway, *, on: dict) -> float:
     """Microseconds per call of the gateway's own reserve + settle (the bound included), hot."""
     from contracts.openai import ChatCompletionRequest
     from services.readmodels.serving_refs import get_service
-    from services.gateway.quota_calls import call_bound, reserve
+    from services.gateway.quotas.calls import call_bound, reserve
 
     doc = await platform.mongo["free_quotas"].find_one({"service_id": on["id"]})
     service = await get_service(platform, on["id"])

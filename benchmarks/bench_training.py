@@ -152,7 +152,7 @@ async def run(args, tmp: Path) -> dict:
     from services.common.http import server_config
     from services.common.objectstore import ObjectPath
     from services.common.settings import get_settings
-    from services.gateway.identity import ensure_bootstrap_admin
+    from services.gateway.accounts.identity import ensure_bootstrap_admin
     from tests.toydata import alpaca_rows
     from services.runtime import build_app
     from services.tuning.datasets import parse_dataset

@@ -66,7 +66,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 async def running_platform(platform_env, tmp_path_factory):
     # Imported here: unit tests load this file too and need none of the services.
-    from services.gateway.identity import ensure_bootstrap_admin
+    from services.gateway.accounts.identity import ensure_bootstrap_admin
     from services.runtime import build_app
 
     settings = get_settings().model_copy(update={"work_dir": str(tmp_path_factory.mktemp("work"))})

@@ -33,7 +33,7 @@ def _serve(*, host: str, port: int, services: str) -> None:
 async def _bootstrap_admin():
     from services.common.context import Platform
     from services.common.settings import get_settings
-    from services.gateway.identity import INDEXES, ensure_bootstrap_admin
+    from services.gateway.accounts.identity import INDEXES, ensure_bootstrap_admin
 
     get_settings.cache_clear()
     platform = Platform.connect(get_settings())

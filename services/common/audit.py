@@ -1,7 +1,7 @@
 """The audit log: who changed what, in which account, when, from where, and how the call ended.
 
 One record per state-changing call (POST, PUT, PATCH, DELETE; the OpenAI data plane ``/v1`` is
-metered instead, services/gateway/metering.py), never two:
+metered instead, services/gateway/quotas/metering.py), never two:
 
 - ``AuditTrail`` (ASGI middleware) gives each such request a context (a contextvar) with a record id
   chosen up front; the auth dependency notes the caller in it (``note_principal``), the login route

@@ -1,7 +1,7 @@
 """Bearer-token authentication and tenant scoping, shared by every service's HTTP routes.
 
 Tokens are random secrets shown once; only their SHA-256 is stored. Each token is one session
-(services/gateway/sessions.py): it expires (``MAAS_TOKEN_TTL_HOURS``, default 12) and can be revoked.
+(services/gateway/accounts/sessions.py): it expires (``MAAS_TOKEN_TTL_HOURS``, default 12) and can be revoked.
 Every stored document carries a ``tenant_id`` and every query filters by the caller's.
 """
 from __future__ import annotations

@@ -25,7 +25,7 @@ class GatewaySettings(BaseSettings):
     quota_idle_release_seconds: float = Field(10.0, gt=0, description="a gateway gives back its reserved "
                                               "free-quota tokens after this long without a call")
     max_api_keys: int = Field(5, ge=1, description="guide 11: at most 5 API keys per user")
-    # Failed logins (services/gateway/login_throttle.py): past the free ones, each failure blocks the
+    # Failed logins (services/gateway/accounts/login_throttle.py): past the free ones, each failure blocks the
     # username (or client address) for twice as long as the one before, up to the maximum.
     login_free_failures_per_user: int = Field(5, ge=1, description="failed logins of one username before it waits")
     login_free_failures_per_client: int = Field(30, ge=1, description=(

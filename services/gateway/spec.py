@@ -1,30 +1,23 @@
 from services.common.service_spec import ServiceSpec
-from services.gateway import (
-    audit_api,
-    chat,
-    credentials,
-    iam_api,
-    identity,
-    key_limits,
-    keys,
-    login_throttle,
-    metering,
-    moderation,
-    openai_api,
-    playground,
-    quota,
-    sessions,
-    storage_api,
-)
+from services.gateway.accounts import audit_api, credentials, iam_api, identity, login_throttle, sessions
+from services.gateway.inference import chat, moderation, openai_api, playground
+from services.gateway.keys import api as keys_api
+from services.gateway.keys import limits as key_limits
+from services.gateway.keys import service as keys
+from services.gateway.quotas import api as quotas_api
+from services.gateway.quotas import metering
+from services.gateway.quotas import service as quotas
+from services.gateway.storage import api as storage_api
 from services.iam import store as iam_store
 
 GATEWAY = ServiceSpec(
     name="gateway",
-    routers=[identity.router, sessions.router, credentials.router, storage_api.router, keys.router, quota.router,
-             metering.router, moderation.router, playground.router, audit_api.router, iam_api.router],
+    routers=[identity.router, sessions.router, credentials.router, storage_api.router, keys_api.router,
+             quotas_api.router, metering.router, moderation.router, playground.router, audit_api.router,
+             iam_api.router],
     hot_routers=[openai_api.router],
     indexes=identity.INDEXES + sessions.INDEXES + login_throttle.INDEXES + keys.INDEXES + key_limits.INDEXES
-    + quota.INDEXES + metering.INDEXES + iam_store.INDEXES,
+    + quotas.INDEXES + metering.INDEXES + iam_store.INDEXES,
     background=[chat.run_gateway],
     component=chat.build_gateway,
 )

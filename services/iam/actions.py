@@ -134,7 +134,7 @@ SELF_SERVICE: frozenset[str] = frozenset(a.name for a in ACTIONS.values() if a.s
 RESOURCES: tuple[str, ...] = tuple(sorted({a.resource for a in ACTIONS.values()}))
 
 # IAM changes need the account's administrator on top of an allowing policy: no policy a member can
-# be given lets them grant themselves more (services/gateway/iam_service.py).
+# be given lets them grant themselves more (services/gateway/accounts/iam_service.py).
 IAM_WRITES: frozenset[str] = frozenset(a.name for a in ACTIONS.values()
                                        if a.resource in ("users", "groups", "policies") and not a.read_only
                                        and a.verb != "validate")

@@ -8,7 +8,7 @@ on ``request.state.action`` (the audit log reads it), evaluates the caller's pol
 naming the action when they do not allow it. Routes whose caller is not a console token say so with
 ``by="route"``: the dependency then only declares and records the action and hands it to the route,
 which authenticates and authorizes itself (the OpenAI ``/v1`` routes, whose errors have OpenAI's
-shape and whose API keys are checked against the owner's policies in services/gateway/keys.py).
+shape and whose API keys are checked against the owner's policies in services/gateway/keys/service.py).
 
 ``install(app)`` (services/runtime.py) gives the app its grant cache and writes each route's action
 into its OpenAPI operation (the description and ``x-maas-action``).

@@ -10,7 +10,7 @@ import pytest
 
 from contracts import new_id
 from services.common.audit import AUDIT, TTL_INDEX
-from services.gateway.login_throttle import LOGIN_FAILURES
+from services.gateway.accounts.login_throttle import LOGIN_FAILURES
 from tests.integration.conftest import signed_in_tenant
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ import pytest
 import schemathesis
 from schemathesis.engine import Status, events, from_schema
 
-from services.gateway.identity import create_user, issue_token
-from services.gateway.login_throttle import LOGIN_FAILURES
+from services.gateway.accounts.identity import create_user, issue_token
+from services.gateway.accounts.login_throttle import LOGIN_FAILURES
 
 # schemathesis' own strategies trip this deprecation inside hypothesis; nothing of ours.
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")

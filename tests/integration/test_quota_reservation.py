@@ -23,8 +23,8 @@ import pytest
 from motor.motor_asyncio import AsyncIOMotorClient
 
 from services.common.settings import get_settings
-from services.gateway.quota_ledger import NoRoom, QuotaLedger
-from services.gateway.quota_store import QUOTAS, QuotaStore, quota_id
+from services.gateway.quotas.ledger import NoRoom, QuotaLedger
+from services.gateway.quotas.store import QUOTAS, QuotaStore, quota_id
 from tests.integration.conftest import wait_for
 from tests.integration.test_serving_api import deploy, serving_tmp, tiny_model  # noqa: F401
 

@@ -11,7 +11,7 @@ import pytest
 
 from contracts import new_id
 from services.common.auth import TOKENS, hash_token
-from services.gateway.login_throttle import LOGIN_FAILURES
+from services.gateway.accounts.login_throttle import LOGIN_FAILURES
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,10 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from services.common.auth import hash_token
-from services.gateway import keys
-from services.gateway.key_limits import WINDOW_SECONDS, KeyLimits
-from services.gateway.keys import API_KEYS, Caller, KeyCreate, KeyUpdate, authenticate, check_allowed
+from services.gateway.keys import service as keys
+from services.gateway.keys.limits import WINDOW_SECONDS, KeyLimits
+from services.gateway.keys.models import Caller, KeyCreate, KeyUpdate
+from services.gateway.keys.service import API_KEYS, authenticate, check_allowed
 from services.gateway.oai_errors import OpenAIError
 from services.iam.actions import INFERENCE_CALL
 from services.iam.store import Authorizer

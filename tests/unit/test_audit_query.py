@@ -11,7 +11,7 @@ from mongomock_motor import AsyncMongoMockClient
 
 from services.common.auth import Principal
 from services.common.errors import ApiError
-from services.gateway.audit_api import CSV_COLUMNS, audit_query, csv_line, record_view
+from services.gateway.accounts.audit_api import CSV_COLUMNS, audit_query, csv_line, record_view
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 PLATFORM_ADMIN = Principal(user_id="root", tenant_id="t-root", username="admin", role="admin")

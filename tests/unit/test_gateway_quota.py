@@ -16,11 +16,11 @@ from types import SimpleNamespace
 import pytest
 
 from contracts.openai import ChatCompletionRequest
-from services.gateway.chat import _RelayedStream
+from services.gateway.inference.chat import _RelayedStream
 from services.gateway.oai_errors import OpenAIError
-from services.gateway.quota_calls import TEMPLATE_TOKENS, call_bound, reserve
-from services.gateway.quota_ledger import NoRoom, NotClaimed, QuotaLedger
-from services.gateway.quota_store import quota_id
+from services.gateway.quotas.calls import TEMPLATE_TOKENS, call_bound, reserve
+from services.gateway.quotas.ledger import NoRoom, NotClaimed, QuotaLedger
+from services.gateway.quotas.store import quota_id
 
 PRESET = SimpleNamespace(id="svc-1", name="smollm2-preset", preset=True, max_model_len=2048)
 QID = quota_id("u1", PRESET.id)

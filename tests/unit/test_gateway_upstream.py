@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from services.gateway.upstream import InstanceUnreachable, Upstream, UpstreamBroken, UpstreamTimeout
+from services.gateway.inference.upstream import InstanceUnreachable, Upstream, UpstreamBroken, UpstreamTimeout
 
 SECRET = "instance-secret"
 

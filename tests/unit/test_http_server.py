@@ -12,7 +12,7 @@ import httpx
 import uvicorn
 
 from services.common.http import SERVER_KEEP_ALIVE_S, server_config
-from services.gateway.upstream import POOL_KEEP_ALIVE_S
+from services.gateway.inference.upstream import POOL_KEEP_ALIVE_S
 
 
 async def _client_port(scope, receive, send):

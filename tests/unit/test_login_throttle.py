@@ -10,8 +10,8 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 
 from services.common.errors import ApiError
-from services.gateway import passwords
-from services.gateway.login_throttle import LoginThrottle, ThrottleRules
+from services.gateway.accounts import passwords
+from services.gateway.accounts.login_throttle import LoginThrottle, ThrottleRules
 
 RULES = ThrottleRules(free_per_user=3, free_per_client=10, base_seconds=1, max_seconds=8, window_seconds=60)
 

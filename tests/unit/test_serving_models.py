@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.gateway.keys import mask
+from services.gateway.keys.service import mask
 from services.gateway.oai_errors import OpenAIError
 from services.serving.models import ModerationRequest, ServiceCreate, recommended_instances
 from services.serving.templates import preset_templates, template_info

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from services.gateway.ratelimit import QpsLimiter
+from services.gateway.quotas.ratelimit import QpsLimiter
 
 
 class Clock:

@@ -9,12 +9,12 @@ import pytest
 
 from contracts.openai import PROMPT_TOKENS_HEADER
 from services.readmodels.serving_refs import InstanceRef, ServiceRef
-from services.gateway.chat import ChatGateway
-from services.gateway.keys import Caller
-from services.gateway.moderation import BlocklistChecker, message_text
-from services.gateway.quota_ledger import NO_RESERVATION
-from services.gateway.routing import Router
-from services.gateway.upstream import UpstreamBroken
+from services.gateway.inference.chat import ChatGateway
+from services.gateway.inference.moderation import BlocklistChecker, message_text
+from services.gateway.inference.routing import Router
+from services.gateway.inference.upstream import UpstreamBroken
+from services.gateway.keys.models import Caller
+from services.gateway.quotas.ledger import NO_RESERVATION
 
 SERVICE = ServiceRef(id="svc", tenant_id="t", name="chat", status="running", desired="running", preset=False,
                      qps_limit=10, max_model_len=256, content_moderation=True, instance_count=1, template_id="x",
@@ -120,7 +120,7 @@ def test_least_outstanding_requests_wins_and_ties_rotate():
 
 def test_instance_utilisation_follows_requests_in_flight():
     from services.common import metrics
-    from services.gateway.routing import INSTANCE_SLOTS
+    from services.gateway.inference.routing import INSTANCE_SLOTS
     from services.inference.engine import DEFAULT_MAX_NUM_SEQS
 
     assert INSTANCE_SLOTS == DEFAULT_MAX_NUM_SEQS

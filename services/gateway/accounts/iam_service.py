@@ -19,8 +19,8 @@ from services.common.auth import ACTIVE, TOKENS, USERS, Principal
 from services.common.context import Platform, transact
 from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.common.outbox import UnitOfWork
-from services.gateway import keys
-from services.gateway.passwords import hash_password_off_loop
+from services.gateway.accounts.passwords import hash_password_off_loop
+from services.gateway.keys import service as keys
 from services.iam.policy import PolicyError, matching, parse_policy
 from services.iam.store import ACCOUNTS, GROUPS, POLICIES
 from services.iam.system_policies import SYSTEM_POLICIES

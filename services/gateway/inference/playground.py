@@ -13,10 +13,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.auth import Principal
-from services.gateway.chat import ChatGateway, Gateway
-from services.gateway.keys import Caller
+from services.gateway.inference.chat import ChatGateway, Gateway
+from services.gateway.inference.openai_api import CALL_ERRORS
+from services.gateway.keys.models import Caller
 from services.gateway.oai_errors import OpenAIError
-from services.gateway.openai_api import CALL_ERRORS
 from services.iam.authorize import Authorized
 
 # Table 10-1 (and 9-1): range and default of each slider.

@@ -6,33 +6,28 @@ creates (two transactions changing one document cannot both commit).
 
 A key may carry limits (as LiteLLM's and GPUStack's keys do): an expiry (401 ``expired_api_key``
 after it), the services it may call (403 ``model_not_allowed`` for others; ``/v1/models`` lists only
-those) and requests/tokens per minute (429, key_limits.py). ``last_used_at`` is written with the
-metering (metering.py).
+those) and requests/tokens per minute (429, limits.py). ``last_used_at`` is written with the
+metering (services/gateway/quotas/metering.py).
 """
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request, Response
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from fastapi import Request
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from contracts import new_id
 from services.common.auth import ACTIVE, USER_FIELDS, USERS, Principal, hash_token, principal_of
-from services.common.context import Platform, get_platform, transact
+from services.common.context import Platform, transact
 from services.common.errors import ApiError, not_found
 from services.common.mongo import IndexSpec
-from services.common.validation import limited_text
+from services.gateway.keys.models import Caller, KeyLimitsFields, KeyUpdate
 from services.gateway.oai_errors import OpenAIError
 from services.gateway.settings import gateway_settings
 from services.gateway.views import ReadThroughView
-from services.iam.authorize import Authorized, decide, grants
-from services.iam.evaluator import Grant
+from services.iam.authorize import decide, grants
 from services.iam.store import Grants
 
 API_KEYS = "api_keys"
@@ -45,63 +40,8 @@ INDEXES: list[IndexSpec] = [
 ]
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who is calling the OpenAI API: the key's owner (key_id 'playground' for console chats), with
-    the key's own limits (none for the playground)."""
-    user_id: str
-    tenant_id: str
-    username: str
-    role: str
-    key_id: str
-    expires_at: datetime | None = None
-    allowed_models: frozenset[str] | None = None   # service names or ids; None: every service
-    rpm_limit: int | None = None
-    tpm_limit: int | None = None
-    # The owner's standing, read with the key (and as fresh: MAAS_GATEWAY_KEY_CACHE_SECONDS): a
-    # disabled owner's keys are refused, and the owner's policies must allow the route's action.
-    account_role: str = "admin"
-    active: bool = True
-    grant: Grant | None = None      # None: the playground, authorized as a console call already
-
-    def may_call(self, service) -> bool:
-        return self.allowed_models is None or service.name in self.allowed_models or service.id in self.allowed_models
-
-
 def mask(secret: str) -> str:
     return f"{secret[:len(KEY_PREFIX) + 4]}...{secret[-4:]}"
-
-
-ModelRef = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
-MAX_ALLOWED_MODELS = 100
-
-
-def _future(value: datetime | None) -> datetime | None:
-    if value is not None and value <= datetime.now(UTC):
-        raise ValueError("must be in the future")
-    return value
-
-
-class KeyLimitsFields(BaseModel):
-    """What a key may do; every field optional (none: no limit)."""
-    expires_at: Annotated[AwareDatetime | None, AfterValidator(_future)] = Field(
-        None, description="when the key stops working (ISO 8601 with a time zone); none: never")
-    allowed_models: list[ModelRef] | None = Field(
-        None, min_length=1, max_length=MAX_ALLOWED_MODELS,
-        description="the services the key may call, by name (the `model` of a call) or id; none: every one")
-    rpm_limit: int | None = Field(None, ge=1, le=1_000_000, description="requests per minute")
-    tpm_limit: int | None = Field(None, ge=1, le=1_000_000_000, description="tokens (prompt + completion) per minute")
-
-
-class KeyCreate(KeyLimitsFields):
-    model_config = ConfigDict(extra="forbid")
-    description: limited_text(256) = ""
-
-
-class KeyUpdate(KeyLimitsFields):
-    """The fields given are changed (null removes a limit); those left out stay as they are."""
-    model_config = ConfigDict(extra="forbid")
-    description: limited_text(256) | None = None
 
 
 def _limits(fields: KeyLimitsFields, only: set[str] | None = None) -> dict:
@@ -188,7 +128,6 @@ async def delete_key(platform: Platform, *, principal: Principal, key_id: str) -
     await transact(platform, remove)
     callers().forget(deleted["_id"])
 
-
 # ------------------------------------------------------------------------------------ authentication
 
 _callers: ReadThroughView | None = None
@@ -255,39 +194,3 @@ def check_allowed(caller: Caller, service) -> None:
     if not caller.may_call(service):
         raise OpenAIError(403, f"This API key may not call '{service.name}': it is limited to "
                           f"{', '.join(sorted(caller.allowed_models))}.", param="model", code="model_not_allowed")
-
-
-# ------------------------------------------------------------------------------------ routes
-
-router = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])
-
-
-@router.post("", status_code=201, summary="Create an API key (the secret is shown only in this answer)")
-async def create(body: KeyCreate, principal: Principal = Authorized("maas:apiKeys:create"),
-                 platform: Platform = Depends(get_platform)):
-    return await create_key(platform, principal=principal, description=body.description, limits=body)
-
-
-@router.get("", summary="My API keys (masked) with their usage")
-async def list_(principal: Principal = Authorized("maas:apiKeys:list"),
-                platform: Platform = Depends(get_platform)):
-    from services.gateway.metering import usage_by_key
-
-    keys = await list_keys(platform, principal=principal)
-    usage = await usage_by_key(platform, user_id=principal.user_id)
-    empty = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return {"items": [{**k, "usage": usage.get(k["id"], empty)} for k in keys],
-            "max_keys": gateway_settings().max_api_keys}
-
-
-@router.patch("/{key_id}", summary="Change an API key's expiry, allowed services, limits or description")
-async def update(key_id: str, body: KeyUpdate, principal: Principal = Authorized("maas:apiKeys:update"),
-                 platform: Platform = Depends(get_platform)):
-    return await update_key(platform, principal=principal, key_id=key_id, changes=body)
-
-
-@router.delete("/{key_id}", status_code=204, summary="Delete an API key (it stops working at once)")
-async def delete(key_id: str, principal: Principal = Authorized("maas:apiKeys:delete"),
-                 platform: Platform = Depends(get_platform)):
-    await delete_key(platform, principal=principal, key_id=key_id)
-    return Response(status_code=204)

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from contracts.openai import ChatCompletionRequest
 from services.readmodels.serving_refs import ServiceRef
 from services.gateway.oai_errors import OpenAIError
-from services.gateway.quota_ledger import NoRoom, NotClaimed, QuotaLedger, Reservation
-from services.gateway.quota_store import quota_id
+from services.gateway.quotas.ledger import NoRoom, NotClaimed, QuotaLedger, Reservation
+from services.gateway.quotas.store import quota_id
 
 TEMPLATE_TOKENS = 512   # what the preset chat templates add (ChatML markers, default system prompt, tools text)
 

@@ -2,7 +2,7 @@
 
 Each key with a limit has one counter document per UTC minute (``<key_id>:<minute>``) holding the
 requests admitted and the tokens used in that minute. A call is admitted by one conditional update
-(``requests < rpm`` and ``tokens < tpm``, then ``requests + 1``), as quota_store.py does for quotas,
+(``requests < rpm`` and ``tokens < tpm``, then ``requests + 1``), as quotas/store.py does for quotas,
 so replicas never admit more than ``rpm`` requests in a minute between them. Tokens are known only
 when a call ends: they are added afterwards (summed in memory and written once a second with the
 metering), so the calls admitted while the minute still had room can take it past ``tpm``; the next

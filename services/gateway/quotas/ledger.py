@@ -2,7 +2,7 @@
 
 A call reserves the most it can use before it is sent; when it ends (answered, failed, or a stream
 cut off) it settles with what it really used, and the rest becomes free again. Reserving is local
-while this process's lease on the quota (quota_store.py) has room; otherwise the lease grows in
+while this process's lease on the quota (store.py) has room; otherwise the lease grows in
 MongoDB by what is missing plus ``chunk`` tokens, so the next calls reserve without a database round
 trip (near the end of a quota it grows by what is missing only). What settled calls used is billed
 and taken off the lease by ``flush`` (once a second, with the rest of the metering), which also
@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from services.gateway.quota_store import QuotaStore, lease_of
+from services.gateway.quotas.store import QuotaStore, lease_of
 
 log = logging.getLogger(__name__)
 

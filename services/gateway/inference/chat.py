@@ -10,7 +10,7 @@ Order of checks (each rejection is an OpenAI-style error and meters nothing):
 4. content moderation of the input (400 ``content_filter``);
 5. the service's QPS limit (429 with Retry-After).
 The API key's own limits come first: the services it may call (403, with the service lookup) and its
-requests and tokens per minute (429 with Retry-After, key_limits.py) before the free quota.
+requests and tokens per minute (429 with Retry-After, keys/limits.py) before the free quota.
 Then the least-busy ready instance answers; a refused connection (an instance that just stopped)
 moves the call to another one. Streams are relayed line by line as they arrive; the gateway always
 asks the instance for the usage chunk and drops it again when the client did not ask for it.
@@ -31,24 +31,25 @@ from contracts.openai import PROMPT_TOKENS_HEADER, ChatCompletionRequest
 from contracts.serving import PresetServiceWakeRequested
 from services.common.context import Platform, get_component
 from services.readmodels.serving_refs import InstanceRef, ServiceRef
-from services.gateway import keys, quota_calls
-from services.gateway.key_limits import KEY_WINDOWS, KeyLimits
-from services.gateway.keys import Caller
-from services.gateway.metering import UsageRecorder
-from services.gateway.moderation import Moderation, message_text
-from services.gateway.oai_errors import OpenAIError, invalid
-from services.gateway.quota_ledger import NO_RESERVATION, QuotaLedger, Reservation
-from services.gateway.quota_store import QUOTAS, QuotaStore
-from services.gateway.ratelimit import QpsLimiter
-from services.gateway.routing import Router
-from services.gateway.settings import GatewaySettings, gateway_settings
-from services.gateway.upstream import (
+from services.gateway.inference.moderation import Moderation, message_text
+from services.gateway.inference.routing import Router
+from services.gateway.inference.upstream import (
     InstanceUnreachable,
     Upstream,
     UpstreamBroken,
     UpstreamResponse,
     UpstreamTimeout,
 )
+from services.gateway.keys import service as keys
+from services.gateway.keys.limits import KEY_WINDOWS, KeyLimits
+from services.gateway.keys.models import Caller
+from services.gateway.oai_errors import OpenAIError, invalid
+from services.gateway.quotas import calls as quota_calls
+from services.gateway.quotas.ledger import NO_RESERVATION, QuotaLedger, Reservation
+from services.gateway.quotas.metering import UsageRecorder
+from services.gateway.quotas.ratelimit import QpsLimiter
+from services.gateway.quotas.store import QUOTAS, QuotaStore
+from services.gateway.settings import GatewaySettings, gateway_settings
 from services.gateway.views import keep_fresh
 
 log = logging.getLogger(__name__)

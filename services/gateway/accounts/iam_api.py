@@ -12,7 +12,7 @@ from services.common.auth import Principal
 from services.common.context import Platform, get_platform
 from services.common.errors import bad_request
 from services.common.validation import ResourceName, limited_text
-from services.gateway import iam_service as iam
+from services.gateway.accounts import iam_service as iam
 from services.iam.actions import ACTIONS, ALL, suggestion
 from services.iam.authorize import Authorized, decide, granting_policy, grants
 from services.iam.policy import MAX_CHARS

@@ -16,15 +16,15 @@ from services.common.context import Platform, get_platform
 from services.common.errors import ApiError
 from services.common.mongo import IndexSpec
 from services.readmodels.buckets import grant_bucket
-from services.gateway.iam_service import record_account
-from services.gateway.login_throttle import LOGIN_FAILURES, LoginThrottle, ThrottleRules
-from services.gateway.passwords import (  # noqa: F401  (hash_password, verify_password: imported from here)
+from services.gateway.accounts.iam_service import record_account
+from services.gateway.accounts.login_throttle import LOGIN_FAILURES, LoginThrottle, ThrottleRules
+from services.gateway.accounts.passwords import (  # noqa: F401  (hash_password, verify_password: imported from here)
     hash_password,
     hash_password_off_loop,
     password_matches_off_loop,
     verify_password,
 )
-from services.gateway.sessions import client_address, start_session
+from services.gateway.accounts.sessions import client_address, start_session
 from services.gateway.settings import gateway_settings
 from services.iam.authorize import Authorized
 

@@ -15,8 +15,8 @@ from fastapi.responses import JSONResponse
 from contracts.openai import ChatCompletionRequest
 from services.common.context import Platform, get_platform
 from services.readmodels.serving_refs import PRESET_TENANT, ServiceRef, list_callable_services
-from services.gateway.chat import ChatGateway, Gateway
-from services.gateway.keys import authenticate
+from services.gateway.inference.chat import ChatGateway, Gateway
+from services.gateway.keys.service import authenticate
 from services.gateway.oai_errors import OpenAIError, invalid
 from services.iam.actions import INFERENCE_CALL
 from services.iam.authorize import Authorized

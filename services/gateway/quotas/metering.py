@@ -5,7 +5,7 @@ per-minute metrics of the service and the instance that served it (requests, err
 latency, time to first token). Counts are summed in memory and written in one bulk ``$inc`` per
 document every second, so calls never wait on these writes. A rejected call (bad input, auth,
 quota, QPS, moderation of the input) adds no usage; it counts as ``rejected`` in the service's
-metrics. The free quota of a preset service is reserved and billed by quota_ledger.py.
+metrics. The free quota of a preset service is reserved and billed by ledger.py.
 """
 from __future__ import annotations
 

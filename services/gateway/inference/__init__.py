@@ -1,0 +1,1 @@
+"""Model calls: the OpenAI-compatible API, the chat gateway (routing, relay), the playground, moderation."""

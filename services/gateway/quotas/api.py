@@ -1,0 +1,44 @@
+"""HTTP routes of the preset services' free quota: the presets with my quota, and claiming it."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from pymongo import ASCENDING
+
+from services.common.auth import Principal
+from services.common.context import Platform, get_component, get_platform
+from services.gateway.quotas.ledger import QuotaLedger
+from services.gateway.quotas.service import claim, quota_view
+from services.gateway.quotas.store import QUOTAS
+from services.iam.authorize import Authorized
+from services.readmodels.serving_refs import PRESET_TENANT, SERVICES
+
+router = APIRouter(prefix="/api/v1/preset-services", tags=["preset services"])
+
+
+async def _ledger(gateway=Depends(get_component("gateway"))) -> QuotaLedger:
+    """The quota ledger of this process's chat gateway: balances include tokens it holds for calls."""
+    return gateway.ledger
+
+
+@router.get("", summary="Preset services with my free quota")
+async def list_presets(principal: Principal = Authorized("maas:presetServices:list"),
+                       platform: Platform = Depends(get_platform), ledger: QuotaLedger = Depends(_ledger)):
+    quotas = {d["service_id"]: d async for d in platform.mongo[QUOTAS].find({"user_id": principal.user_id})}
+    items = []
+    async for doc in platform.mongo[SERVICES].find({"tenant_id": PRESET_TENANT}).sort("name", ASCENDING):
+        model = doc.get("model") or {}
+        items.append({
+            "id": doc["_id"], "name": doc["name"], "model_name": model.get("model_name"),
+            "template_id": model.get("template_id"), "status": doc["status"],
+            "available": True,  # a stopped preset starts on its first call
+            "max_model_len": doc["max_model_len"], "content_moderation": True,
+            "api_base": f"/v1/infers/{doc['_id']}/v1", "call_model": doc["name"],
+            "quota": quota_view(quotas.get(doc["_id"]), ledger),
+        })
+    return {"items": items}
+
+
+@router.post("/{service_id}/claim", status_code=201, summary="Claim the free quota (once per user; by id or name)")
+async def claim_quota(service_id: str, principal: Principal = Authorized("maas:presetServices:claim"),
+                      platform: Platform = Depends(get_platform)):
+    return await claim(platform, user_id=principal.user_id, tenant_id=principal.tenant_id, service_id=service_id)

@@ -1,0 +1,1 @@
+"""Object storage for uploads: buckets, objects, presigned uploads."""
