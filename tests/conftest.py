@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -63,14 +64,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-async def running_platform(platform_env, tmp_path_factory):
+@asynccontextmanager
+async def serve_platform(settings, *, services: str = "all"):
+    """The platform's ``services`` in this process with real HTTP on ``settings``' servers; yields
+    ``{"app", "platform", "url", "admin"}`` (the bootstrap admin)."""
     # Imported here: unit tests load this file too and need none of the services.
     from services.gateway.accounts.identity import ensure_bootstrap_admin
     from services.runtime import build_app
 
-    settings = get_settings().model_copy(update={"work_dir": str(tmp_path_factory.mktemp("work"))})
-    app = build_app(settings, services="all")
+    app = build_app(settings, services=services)
     port = _free_port()
     server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
@@ -84,9 +86,40 @@ async def running_platform(platform_env, tmp_path_factory):
     else:
         raise RuntimeError("the platform did not start within 180 s")
     admin = await ensure_bootstrap_admin(app.state.platform)
-    yield {"app": app, "platform": app.state.platform, "url": f"http://127.0.0.1:{port}", "admin": admin}
-    server.should_exit = True
-    await task
+    try:
+        yield {"app": app, "platform": app.state.platform, "url": f"http://127.0.0.1:{port}", "admin": admin}
+    finally:
+        server.should_exit = True
+        await task
+
+
+@asynccontextmanager
+async def cluster_platform(cluster, tmp_path_factory, *, name: str, services: str, env: dict[str, str] | None = None):
+    """A platform in cluster mode (``MAAS_RAY_ADDRESS`` = ``cluster``'s) with its own database and
+    topics on the session's embedded servers; ``env``: MAAS_* worker settings for its components
+    only (they are read when the components are built). Yields what ``serve_platform`` yields plus
+    ``"admin_client"``, an httpx client with the admin's token."""
+    settings = get_settings().model_copy(update={
+        "ray_address": cluster.address, "mongo_db": f"maas_{name}", "topic_prefix": f"maas-{name}",
+        "work_dir": str(tmp_path_factory.mktemp(f"{name}-work"))})
+    mp = pytest.MonkeyPatch()
+    for key, value in (env or {}).items():
+        mp.setenv(key, value)
+    try:
+        async with serve_platform(settings, services=services) as running:
+            mp.undo()
+            async with httpx.AsyncClient(base_url=running["url"], timeout=60,
+                                         headers={"Authorization": f"Bearer {running['admin'].token}"}) as admin:
+                yield {**running, "admin_client": admin}
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="session")
+async def running_platform(platform_env, tmp_path_factory):
+    settings = get_settings().model_copy(update={"work_dir": str(tmp_path_factory.mktemp("work"))})
+    async with serve_platform(settings) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +134,19 @@ async def api(running_platform):
 async def anonymous(running_platform):
     async with httpx.AsyncClient(base_url=running_platform["url"], timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real Ray cluster for one test module (~1 GB, so one at a time, freed when the module ends): a
+    head without CPUs, a public node with 2 CPUs and a node of the dedicated pool ``team-a`` with 2
+    CPUs. Tests may add and remove nodes of their own pools."""
+    from tests.ray_cluster import MiniCluster   # here: importing ray costs every other test a second
+
+    cluster = MiniCluster().start()
+    cluster.add_node("public", cpus=2)
+    cluster.add_node("team-a", cpus=2)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -1,4 +1,4 @@
-"""What every service needs at hand: settings and the adapters to Kafka, MongoDB and S3."""
+"""What every service needs at hand: settings and the adapters to Kafka, MongoDB, S3 and the compute cluster."""
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +12,7 @@ from faststream.kafka import KafkaBroker
 from pymongo.errors import PyMongoError
 
 from services.common.bus import make_broker
+from services.common.cluster import ComputeCluster, connect_cluster
 from services.common.mongo import Mongo
 from services.common.objectstore import ObjectStore
 from services.common.outbox import OutboxRelay, UnitOfWork
@@ -24,10 +25,13 @@ class Platform:
     mongo: Mongo
     store: ObjectStore
     broker: KafkaBroker
+    cluster: ComputeCluster | None = None     # None: the one ``Settings`` selects
     relay: OutboxRelay = field(init=False)
 
     def __post_init__(self) -> None:
         self.relay = OutboxRelay(self.mongo, self.broker, self.settings)
+        if self.cluster is None:
+            self.cluster = connect_cluster(self.settings)
 
     @classmethod
     def connect(cls, settings: Settings) -> "Platform":

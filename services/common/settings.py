@@ -78,8 +78,16 @@ class Settings(BaseSettings):
     # (every delivery is in the maas_event_delivery_seconds histogram).
     slow_event_seconds: float = Field(5.0, gt=0, description="warn when an event is delivered later than this")
 
-    # Work area for workers (downloads of weights etc.).
+    # Work area for workers (downloads of weights etc.). In cluster mode every compute node must
+    # mount it at the same path (a shared volume): job work reads and writes its files there.
     work_dir: str = ""
+
+    # Compute: empty = this machine is the one node of the public pool; an address = a Ray cluster
+    # whose nodes carry the label openmaas.io/pool=<pool> (docs/cluster.md).
+    ray_address: str = Field("", description="Ray cluster address (host:port or ray://host:port); empty = local")
+    ray_namespace: str = Field("openmaas", description="Ray namespace of this platform's actors and tasks")
+    local_pool_cpus: float = Field(0, ge=0, description="CPUs of the local public pool; 0 = the machine's")
+    local_pool_memory_bytes: int = Field(0, ge=0, description="memory of the local public pool; 0 = the machine's")
 
     @field_validator("metrics_token")
     @classmethod

@@ -8,10 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
+from services.common.cluster import Resources
 from services.common.mongo import IndexSpec
 from services.common.jobs import PermanentLog, SourceModel
 from services.jobs import resources
 from services.common.validation import Description100, ResourceName, TaskName, limited_text
+from services.pools.models import PoolChoice
 
 JOBS = "compression_jobs"
 LOGS = "compression_logs"
@@ -53,6 +55,9 @@ INSTANCE_SPECS: dict[str, tuple[int, str]] = {
     "cpu.4u16g": (4, "CPU 4 vCPUs | 16 GiB"),
     "cpu.8u32g": (8, "CPU 8 vCPUs | 32 GiB"),
 }
+# What a job of each spec takes from its pool (the job runs as one process, whatever the count).
+# Memory is not reserved yet: pools account CPUs and accelerators (docs/cluster.md).
+SPEC_RESOURCES: dict[str, Resources] = {spec: Resources(cpus=cpus) for spec, (cpus, _) in INSTANCE_SPECS.items()}
 DEFAULT_SPEC = "cpu.2u8g"
 
 
@@ -73,7 +78,7 @@ class JobCreate(Strict):
     output_model_description: Description100 = ""
     output_path: str | None = Field(None, description="bucket/folder for the compressed weights; a folder named "
                                                       "after the job id is created under it")
-    resource_pool: Literal["public", "dedicated"] = "public"
+    resource_pool: PoolChoice = "public"
     instance_spec: str = Field(DEFAULT_SPEC, description=f"one of {', '.join(INSTANCE_SPECS)}")
     instance_count: int = Field(1, description=f"1~{MAX_INSTANCES}")
     permanent_log: PermanentLog = Field(default_factory=PermanentLog)

@@ -20,11 +20,13 @@ from services.common.objectstore import ObjectPath
 from services.readmodels.buckets import check_access
 from services.compression import estimate as est
 from services.compression.jobs import announce_task_record, now, subject
-from services.compression.models import (DEFAULT_ALPHA, INSTANCE_SPECS, JOBS, MANAGED_BUCKET, STRATEGY_LABELS,
+from services.compression.models import (DEFAULT_ALPHA, INSTANCE_SPECS, JOBS, MANAGED_BUCKET, SPEC_RESOURCES,
+                                         STRATEGY_LABELS,
                                          EstimateRequest, JobCreate, JobStatus, SourceModel, Strategy, job_view)
 from services.mlkit.quantize.calibration import SUFFIXES, CalibrationDataError, parse_calibration_file
 from services.catalog.templates import Template, default_catalog  # shared catalog data, read-only
 from services.jobs.resources import announce_notification_rule, check_output_name
+from services.pools import service as pools
 
 MAX_CALIBRATION_BYTES = 200 * 1024 ** 2
 MIN_CALIBRATION_CHARS = 200
@@ -171,6 +173,9 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
         raise bad_request(f"instance_spec: '{request.instance_spec}' is not a known spec; choose one of "
                           f"{', '.join(INSTANCE_SPECS)}", field="instance_spec")
     await _check_output_name(platform, tenant_id=tenant_id, name=request.output_model_name)
+    placement = await pools.placement(platform, tenant_id=tenant_id, requested=request.resource_pool,
+                                      resources=SPEC_RESOURCES[request.instance_spec],
+                                      what=f"a compression job of spec {request.instance_spec}")
     if request.permanent_log.enabled:
         await check_access(platform, ObjectPath.parse(request.permanent_log.path).as_prefix(), tenant_id=tenant_id,
                            field="permanent_log.path", write=True)
@@ -192,6 +197,7 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
                    "error": None},
         "resources": {"resource_pool": request.resource_pool, "instance_spec": request.instance_spec,
                       "instance_count": request.instance_count},
+        "placement": placement,
         "permanent_log": request.permanent_log.model_dump(), "notification": request.notification.model_dump(),
         "estimate": estimate.as_dict() if estimate else None,
         "status": JobStatus.pending.value, "status_message": "queued for a compression worker",

@@ -32,6 +32,7 @@ from services.compression import work
 from services.compression.jobs import JOB_LOGS, now, subject, transition
 from services.compression.models import JOBS, MAX_ATTEMPTS, STRATEGY_LABELS, JobStatus, Strategy
 from services.jobs.executor import Executor, JobCancelled, Work, WorkFailed
+from services.jobs.executors import executor_for
 from services.jobs.local_process import LocalProcessExecutor
 from services.jobs.runner import JobRunner, Outcome, Run, RunnerSettings, unless_stopped
 from services.jobs.watchdog import watch
@@ -166,9 +167,9 @@ class CompressionJobs:
         if run.stop.is_set():
             raise JobCancelled("the job was stopped or deleted before it started compressing")
         result = await unless_stopped(run, self.executor.run(Work(
-            entry=work.COMPRESS, workdir=run.work / "proc", args={
+            entry=work.COMPRESS, workdir=run.work / "proc", placement=run.placement, args={
                 "model_dir": source, "out_dir": run.work / "out", "work_dir": run.work / "work",
-                "config": dataclasses.asdict(config), "calibration_texts": texts}), on_message))
+                "config": dataclasses.asdict(config), "calibration_texts": texts}), run.relay(on_message)))
         outcome = CompressionOutcome(**{**result, "out_dir": Path(result["out_dir"])})
         if run.stop.is_set():   # stopped or deleted while it computed: upload nothing
             raise JobCancelled("the job was stopped or deleted before its upload")
@@ -233,7 +234,9 @@ class CompressionJobs:
 def build_runner(platform: Platform, settings: CompressionSettings | None = None) -> JobRunner:
     """The compression worker's component: one runner per process, built by the composition root."""
     settings = settings or CompressionSettings()
-    kind = CompressionJobs(platform, settings, LocalProcessExecutor(max_concurrent=settings.slots))
+    executor = executor_for(platform, local=lambda: LocalProcessExecutor(max_concurrent=settings.slots),
+                            max_concurrent=settings.slots)
+    kind = CompressionJobs(platform, settings, executor)
     return JobRunner(platform, kind, RunnerSettings(
         slots=settings.slots, lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds,
         poll_seconds=settings.poll_seconds, log_flush_seconds=settings.log_flush_seconds))

@@ -9,15 +9,18 @@ from services.gateway.quotas import metering
 from services.gateway.quotas import service as quotas
 from services.gateway.storage import api as storage_api
 from services.iam import store as iam_store
+from services.pools import api as pools_api
+from services.pools import ledger as pool_ledger
+from services.pools import models as pool_models
 
 GATEWAY = ServiceSpec(
     name="gateway",
     routers=[identity.router, sessions.router, credentials.router, storage_api.router, keys_api.router,
              quotas_api.router, metering.router, moderation.router, playground.router, audit_api.router,
-             iam_api.router],
+             iam_api.router, pools_api.router],
     hot_routers=[openai_api.router],
     indexes=identity.INDEXES + sessions.INDEXES + login_throttle.INDEXES + keys.INDEXES + key_limits.INDEXES
-    + quotas.INDEXES + metering.INDEXES + iam_store.INDEXES,
+    + quotas.INDEXES + metering.INDEXES + iam_store.INDEXES + pool_models.INDEXES + pool_ledger.INDEXES,
     background=[chat.run_gateway],
     component=chat.build_gateway,
 )

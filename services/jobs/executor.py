@@ -15,9 +15,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from services.common.cluster import PUBLIC_POOL, Resources
+
 # (kind, data) -> the answer for an ``ask``; ignored for a ``send``. Called from a relay thread,
 # never the event loop: listeners hand work to the loop with run_coroutine_threadsafe.
 Listener = Callable[[str, dict], Any]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where work may run: a resource pool and what it takes there (admitted by services.pools)."""
+    pool: str = PUBLIC_POOL
+    resources: Resources = Resources(cpus=1.0)   # in all: ``nodes`` equal shares on distinct nodes
+    nodes: int = 1
+
+    @property
+    def per_node(self) -> Resources:
+        return Resources(self.resources.cpus / self.nodes, self.resources.gpus / self.nodes,
+                         self.resources.memory_bytes // self.nodes)
 
 
 @dataclass(frozen=True)
@@ -26,6 +41,7 @@ class Work:
     args: dict[str, Any]             # JSON-serialisable
     workdir: Path                    # a private folder of the caller's run: the executor's own files
     env: dict[str, str] = field(default_factory=dict)   # extra environment (no credentials)
+    placement: Placement = Placement()
 
 
 class WorkFailed(Exception):

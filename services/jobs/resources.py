@@ -17,6 +17,7 @@ from pymongo import DESCENDING
 
 from contracts.notifications import NotificationRuleChanged
 from services.common.context import Platform, transact
+from services.pools import ledger
 from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.common.jobs import JobLogs, announce_task_record, now
 from services.readmodels.model_refs import model_name_taken
@@ -148,7 +149,12 @@ async def list_jobs(platform: Platform, kind: JobResource, *, tenant_id: str, na
 
 
 async def get_job(platform: Platform, kind: JobResource, *, tenant_id: str, job_id: str) -> dict:
-    return kind.view(await job_or_404(platform, kind, tenant_id=tenant_id, job_id=job_id))
+    view = kind.view(await job_or_404(platform, kind, tenant_id=tenant_id, job_id=job_id))
+    # A waiting job's place in its pool's queue and what it waits for (written by the runners).
+    entry = await platform.mongo[ledger.QUEUE].find_one({"_id": f"{kind.jobs}:{job_id}"})
+    view["queue"] = ({"pool": entry["pool"], "position": entry["position"], "reason": entry["reason"],
+                      "since": entry["since"]} if entry else None)
+    return view
 
 
 async def stop_job(platform: Platform, kind: JobResource, *, tenant_id: str, job_id: str) -> dict:

@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from contracts import new_id
+from services.common.cluster import PUBLIC_POOL, Resources
 from services.common.context import Platform, transact
 from services.common.jobs import JobLogs, now
-from services.jobs.executor import JobCancelled
+from services.jobs.executor import JobCancelled, Listener, Placement
+from services.pools import ledger
+from services.pools.service import capacity
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ class Run:
     progress_dirty: bool = False
     last_progress_event: float = 0.0
     started: float = field(default_factory=time.monotonic)
+    placement: Placement = field(default_factory=Placement)   # the pool and resources it was admitted with
+    node: dict | None = None           # where the executor placed the work ("placed" message)
 
     @property
     def job_id(self) -> str:
@@ -69,6 +74,17 @@ class Run:
     def set_progress(self, progress: dict) -> None:
         with self.lock:
             self.progress, self.progress_dirty = progress, True
+
+    def relay(self, listener: Listener) -> Listener:
+        """``listener`` plus what the engine itself reads from any work: where it was placed."""
+        def relayed(kind: str, data: dict):
+            if kind == "placed":
+                self.node = data
+                self.say(f"running on {data.get('executor', 'a')} node {data['node_id']} ({data.get('address', '')}) "
+                         f"in pool '{self.placement.pool}'")
+                return None
+            return listener(kind, data)
+        return relayed
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -113,6 +129,8 @@ class RunnerSettings:
     heartbeat_seconds: float = 2.0
     poll_seconds: float = 5.0
     log_flush_seconds: float = 1.0
+    # What a job that names none (one created before pools existed) takes from the public pool.
+    default_resources: Resources = Resources(cpus=1.0)
 
 
 class JobKind(Protocol):
@@ -166,6 +184,7 @@ class JobRunner:
         run on each round (a kind's side work)."""
         while True:
             try:
+                await self.tidy_pools()
                 await self.claim_queued()
                 for extra in also:
                     await extra()
@@ -179,25 +198,97 @@ class JobRunner:
                 pass
             self._wake.clear()
 
+    def placement_of(self, job: dict) -> Placement:
+        stored = job.get("placement")
+        if not stored:
+            return Placement(pool=PUBLIC_POOL, resources=self.settings.default_resources)
+        return Placement(pool=stored["pool"], resources=Resources.from_dict(stored), nodes=stored.get("nodes", 1))
+
     async def claim_queued(self) -> None:
-        while self.has_capacity():
-            candidate = await self.platform.mongo[self.kind.jobs].find_one(
-                {"status": {"$in": list(self.kind.claimable)}}, {"_id": 1}, sort=[("created_at", 1)])
-            if candidate is None or not await self.try_claim(candidate["_id"]):
-                return
+        """Claim the oldest claimable jobs that fit their pools, first come first served per pool: a
+        job that does not fit holds back the later jobs of its pool (no starvation of large jobs);
+        the waiting ones are listed in the pool's queue with their position and what they wait for."""
+        if not self.has_capacity():
+            return
+        blocked: dict[str, str] = {}          # pool -> why its head waits
+        waiting: dict[str, list[dict]] = {}   # pool -> its jobs behind that head, in order
+        cursor = self.platform.mongo[self.kind.jobs].find(
+            {"status": {"$in": list(self.kind.claimable)}},
+            {"_id": 1, "placement": 1, "name": 1, "tenant_id": 1, "created_at": 1},
+            sort=[("created_at", 1)]).limit(200)
+        async for candidate in cursor:
+            pool = self.placement_of(candidate).pool
+            if pool not in blocked:
+                if not self.has_capacity():
+                    break
+                try:
+                    await self._claim(candidate["_id"], self.placement_of(candidate))
+                    continue
+                except ledger.NoRoom as no_room:
+                    blocked[pool] = f"waiting for {', '.join(no_room.lacking)} in pool '{pool}'"
+            waiting.setdefault(pool, []).append(candidate)
+        for pool, jobs in waiting.items():
+            await self._list_queue(pool, jobs, reason=blocked.get(pool, "waiting for a worker"))
+
+    async def _list_queue(self, pool: str, jobs: list[dict], *, reason: str) -> None:
+        queue = self.platform.mongo[ledger.QUEUE]
+        for position, job in enumerate(jobs, start=1):
+            await queue.update_one(
+                {"_id": f"{self.kind.jobs}:{job['_id']}"},
+                {"$set": {"pool": pool, "kind": self.kind.name, "collection": self.kind.jobs, "job_id": job["_id"],
+                          "name": job.get("name", ""), "tenant_id": job["tenant_id"], "position": position,
+                          "reason": reason if position == 1 else f"behind {position - 1} earlier job(s) of the pool"},
+                 "$setOnInsert": {"since": now()}}, upsert=True)
+
+    async def tidy_pools(self) -> None:
+        """Free what dead runs of this kind still hold, and drop queue entries of jobs that no longer wait."""
+        for allocation in await ledger.stale_allocations(self.platform.mongo, collection=self.kind.jobs,
+                                                         lease_seconds=self.settings.lease_seconds):
+            await transact(self.platform, lambda uow, a=allocation: ledger.release(uow, key=a["_id"], run_id=a["run_id"]))
+        queue = self.platform.mongo[ledger.QUEUE]
+        async for entry in queue.find({"collection": self.kind.jobs}, {"job_id": 1}):
+            job = await self.platform.mongo[self.kind.jobs].find_one({"_id": entry["job_id"]}, {"status": 1})
+            if job is None or job["status"] not in self.kind.claimable:
+                await queue.delete_one({"_id": entry["_id"]})
 
     async def try_claim(self, job_id: str) -> bool:
+        """Claim the job if it is still claimable and its pool has room (a request event's handler);
+        a job that does not fit is left to the poll loop, which queues it."""
+        doc = await self.platform.mongo[self.kind.jobs].find_one({"_id": job_id}, {"placement": 1})
+        if doc is None:
+            return False
+        try:
+            return await self._claim(job_id, self.placement_of(doc))
+        except ledger.NoRoom:
+            self.nudge()
+            return False
+
+    async def _claim(self, job_id: str, placement: Placement) -> bool:
+        """Claim the job if it is still claimable; raises ledger.NoRoom when its pool lacks room
+        (nothing changed then: the admission is part of the claim's unit of work)."""
         if not self.has_capacity() or job_id in self.runs:
             return False
+        total, _ = await capacity(self.platform, placement.pool)
         run_id, at = new_id(), now()
         run = {"run_id": run_id, "worker_id": self.worker_id, "started_at": at, "active": True,
                "lease_until": at + timedelta(seconds=self.settings.lease_seconds)}
-        job = await transact(self.platform, lambda uow: self.kind.claim(uow, job_id=job_id, run=run))
+
+        async def claim_and_admit(uow) -> dict | None:
+            job = await self.kind.claim(uow, job_id=job_id, run=run)
+            if job is not None:
+                holder = ledger.Holder(kind=self.kind.name, collection=self.kind.jobs, job_id=job_id, run_id=run_id,
+                                       tenant_id=job["tenant_id"])
+                await ledger.admit(uow, holder=holder, pool=placement.pool, request=placement.resources,
+                                   capacity=total)
+                await uow.collection(ledger.QUEUE).delete_one({"_id": holder.key}, session=uow.session)
+            return job
+
+        job = await transact(self.platform, claim_and_admit)
         if job is None:
             return False   # another runner was faster, or the job was stopped or deleted meanwhile
         await self.platform.mongo[self.kind.jobs].update_one({"_id": job_id, "started_at": None},
                                                              {"$set": {"started_at": at}})
-        task = asyncio.create_task(self._run(job, run_id), name=f"{self.kind.name}-{job_id}")
+        task = asyncio.create_task(self._run(job, run_id, placement), name=f"{self.kind.name}-{job_id}")
         self.runs[job_id] = task
         task.add_done_callback(lambda _: (self.runs.pop(job_id, None), self.nudge()))
         return True
@@ -221,14 +312,14 @@ class JobRunner:
 
     # -- one run ------------------------------------------------------------------------------------
 
-    async def _run(self, job: dict, run_id: str) -> None:
+    async def _run(self, job: dict, run_id: str, placement: Placement) -> None:
         work_root = Path(self.platform.settings.work_dir) if self.platform.settings.work_dir else None
         if work_root:
             work_root.mkdir(parents=True, exist_ok=True)
         prefix = f"maas-{self.kind.name}-{job['_id'][:8]}-"
         with tempfile.TemporaryDirectory(prefix=prefix, dir=work_root) as tmp:
             run = Run(job=job, run_id=run_id, worker_id=self.worker_id, work=Path(tmp),
-                      loop=asyncio.get_running_loop())
+                      loop=asyncio.get_running_loop(), placement=placement)
             self.active[job["_id"]] = run
             heartbeat = asyncio.create_task(self._heartbeat(run))
             flusher = asyncio.create_task(self._flush_forever(run))
@@ -244,8 +335,14 @@ class JobRunner:
                 await asyncio.gather(heartbeat, flusher, return_exceptions=True)
             if outcome.kind == "failed":
                 run.say(f"ERROR {outcome.message}")
+            async def end(uow) -> str | None:
+                line = await self.kind.record_end(uow, run, outcome)
+                # The run's resources go back to its pool with its end (tidy_pools frees them if not).
+                await ledger.release(uow, key=f"{self.kind.jobs}:{run.job_id}", run_id=run_id)
+                return line
+
             try:
-                line = await transact(self.platform, lambda uow: self.kind.record_end(uow, run, outcome))
+                line = await transact(self.platform, end)
                 if line:
                     run.say(line)
             except Exception:

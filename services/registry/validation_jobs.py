@@ -21,10 +21,12 @@ from contracts import Envelope
 from contracts.events import WeightCheck, WeightValidationCompleted, WeightValidationRequested
 from services.catalog.templates import default_catalog
 from services.common import jobs as common
+from services.common.cluster import Resources
 from services.common.context import Platform
 from services.common.jobs import JobLogs, now
 from services.common.objectstore import ObjectPath
 from services.jobs.executor import Executor, Work, ignore_messages
+from services.jobs.executors import executor_for
 from services.jobs.local_process import LocalProcessExecutor
 from services.jobs.runner import JobRunner, Outcome, Run, RunnerSettings
 from services.jobs.watchdog import watch
@@ -125,7 +127,7 @@ class WeightValidations:
                 run.say("checking the weights against the template (table 5-4)")
                 result = WeightCheckResult.model_validate(await self.executor.run(
                     Work(entry=work.VALIDATE, args={"folder": folder, "template_id": job["template_id"]},
-                         workdir=run.work / "proc"), ignore_messages))
+                         workdir=run.work / "proc", placement=run.placement), run.relay(ignore_messages)))
         if result.ok and target != source:
             run.say(f"keeping the platform's copy in {target.as_prefix().uri}")
             await self.platform.store.ensure_bucket(target.bucket)
@@ -187,10 +189,13 @@ def build_runner(platform: Platform, settings: ValidationSettings | None = None)
     """The registry worker's component: one runner per process, built by the composition root."""
     settings = settings or ValidationSettings()
     # A warm job process keeps torch imported between models.
-    executor = LocalProcessExecutor(reuse_processes=True, max_concurrent=settings.slots)
+    executor = executor_for(platform, max_concurrent=settings.slots, local=lambda: LocalProcessExecutor(
+        reuse_processes=True, max_concurrent=settings.slots))
+    # The registry's own short work, not a user's compute job: recorded in the public pool, it takes
+    # no share of it (a model's registration never waits behind a day-long tuning job).
     return JobRunner(platform, WeightValidations(platform, executor), RunnerSettings(
         slots=settings.slots, lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds,
-        poll_seconds=settings.poll_seconds))
+        poll_seconds=settings.poll_seconds, default_resources=Resources()))
 
 
 async def run_worker(runner: JobRunner) -> None:

@@ -8,11 +8,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
+from services.common.cluster import Resources
 from services.common.mongo import IndexSpec
 from services.common.jobs import PermanentLog, SourceModel
 from services.common.objectstore import ObjectPath
 from services.jobs import resources
 from services.common.validation import Description100, ResourceName, TaskName, limited_text
+from services.pools.models import PoolChoice
 
 JOBS = "tuning_jobs"
 LOGS = "tuning_logs"
@@ -74,6 +76,12 @@ FLAVORS: dict[str, tuple[int, str]] = {
     "gpu.1": (1, "GPU: 1*gpu"),
     "gpu.8": (8, "GPU: 8*gpu"),
 }
+
+
+def node_resources(flavor: str) -> Resources:
+    """What one node (rank) of a job of ``flavor`` takes from its pool: its cards, or one CPU."""
+    cards = FLAVORS[flavor][0]
+    return Resources(cpus=1.0) if flavor.startswith("cpu.") else Resources(cpus=1.0, gpus=float(cards))
 
 
 class Strict(BaseModel):
@@ -139,7 +147,7 @@ class JobCreate(Strict):
     dataset_path: str = Field(description="bucket/path of the dataset file")
     sample_count: PositiveInt | None = Field(None, description="samples in the file; checked against it when given")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    resource_pool: Literal["public", "dedicated"] = "public"
+    resource_pool: PoolChoice = "public"
     flavor: str = "cpu.1"
     node_count: PositiveInt = Field(1, description="> 1 starts data-parallel training over that many processes")
     permanent_log: PermanentLog = Field(default_factory=PermanentLog)

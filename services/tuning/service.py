@@ -19,6 +19,7 @@ from contracts.tuning import CheckpointConversionRequested, TuneRequested
 from services.common.context import Platform
 from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.jobs import resources
+from services.pools import service as pools
 from services.readmodels.model_refs import preset_weights_ready, resolve_model_version
 from services.common.objectstore import ObjectPath
 from services.readmodels.buckets import check_access
@@ -27,7 +28,7 @@ from services.tuning import estimate as est
 from services.tuning.datasets import (DatasetInvalid, DatasetRejected, ParsedDataset, check_whole_file_size,
                                      file_kind, normalise_dataset, to_jsonl)
 from services.tuning.jobs import RESOURCE, announce_notification_rule, announce_task_record, now, subject, transact
-from services.tuning.models import (CONVERSIONS, FLAVORS, JOBS, MANAGED_BUCKET, MAX_CHECKPOINTS,
+from services.tuning.models import (CONVERSIONS, FLAVORS, JOBS, MANAGED_BUCKET, MAX_CHECKPOINTS, node_resources,
                                     MAX_DATASET_BYTES, MAX_ITERATIONS, TUNE_TYPE_LABELS, ConversionCreate,
                                     EstimateRequest, JobCreate, JobStatus, SourceModel, conversion_view, job_view,
                                     managed_root)
@@ -217,6 +218,10 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
     cards = _cards(request.flavor)
     _check_nodes(template, request.node_count)
     await _check_output_name(platform, tenant_id=tenant_id, name=request.output_model_name)
+    placement = await pools.placement(
+        platform, tenant_id=tenant_id, requested=request.resource_pool,
+        resources=node_resources(request.flavor).times(request.node_count), nodes=request.node_count,
+        what=f"a tuning job of {request.node_count} x {request.flavor}")
     job_id = new_id()
     output_root = (await _writable_path(platform, request.output_path, tenant_id=tenant_id, field="output_path")
                    if request.output_path else ObjectPath(MANAGED_BUCKET, f"{tenant_id}/"))
@@ -262,6 +267,7 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
                             "seq_len": min(est.seq_len_for(template.global_batch_size), template.context_length)},
         "resources": {"pool": request.resource_pool, "flavor": request.flavor, "flavor_name": FLAVORS[request.flavor][1],
                       "cards": cards, "node_count": request.node_count},
+        "placement": placement,
         "permanent_log": {"enabled": request.permanent_log.enabled,
                           "path": log_root.uri if log_root else None},
         "notification": request.notification.model_dump(),

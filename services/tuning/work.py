@@ -15,9 +15,15 @@ MERGE = f"{__name__}:merge_entry"
 
 
 def train_entry(args: dict, channel: Channel) -> dict:
-    """args: model_dir, examples, config (TrainConfig fields), output_dir, resume_from (or None)."""
+    """args: model_dir, examples, config (TrainConfig fields), output_dir, resume_from (or None),
+    ranks (or None): {pool, cpus_per_rank, gpus_per_rank} to place the ranks on nodes of a Ray pool."""
     from services.mlkit.training import TrainConfig, train
 
+    ray_placement = None
+    if args.get("ranks"):
+        from services.mlkit.training.ray_ranks import RayPlacement   # ray: cluster mode only
+
+        ray_placement = RayPlacement(**args["ranks"])
     result = train(model_dir=Path(args["model_dir"]), examples=args["examples"], config=TrainConfig(**args["config"]),
                    output_dir=Path(args["output_dir"]),
                    resume_from=Path(args["resume_from"]) if args.get("resume_from") else None,
@@ -25,9 +31,9 @@ def train_entry(args: dict, channel: Channel) -> dict:
                    # Waits for the parent: the checkpoint is stored before training goes on.
                    on_checkpoint=lambda iteration, folder: channel.ask("checkpoint", iteration=iteration,
                                                                        folder=str(folder)),
-                   should_stop=lambda: stop_requested(channel))
+                   should_stop=lambda: stop_requested(channel), ray_placement=ray_placement)
     return {"iterations_done": result.iterations_done, "final_loss": result.final_loss, "stopped": result.stopped,
-            "final_dir": str(result.final_dir) if result.final_dir else None}
+            "final_dir": str(result.final_dir) if result.final_dir else None, "rank_nodes": result.rank_nodes}
 
 
 def merge_entry(args: dict, channel: Channel) -> str:

@@ -32,6 +32,7 @@ from contracts.tuning import (CheckpointConversionRequested, CheckpointSaved, Tu
 from services.common.context import Platform
 from services.common.objectstore import ObjectPath
 from services.jobs.executor import Executor, Work, WorkFailed, ignore_messages
+from services.jobs.executors import executor_for
 from services.jobs.local_process import LocalProcessExecutor
 from services.jobs.runner import JobRunner, Outcome, Run, RunnerSettings, flush_run, keep_logs
 from services.tuning import work
@@ -123,16 +124,25 @@ class TuningJobs:
                 return run.stop.is_set()
             return None
 
-        result = await self.executor.run(Work(entry=work.TRAIN, workdir=run.work / "proc", args={
+        placement = run.placement
+        ranks = None
+        if placement.nodes > 1 and self.platform.cluster.kind == "ray":   # one rank per node of the pool
+            ranks = {"pool": placement.pool, "cpus_per_rank": placement.per_node.cpus,
+                     "gpus_per_rank": placement.per_node.gpus}
+        result = await self.executor.run(Work(entry=work.TRAIN, workdir=run.work / "proc", placement=placement, args={
             "model_dir": base, "examples": examples, "config": dataclasses.asdict(config),
-            "output_dir": run.work / "out", "resume_from": resume}), on_message)
+            "output_dir": run.work / "out", "resume_from": resume, "ranks": ranks}), run.relay(on_message))
+        if result.get("rank_nodes"):
+            run.say("ranks ran on nodes " + ", ".join(f"{rank}: {node}" for rank, node in enumerate(result["rank_nodes"])))
         if result["stopped"]:
             return Outcome("stopped", result={"iterations": result["iterations_done"]})
         final = Path(result["final_dir"])
         if job["tune_type"] == "lora":
             run.say("merging the LoRA adapter into the base weights")
-            final = Path(await self.executor.run(Work(entry=work.MERGE, workdir=run.work / "merge-proc", args={
-                "base_dir": base, "adapter_dir": final, "out_dir": run.work / "merged"}), ignore_messages))
+            one_node = dataclasses.replace(placement, resources=placement.per_node, nodes=1)
+            final = Path(await self.executor.run(Work(entry=work.MERGE, workdir=run.work / "merge-proc",
+                                                      placement=one_node, args={
+                "base_dir": base, "adapter_dir": final, "out_dir": run.work / "merged"}), run.relay(ignore_messages)))
         target = ObjectPath.parse(job["output"]["path"] + "model/")
         run.say(f"uploading the tuned model to {target.uri}")
         await self.platform.store.ensure_bucket(target.bucket)
@@ -399,6 +409,8 @@ def _environmental(exc: BaseException) -> bool:
     from pymongo.errors import PyMongoError
     from urllib3.exceptions import HTTPError as TransportError
 
+    if isinstance(exc, WorkFailed):   # the job's (or a rank's) node was lost: the cluster failed, not the job
+        return exc.kind in ("NodeLost", "RankNodeLost")
     return isinstance(exc, (S3Error, PyMongoError, TransportError, ConnectionError, TimeoutError))
 
 
@@ -416,7 +428,8 @@ def build_worker(platform: Platform, settings: TuningSettings | None = None) -> 
     """The tuning worker's component: one per process, built by the composition root."""
     settings = settings or TuningSettings()
     # Trainings and adapter merges run in job processes, never in this process's threads.
-    executor = LocalProcessExecutor(max_concurrent=settings.slots + 2)
+    executor = executor_for(platform, max_concurrent=settings.slots + 2,
+                            local=lambda: LocalProcessExecutor(max_concurrent=settings.slots + 2))
     runner = JobRunner(platform, TuningJobs(platform, settings, executor), RunnerSettings(
         slots=settings.slots, lease_seconds=settings.lease_seconds, heartbeat_seconds=settings.heartbeat_seconds,
         poll_seconds=settings.poll_seconds, log_flush_seconds=settings.log_flush_seconds))

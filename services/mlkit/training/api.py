@@ -29,8 +29,11 @@ def _never() -> bool:
 def train(*, model_dir: Path, examples: list[dict], config: TrainConfig, output_dir: Path,
           resume_from: Path | None = None, on_log: Callable[[dict], None] = _noop_log,
           on_checkpoint: Callable[[int, Path], None] = _noop_checkpoint,
-          should_stop: Callable[[], bool] = _never) -> TrainResult:
+          should_stop: Callable[[], bool] = _never, ray_placement=None) -> TrainResult:
     """Fine-tune (full / LoRA) or continue pretraining the HF model in ``model_dir``.
+
+    ``ray_placement`` (a ``ray_ranks.RayPlacement``): run the ``world_size`` ranks on distinct nodes
+    of a Ray cluster's pool instead of as processes of this machine.
 
     Checkpoints go to ``output_dir/checkpoint-<iteration>/`` and the finished model to
     ``output_dir/final/``. Everything that can be wrong with the inputs (config, examples, a
@@ -56,9 +59,16 @@ def train(*, model_dir: Path, examples: list[dict], config: TrainConfig, output_
     hooks = Hooks(on_log=on_log, on_checkpoint=on_checkpoint, should_stop=should_stop)
     if config.world_size == 1 and not config.isolate:
         return _run_here(inputs, hooks)
+    cores = config.num_threads or torch.get_num_threads()
+    if ray_placement is not None:
+        # Imported only here: ray (like the rank machinery below) is needed by multi-node runs only.
+        from services.mlkit.training.ray_ranks import run_on_ray
+
+        return run_on_ray(inputs, hooks, world_size=config.world_size, placement=ray_placement,
+                          threads_per_rank=config.num_threads or max(1, int(ray_placement.cpus_per_rank)),
+                          timeout_s=config.dist_timeout_s)
     from services.mlkit.training.distributed import run_distributed
 
-    cores = config.num_threads or torch.get_num_threads()
     return run_distributed(inputs, hooks, world_size=config.world_size,
                            threads_per_rank=max(1, cores // config.world_size), timeout_s=config.dist_timeout_s)
 

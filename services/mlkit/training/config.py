@@ -95,6 +95,7 @@ class TrainResult:
     final_dir: Path | None               # HF folder: full weights, or the LoRA adapter; None if stopped
     total_iterations: int = 0
     losses: list[float] = field(default_factory=list)   # lm loss of every iteration run in this call
+    rank_nodes: list[str] = field(default_factory=list)  # the cluster node of each rank (Ray), in rank order
 
 
 def _check(ok: bool, name: str, rule: str) -> None:

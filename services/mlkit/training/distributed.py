@@ -18,6 +18,7 @@ import tempfile
 from datetime import timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ def _recv(conn: Connection):
     return json.loads(conn.recv_bytes())
 
 
-def _write_payload(folder: Path, inputs: RunInputs, **settings) -> Path:
+def write_payload(folder: Path, inputs: RunInputs, **settings) -> Path:
     lengths = np.array([len(e.ids) for e in inputs.encoded], dtype=np.int64)
     np.savez(folder / "samples.npz", lengths=lengths,
              ids=np.concatenate([e.ids for e in inputs.encoded]) if inputs.encoded else np.zeros(0, np.int32),
@@ -119,7 +120,7 @@ def _result_json(result: TrainResult) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(result).items()}
 
 
-def _result(data: dict) -> TrainResult:
+def result_of(data: dict) -> TrainResult:
     paths = ("last_checkpoint", "final_dir")
     return TrainResult(**{k: (Path(v) if k in paths and v is not None else v) for k, v in data.items()})
 
@@ -132,18 +133,24 @@ def _free_port() -> int:
 
 def rank_main(argv: list[str]) -> None:
     """Entry of one rank process: ``python -m services.mlkit.training.rank RANK PAYLOAD [FD]``."""
-    rank, payload_path = int(argv[0]), Path(argv[1])
-    conn = Connection(int(argv[2])) if len(argv) > 2 else None
+    run_rank(int(argv[0]), Path(argv[1]), Connection(int(argv[2])) if len(argv) > 2 else None)
+
+
+def run_rank(rank: int, payload_path: Path, conn: Connection | None) -> None:
+    """One data-parallel rank, wherever it runs (a local process, a Ray task on another node); rank 0
+    talks to the coordinator over ``conn``."""
     inputs, payload = _read_payload(payload_path)
     torch.set_num_threads(payload["threads"])
-    if "GLOO_SOCKET_IFNAME" not in os.environ and "lo" in {name for _, name in socket.if_nameindex()}:
+    master = payload.get("master") or f"127.0.0.1:{payload['port']}"
+    if (master.startswith("127.") and "GLOO_SOCKET_IFNAME" not in os.environ
+            and "lo" in {name for _, name in socket.if_nameindex()}):
         os.environ["GLOO_SOCKET_IFNAME"] = "lo"   # ranks talk over loopback, whatever the hostname resolves to
     world = payload["world_size"]
     hooks = _PipeHooks(conn) if rank == 0 else None
     if world == 1:            # an isolated single process: no process group needed
         result = run(inputs, comm=Comm(), hooks=hooks)
     else:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{payload['port']}", rank=rank,
+        dist.init_process_group("gloo", init_method=f"tcp://{master}", rank=rank,
                                 world_size=world, timeout=timedelta(seconds=payload["timeout_s"]))
         try:
             result = run(inputs, comm=GlooComm(rank, world), hooks=hooks)
@@ -170,7 +177,7 @@ def run_distributed(inputs: RunInputs, hooks: Hooks, *, world_size: int, threads
     """Start the ranks as fresh interpreters (``python -m``), so nothing of the caller's __main__,
     threads or torch state is copied or re-imported, and coordinate them until rank 0 is done."""
     with tempfile.TemporaryDirectory(prefix="maas-train-") as tmp:
-        payload = _write_payload(Path(tmp), inputs, threads=threads_per_rank, world_size=world_size,
+        payload = write_payload(Path(tmp), inputs, threads=threads_per_rank, world_size=world_size,
                                  port=_free_port(), timeout_s=timeout_s)
         ours, theirs = socket.socketpair()
         env = dict(os.environ)
@@ -188,7 +195,7 @@ def run_distributed(inputs: RunInputs, hooks: Hooks, *, world_size: int, threads
             theirs.close()           # rank 0 holds its end; ours closed makes its exit visible as EOF
             conn = Connection(ours.detach())
             try:
-                result = _coordinate(conn, hooks, procs)
+                result = coordinate(conn, hooks, _LocalRanks(procs))
             finally:
                 conn.close()
             for proc, _ in procs:
@@ -202,20 +209,42 @@ def run_distributed(inputs: RunInputs, hooks: Hooks, *, world_size: int, threads
                     proc.wait(timeout=10)
 
 
-def _coordinate(conn: Connection, hooks: Hooks, procs) -> TrainResult:
+class RankGroup(Protocol):
+    """The running ranks, as the coordinator watches them."""
+
+    def raise_if_failed(self) -> None:
+        """Raise RuntimeError("training rank N failed ...") when a rank has failed."""
+
+    def settle(self) -> None:
+        """Rank 0 went silent: give a failing rank a moment to finish reporting its error."""
+
+
+class _LocalRanks:
+    def __init__(self, procs):
+        self.procs = procs
+
+    def raise_if_failed(self) -> None:
+        _raise_rank_failure(self.procs)
+
+    def settle(self) -> None:
+        for proc, _ in self.procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def coordinate(conn: Connection, hooks: Hooks, ranks: RankGroup) -> TrainResult:
+    """Serve rank 0's callbacks until it reports its result; raise when a rank fails."""
     while True:
-        _raise_rank_failure(procs)
+        ranks.raise_if_failed()
         if not conn.poll(0.05):
             continue
         try:
             kind, *args = _recv(conn)
-        except EOFError:
-            for proc, _ in procs:     # rank 0 is gone: let the failing rank finish writing its error
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
-            _raise_rank_failure(procs)
+        except (EOFError, OSError):
+            ranks.settle()
+            ranks.raise_if_failed()
             raise RuntimeError("training rank 0 exited without a result") from None
         if kind == "log":
             hooks.on_log(*args)
@@ -226,7 +255,7 @@ def _coordinate(conn: Connection, hooks: Hooks, procs) -> TrainResult:
         elif kind == "stop?":
             _send(conn, bool(hooks.should_stop()))
         elif kind == "done":
-            return _result(args[0])
+            return result_of(args[0])
 
 
 def _raise_rank_failure(procs) -> None:

@@ -1,0 +1,188 @@
+"""Run a job's work as a Ray task on a node of its resource pool and relay what it says.
+
+The same contract as ``LocalProcessExecutor``: the work's entry (a function of the ``services``
+package, named by code) gets its JSON arguments and a channel; ``send`` and ``ask`` reach the
+listener here. The channel is a small actor (``Mailbox``) created for the run: the task posts its
+messages to it, the executor takes them and posts answers back. Everything in the messages is JSON
+text — Ray pickles only our own code's calls, never anything a user wrote.
+
+Placement: the task asks for the placement's CPUs, accelerators and memory and may only run on a
+node labelled ``openmaas.io/pool=<pool>`` (a hard label constraint), so it never lands outside its
+pool. The platform admitted it first (``services.pools.ledger``), so Ray finds the room free.
+Ray's own retries are off: a lost node fails the run (``WorkFailed("NodeLost")``) and the job
+engine's restart rules decide, as for a local process that died.
+
+Files: the work's arguments name paths under the platform's work folder, which every node must
+mount at the same path (docs/cluster.md) — weights are downloaded once, by the runner.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import In, NodeAffinitySchedulingStrategy, NodeLabelSchedulingStrategy
+
+from services.common.cluster import POOL_LABEL, RayCluster, Resources
+from services.jobs.child import resolve
+from services.jobs.executor import Listener, Work, WorkFailed
+from services.jobs.local_process import encode
+
+_TAKE_SECONDS = 0.5
+_LOST_GRACE_SECONDS = 10
+# Ray's errors that mean "the process or its machine went away", not "the code raised".
+_LOST = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.ActorDiedError,
+         ray.exceptions.ObjectLostError, ray.exceptions.RaySystemError)
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class Mailbox:
+    """The channel between a running task and the executor: messages one way, answers the other."""
+
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[str] = asyncio.Queue()
+        self.waiting: dict[int, asyncio.Future] = {}
+        self.asked = 0
+
+    async def put(self, message: str) -> None:
+        self.messages.put_nowait(message)
+
+    async def ask(self, message: str) -> str:
+        self.asked += 1
+        question = self.asked
+        answer = asyncio.get_running_loop().create_future()
+        self.waiting[question] = answer
+        self.messages.put_nowait(json.dumps({**json.loads(message), "question": question}))
+        return await answer
+
+    async def take(self, timeout: float) -> str | None:
+        try:
+            return await asyncio.wait_for(self.messages.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def answer(self, question: int, answer: str) -> None:
+        waiting = self.waiting.pop(question, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(answer)
+
+
+class _MailboxChannel:
+    """The work's side of the channel (inside the Ray task)."""
+
+    def __init__(self, mailbox):
+        self.mailbox = mailbox
+
+    def send(self, kind: str, **data: Any) -> None:
+        self.mailbox.put.remote(encode({"kind": kind, "data": data}))   # in order: one caller, one actor
+
+    def ask(self, kind: str, **data: Any) -> Any:
+        return json.loads(ray.get(self.mailbox.ask.remote(encode({"kind": kind, "data": data}))))["answer"]
+
+    def finish(self, kind: str, **data: Any) -> None:
+        ray.get(self.mailbox.put.remote(encode({"kind": kind, "data": data})))   # after every earlier send
+
+
+@ray.remote(max_retries=0)
+def _run_work(entry: str, args: str, mailbox, package: str) -> None:
+    """The task: call the entry with its arguments and a channel; report done or error through the
+    mailbox (so the executor reads every message before the end)."""
+    channel = _MailboxChannel(mailbox)
+    context = ray.get_runtime_context()
+    channel.send("placed", node_id=context.get_node_id(), executor="ray",
+                 address=ray.util.get_node_ip_address())
+    try:
+        result = resolve(entry, package)(json.loads(args), channel)
+    except Exception as exc:
+        channel.finish("error", type=type(exc).__name__, message=str(exc), input_error=isinstance(exc, ValueError),
+                       traceback=traceback.format_exc())
+        return
+    channel.finish("done", result=result)
+
+
+def _near_the_driver() -> dict[str, Any]:
+    """Options placing a run's mailbox on this process's node when it is one (it should outlive the
+    work's node, not share its fate); elsewhere (a Ray client) Ray chooses."""
+    try:
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:
+        return {}
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)} if node else {}
+
+
+class RayExecutor:
+    """Runs each work item as a Ray task in its placement's pool."""
+
+    def __init__(self, cluster: RayCluster, *, max_concurrent: int = 4, entry_package: str = "services"):
+        self.cluster, self.entry_package = cluster, entry_package
+        # Listeners may block (they hand work to the event loop and wait): threads of their own.
+        self._threads = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="ray-relay")
+
+    def task_options(self, work: Work) -> dict[str, Any]:
+        placement = work.placement
+        # Work over several nodes: this task only coordinates; its ranks reserve the resources.
+        resources = placement.resources if placement.nodes == 1 else Resources()
+        options: dict[str, Any] = {
+            "num_cpus": resources.cpus, "num_gpus": resources.gpus,
+            "scheduling_strategy": NodeLabelSchedulingStrategy(hard={POOL_LABEL: In(placement.pool)}),
+        }
+        if resources.memory_bytes:
+            options["memory"] = resources.memory_bytes
+        if work.env:
+            options["runtime_env"] = {"env_vars": dict(work.env)}
+        return options
+
+    async def run(self, work: Work, listener: Listener) -> Any:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._threads, self.cluster.connect)
+        mailbox = Mailbox.options(**_near_the_driver()).remote()
+        task = _run_work.options(**self.task_options(work)).remote(
+            work.entry, encode(work.args).decode(), mailbox, self.entry_package)
+        ended = asyncio.wrap_future(task.future())
+        try:
+            while True:
+                try:
+                    raw = await mailbox.take.remote(_TAKE_SECONDS)
+                except ray.exceptions.RayError as exc:   # the mailbox's node went away
+                    await asyncio.wait({ended}, timeout=_LOST_GRACE_SECONDS)
+                    raise (self._lost(ended) if ended.done() else
+                           WorkFailed("NodeLost", f"the job's channel was lost: {type(exc).__name__}")) from None
+                if raw is None:
+                    if ended.done():
+                        raise self._lost(ended)
+                    continue
+                message = json.loads(raw)
+                kind, data = message["kind"], message.get("data") or {}
+                if kind == "done":
+                    return data.get("result")
+                if kind == "error":
+                    raise WorkFailed(data["type"], data["message"], detail=data.get("traceback", ""),
+                                     input_error=bool(data.get("input_error")))
+                answer = await loop.run_in_executor(self._threads, listener, kind, data)
+                if "question" in message:
+                    await mailbox.answer.remote(message["question"], encode({"answer": answer}).decode())
+        except asyncio.CancelledError:
+            ray.cancel(task, force=True)     # the job was stopped: end its process on whichever node
+            raise
+        finally:
+            if ended.done():
+                ended.exception()   # read: an error is reported above, not as "never retrieved"
+            else:
+                ray.cancel(task, force=True)
+            ray.kill(mailbox)
+
+    @staticmethod
+    def _lost(ended: asyncio.Future) -> WorkFailed:
+        exc = ended.exception()
+        if exc is None:
+            return WorkFailed("ProcessExited", "the job's task ended without reporting its result")
+        if isinstance(exc, _LOST):
+            return WorkFailed("NodeLost", f"the node running the job's task was lost: {type(exc).__name__}",
+                              detail=str(exc)[-3000:])
+        return WorkFailed("ProcessExited", f"the job's task failed: {type(exc).__name__}", detail=str(exc)[-3000:])
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,49 @@
+"""A real multi-node Ray cluster inside this machine (``ray.cluster_utils.Cluster``: every node is a
+real raylet), bound to loopback, for the cluster-mode tests. ../shared/INFRA.md has the recipe."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import ray
+from ray.cluster_utils import Cluster
+
+from services.common.cluster import POOL_LABEL
+
+
+@dataclass
+class MiniCluster:
+    cluster: object = None
+    nodes: dict[str, list] = field(default_factory=dict)     # pool -> its nodes (ray's node handles)
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def start(self) -> "MiniCluster":
+        # Every node on 127.0.0.1 (tests talk to loopback only); children inherit the setting.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        # The head runs no work of ours: it has no pool label and no CPUs.
+        self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        ray.init(address=self.cluster.address, namespace="openmaas-tests", logging_level="WARNING",
+                 log_to_driver=False)
+        return self
+
+    def add_node(self, pool: str, *, cpus: float = 1):
+        node = self.cluster.add_node(num_cpus=cpus, labels={POOL_LABEL: pool})
+        self.cluster.wait_for_nodes()
+        self.nodes.setdefault(pool, []).append(node)
+        return node
+
+    def remove_node(self, node) -> None:
+        for nodes in self.nodes.values():
+            if node in nodes:
+                nodes.remove(node)
+        self.cluster.remove_node(node, allow_graceful=False)
+
+    def node_ids(self, pool: str) -> set[str]:
+        return {n.node_id for n in self.nodes.get(pool, [])}
+
+    def stop(self) -> None:
+        ray.shutdown()
+        self.cluster.shutdown()
