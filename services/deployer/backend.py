@@ -2,8 +2,9 @@
 
 The reconciler decides how many instances of which model version a service needs; a backend only
 starts, stops, probes and lists them. ``LocalProcessBackend`` (local.py) runs them as subprocesses
-on this machine; a cluster backend (Kubernetes: one pod per instance, the model fetched by an init
-container, logs from the pod) implements the same five calls.
+on this machine; ``RayInstanceBackend`` (ray_backend.py) runs each as a Ray actor on a node of the
+service's resource pool; another cluster backend (Kubernetes: one pod per instance) implements the
+same five calls.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class InstanceLaunch:
     secret: str                    # the instance answers only calls bearing it (services.inference.auth)
     cpus: int = 1                  # from the instance spec
     env: dict[str, str] = field(default_factory=dict)
+    pool: str = "public"           # the service's resource pool (where a cluster backend places it)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ class Health(StrEnum):
 
 class InstanceBackend(abc.ABC):
     name: str = "abstract"
+    # Whether instances take their spec's resources from the service's pool (services.pools.ledger):
+    # on a cluster, yes; local processes share this machine with the platform and do not (docs/cluster.md).
+    reserves_pool_capacity: bool = False
 
     @abc.abstractmethod
     async def start(self, launch: InstanceLaunch) -> InstanceHandle:

@@ -10,8 +10,7 @@ An instance runs user-supplied weights and answers whatever reaches its port, so
 platform's credentials (services.common.child_env): only what it needs, its secret included
 (services.inference.auth). It listens on ``host`` (loopback unless the deployer is told otherwise).
 
-The first instance of a model that has no ONNX export yet starts alone: the engine exports on its
-first load, and two instances exporting into the same folder would trip over each other.
+The first instance of a model that has no ONNX export yet starts alone (services.deployer.exports).
 """
 from __future__ import annotations
 
@@ -22,7 +21,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,7 +29,8 @@ import httpx
 from services.common.child_env import child_env
 from services.common.private_files import PRIVATE_UMASK, open_private_append, private_dir
 from services.deployer.backend import Health, InstanceBackend, InstanceHandle, InstanceLaunch
-from services.deployer.modelcache import ModelCache, has_export
+from services.deployer.exports import ExportGate
+from services.deployer.modelcache import ModelCache
 from services.inference.auth import SECRET_ENV
 from services.inference.providers import ENV_PROVIDER
 
@@ -88,35 +87,16 @@ class LocalProcessBackend(InstanceBackend):
         # Where gateways reach the instances: the bind address unless that is a wildcard (containers).
         self.advertise_host = advertise_host or (
             socket.gethostbyname(socket.gethostname()) if host in ("0.0.0.0", "::") else host)
-        self.first_start_timeout = first_start_timeout
+        self.exports = ExportGate(models, first_start_timeout=first_start_timeout)
         self.node = node or socket.gethostname()
         self._procs: dict[str, asyncio.subprocess.Process] = {}
         self._handles: dict[str, InstanceHandle] = {}
-        self._model_uris: dict[str, str] = {}
-        self._export_locks: dict[str, asyncio.Lock] = {}
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0), trust_env=False)
 
     # ------------------------------------------------------------------------------------------ start
 
     async def start(self, launch: InstanceLaunch) -> InstanceHandle:
-        model_dir = await self.models.prepare(launch.model_uri) if self.models else None
-        if model_dir is None or has_export(model_dir):
-            return await self._spawn(launch, model_dir)
-        lock = self._export_locks.setdefault(str(model_dir), asyncio.Lock())
-        async with lock:
-            if has_export(model_dir):  # another instance finished the export while we waited
-                return await self._spawn(launch, model_dir)
-            handle = await self._spawn(launch, model_dir)
-            await self._exported(handle, model_dir, timeout=self.first_start_timeout)
-            return handle
-
-    async def _exported(self, handle: InstanceHandle, model_dir: Path, *, timeout: float) -> None:
-        """Wait until the first instance has written the export (or is ready, or gave up)."""
-        deadline = time.monotonic() + timeout
-        while not has_export(model_dir) and time.monotonic() < deadline:
-            if await self.health(handle) is not Health.not_ready:
-                return
-            await asyncio.sleep(0.5)
+        return await self.exports.start(launch, self._spawn, self.health)
 
     async def _spawn(self, launch: InstanceLaunch, model_dir: Path | None) -> InstanceHandle:
         port = free_port(self.host)
@@ -131,7 +111,6 @@ class LocalProcessBackend(InstanceBackend):
                                          "model_dir": str(model_dir) if model_dir else None})
         self._procs[launch.instance_id] = proc
         self._handles[launch.instance_id] = handle
-        self._model_uris[launch.instance_id] = launch.model_uri
         log.info("instance %s of service %s started: pid %s, %s", launch.instance_id, launch.service_id,
                  proc.pid, handle.url)
         return handle
@@ -153,17 +132,8 @@ class LocalProcessBackend(InstanceBackend):
             return Health.exited if not self._alive(handle) else Health.not_ready
         if response.status_code != 200:
             return Health.not_ready
-        uri = self._model_uris.get(handle.instance_id)
-        if self.models is not None and uri:  # its export (if it made one) can now serve the next start
-            self._model_uris.pop(handle.instance_id, None)
-            asyncio.create_task(self._publish(uri))
+        self.exports.ready(handle.instance_id)
         return Health.ready
-
-    async def _publish(self, model_uri: str) -> None:
-        try:
-            await self.models.publish_exports(model_uri)
-        except Exception:
-            log.exception("caching the ONNX export of %s failed", model_uri)
 
     async def list(self) -> list[InstanceHandle]:
         return [h for h in self._handles.values() if self._alive(h)]
@@ -173,7 +143,7 @@ class LocalProcessBackend(InstanceBackend):
     async def stop(self, handle: InstanceHandle, *, grace_seconds: float) -> None:
         proc = self._procs.pop(handle.instance_id, None)
         self._handles.pop(handle.instance_id, None)
-        self._model_uris.pop(handle.instance_id, None)
+        self.exports.forget(handle.instance_id)
         if proc is not None:
             if proc.returncode is None:
                 proc.terminate()  # the server finishes in-flight requests, then exits

@@ -12,6 +12,12 @@ what actually runs (instance documents probed through the backend), then acts:
 Draining = the instance is marked ``draining`` (gateways stop routing to it within their refresh
 interval), then told to stop, which lets its in-flight requests finish. One pass per service runs
 at a time; a nudge during a pass makes another pass follow. A single deployer runs per platform.
+
+Resource pools: on a backend that reserves pool capacity (Ray), an instance is admitted in its
+service's pool (``services.pools.ledger``) in the same unit of work that records it, and released
+in the one that forgets it. An instance that does not fit is not recorded: the service says what it
+waits for (status message) and the pass is repeated when an instance of that pool goes away, or on
+the next resync.
 """
 from __future__ import annotations
 
@@ -25,7 +31,10 @@ from datetime import UTC, datetime
 
 from contracts import new_id
 from contracts.serving import InstanceChanged, ServiceStatusReported
-from services.common.context import Platform
+from services.common.cluster import PUBLIC_POOL, Resources
+from services.common.context import Platform, transact
+from services.pools import ledger
+from services.pools.service import capacity
 from services.readmodels.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
 from services.deployer.backend import Health, InstanceBackend, InstanceHandle, InstanceLaunch
 from services.deployer.settings import DeployerSettings
@@ -40,6 +49,19 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def placement_of(svc: dict) -> tuple[str, Resources]:
+    """The pool and what one instance takes from it, as the serving API stored them at deploy;
+    services recorded before pools existed (and presets) use the public pool."""
+    stored = svc.get("placement")
+    if stored:
+        return stored["pool"], Resources.from_dict(stored)
+    return PUBLIC_POOL, Resources(cpus=SPEC_CPUS.get(svc.get("instance_spec", ""), 1))
+
+
+def allocation_key(instance_id: str) -> str:
+    return f"{INSTANCES}:{instance_id}"
+
+
 def handle_of(doc: dict) -> InstanceHandle:
     return InstanceHandle(instance_id=doc["_id"], url=doc.get("url") or "", node=doc.get("node", ""),
                           details=doc.get("details") or {})
@@ -50,6 +72,7 @@ class _Outcome:
     ok: bool
     message: str = ""
     aborted: bool = False
+    waiting: bool = False          # not started: its pool has no room now (message: for what)
 
 
 @dataclass
@@ -68,6 +91,7 @@ class Reconciler:
         self._state: dict[str, _State] = {}
         self._misses: dict[str, int] = {}
         self._log_offsets: dict[str, int] = {}
+        self._waiting: dict[str, str] = {}     # service id -> the pool its missing instances wait for
         self._seq = 0
 
     # ------------------------------------------------------------------------------------ scheduling
@@ -121,11 +145,23 @@ class Reconciler:
                  tenant_id=doc["tenant_id"], subject=f"services/{doc['service_id']}")
 
     async def _drop_instance(self, doc: dict, status: str, message: str | None) -> None:
-        async with self.platform.uow() as uow:
+        async def drop(uow) -> bool:
             await uow.collection(INSTANCES).delete_one({"_id": doc["_id"]}, session=uow.session)
             self._emit_instance(uow, doc, status, message)
+            if not self.backend.reserves_pool_capacity:
+                return False
+            return await ledger.release(uow, key=allocation_key(doc["_id"]))
+        released = await transact(self.platform, drop)
         self._log_offsets.pop(doc["_id"], None)
         self._misses.pop(doc["_id"], None)
+        if released:
+            self._room_freed(doc.get("pool") or PUBLIC_POOL)
+
+    def _room_freed(self, pool: str) -> None:
+        """Capacity came back to ``pool``: services waiting for it try again now."""
+        for service_id, waits_for in list(self._waiting.items()):
+            if waits_for == pool:
+                self.nudge(service_id)
 
     async def _report(self, svc: dict, status: str, ready: int, message: str | None) -> None:
         state = self._state.setdefault(svc["_id"], _State())
@@ -157,6 +193,7 @@ class Reconciler:
             live.append(doc)
 
         if svc is None or svc.get("desired") == "stopped":
+            self._waiting.pop(service_id, None)
             await asyncio.gather(*(self._retire(d) for d in live))
             if svc is None:
                 self._state.pop(service_id, None)
@@ -191,10 +228,14 @@ class Reconciler:
             return
 
         missing = count - len(current)
+        waiting: str | None = None
         if missing > 0 and state.gave_up != generation:
             if old:  # rolling upgrade: capacity never drops below the instance count
                 for _ in range(missing):
                     outcome = await self._start_with_retries(svc)
+                    if outcome.waiting:
+                        waiting = outcome.message
+                        break
                     if not outcome.ok:
                         failures.append(outcome.message)
                         break
@@ -202,9 +243,14 @@ class Reconciler:
                         await self._retire(old.pop(0))
             else:
                 outcomes = await asyncio.gather(*(self._start_with_retries(svc) for _ in range(missing)))
-                failures += [o.message for o in outcomes if not o.ok and not o.aborted]
+                failures += [o.message for o in outcomes if not o.ok and not o.aborted and not o.waiting]
+                waiting = next((o.message for o in outcomes if o.waiting), None)
             if failures:
                 state.gave_up = generation
+        if waiting and not failures:
+            self._waiting[service_id] = placement_of(svc)[0]
+        else:
+            self._waiting.pop(service_id, None)
         docs = await self._instances(service_id)
         ready_new = sum(1 for d in docs if d["status"] == "ready" and d.get("version_id") == want)
         if ready_new >= count:  # the new version carries the full load: old instances can go
@@ -212,10 +258,12 @@ class Reconciler:
             await asyncio.gather(*(self._retire(d) for d in olds))
         if failures:
             state.failures = failures
-        await self._report_status(svc, message=failures[-1] if failures else None)
+        await self._report_status(svc, message=failures[-1] if failures else waiting,
+                                  waiting=bool(waiting and not failures))
 
-    async def _report_status(self, svc: dict, *, message: str | None = None) -> None:
-        """running: every wanted instance ready; alarm: some ready; failed: none."""
+    async def _report_status(self, svc: dict, *, message: str | None = None, waiting: bool = False) -> None:
+        """running: every wanted instance ready; alarm: some ready; deploying: none ready yet, the
+        missing ones wait for room in the pool (``message`` says for what); failed: none."""
         docs = await self._instances(svc["_id"])
         want, count = svc["model"]["version_id"], svc["instance_count"]
         ready_new = sum(1 for d in docs if d["status"] == "ready" and d.get("version_id") == want)
@@ -231,6 +279,8 @@ class Reconciler:
                            f"{ready_all} of {count} instance(s) ready")
         elif starting and message is None:
             return  # still deploying: nothing new to say
+        elif waiting:
+            status = "deploying"
         else:
             status = "failed"
             message = message or "no instance is ready"
@@ -242,25 +292,28 @@ class Reconciler:
         outcome = _Outcome(ok=False, message="not started")
         for _ in range(self.settings.start_attempts):
             outcome = await self._start_one(svc)
-            if outcome.ok or outcome.aborted:
+            if outcome.ok or outcome.aborted or outcome.waiting:
                 return outcome
         return outcome
 
     async def _start_one(self, svc: dict) -> _Outcome:
         model = svc["model"]
+        pool, resources = placement_of(svc)
         # The instance's secret lives only here and in the instance: the gateway reads it from this
         # document, and no API response shows the field (services.serving.models.instance_view).
         secret = secrets.token_urlsafe(32)
         doc = {"_id": new_id(), "service_id": svc["_id"], "tenant_id": svc["tenant_id"],
                "version_id": model["version_id"], "version_number": model.get("version_number"),
                "status": "starting", "url": None, "node": None, "details": {}, "secret": secret,
-               "backend": self.backend.name, "started_at": _now(), "ready_at": None, "message": None}
-        async with self.platform.uow() as uow:
-            await uow.collection(INSTANCES).insert_one(doc, session=uow.session)
-            self._emit_instance(uow, doc, "starting", None)
+               "backend": self.backend.name, "pool": pool, "started_at": _now(), "ready_at": None, "message": None}
+        try:
+            await self._record_and_admit(doc, pool=pool, resources=resources)
+        except ledger.NoRoom as no_room:
+            return _Outcome(ok=False, waiting=True,
+                            message=f"waiting for {', '.join(no_room.lacking)} in pool '{pool}'")
         launch = InstanceLaunch(instance_id=doc["_id"], service_id=svc["_id"], served_model_name=svc["name"],
                                 model_uri=model["storage_uri"], max_model_len=svc["max_model_len"],
-                                secret=secret, cpus=SPEC_CPUS.get(svc.get("instance_spec", ""), 1))
+                                secret=secret, cpus=SPEC_CPUS.get(svc.get("instance_spec", ""), 1), pool=pool)
         try:
             handle = await self.backend.start(launch)
         except Exception as exc:
@@ -271,6 +324,20 @@ class Reconciler:
         await self.platform.mongo[INSTANCES].update_one({"_id": doc["_id"]}, {"$set": fields})
         doc.update(fields)
         return await self._await_ready(svc, doc)
+
+    async def _record_and_admit(self, doc: dict, *, pool: str, resources: Resources) -> None:
+        """Record the instance and, where instances reserve capacity, take its share of the pool
+        in the same unit of work (raises ledger.NoRoom, recording nothing, when it lacks room)."""
+        total = (await capacity(self.platform, pool))[0] if self.backend.reserves_pool_capacity else None
+
+        async def record(uow) -> None:
+            if total is not None:
+                holder = ledger.Holder(kind="instance", collection=INSTANCES, job_id=doc["_id"], run_id=doc["_id"],
+                                       tenant_id=doc["tenant_id"], leased=False)
+                await ledger.admit(uow, holder=holder, pool=pool, request=resources, capacity=total)
+            await uow.collection(INSTANCES).insert_one(doc, session=uow.session)
+            self._emit_instance(uow, doc, "starting", None)
+        await transact(self.platform, record)
 
     async def _await_ready(self, svc: dict, doc: dict) -> _Outcome:
         handle = handle_of(doc)
@@ -352,6 +419,8 @@ class Reconciler:
 
     async def resync(self) -> None:
         """Nudge every service whose instances do not match its desired state (startup, lost events)."""
+        if self.backend.reserves_pool_capacity:
+            await self.release_orphans()
         instances: dict[str, list[dict]] = {}
         async for doc in self.platform.mongo[INSTANCES].find({}):
             instances.setdefault(doc["service_id"], []).append(doc)
@@ -377,6 +446,14 @@ class Reconciler:
                 self.nudge(service_id)  # our report was lost: say it again
         for service_id in set(instances) - seen:
             self.nudge(service_id)   # instances of a deleted service
+
+    async def release_orphans(self) -> None:
+        """Give back pool shares whose instance document is gone (a deployer that died between
+        forgetting an instance and releasing cannot happen — one unit of work — but a document
+        removed by hand can)."""
+        for allocation in await ledger.stale_allocations(self.platform.mongo, collection=INSTANCES, lease_seconds=0):
+            if await transact(self.platform, lambda uow, a=allocation: ledger.release(uow, key=a["_id"])):
+                self._room_freed(allocation["pool"])
 
     async def ship_logs(self, doc: dict | None = None) -> int:
         """Copy new instance log lines into the searchable ``service_logs`` collection."""

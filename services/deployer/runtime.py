@@ -5,10 +5,12 @@ import asyncio
 import logging
 from pathlib import Path
 
+from services.common.cluster import RayCluster
 from services.common.context import Platform
 from services.deployer.backend import InstanceBackend
 from services.deployer.local import LocalProcessBackend
 from services.deployer.modelcache import ModelCache
+from services.deployer.ray_backend import RayInstanceBackend
 from services.deployer.reconciler import Reconciler
 from services.deployer.settings import DeployerSettings, deployer_settings
 
@@ -16,10 +18,15 @@ log = logging.getLogger(__name__)
 
 
 def make_backend(platform: Platform, settings: DeployerSettings) -> InstanceBackend:
+    """Ray actors in the service's pool on a Ray cluster, else local processes: the one decision;
+    nothing above the backend differs."""
     if settings.backend != "local":
         raise ValueError(f"unknown deployer backend {settings.backend!r}; available: local")
+    # In cluster mode this folder must be on the shared work folder: Ray nodes read the models there.
     root = Path(settings.root or Path(platform.settings.work_dir or ".") / "deployer").resolve()
     models = ModelCache(platform.store, root / "models", cache_bucket=platform.settings.system_bucket)
+    if isinstance(platform.cluster, RayCluster):
+        return RayInstanceBackend(platform.cluster, root=root, models=models, host=settings.ray_host or None)
     return LocalProcessBackend(root=root, models=models, host=settings.host,
                                advertise_host=settings.advertise_host or None)
 

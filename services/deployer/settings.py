@@ -10,10 +10,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class DeployerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAAS_DEPLOYER_", extra="ignore")
 
-    backend: str = Field("local", description="instance backend: 'local' (subprocesses on this machine)")
+    backend: str = Field("local", description="instance backend: 'local' (subprocesses on this machine; "
+                                              "Ray actors in the service's pool when MAAS_RAY_ADDRESS is set)")
     host: str = Field("127.0.0.1", description="address instances listen on (0.0.0.0 in a container)")
     advertise_host: str = Field("", description="address gateways use to reach the instances; default: host")
-    root: str = Field("", description="instances' model cache and logs; default <work_dir>/deployer")
+    ray_host: str = Field("", description="cluster mode: address instances listen on and advertise; default the "
+                                          "node's IP address as Ray knows it (127.0.0.1 only when every Ray node "
+                                          "runs on this machine, as in tests)")
+    root: str = Field("", description="instances' model cache and logs; default <work_dir>/deployer (in cluster "
+                                      "mode it must be on the work folder every Ray node mounts)")
     start_timeout_seconds: float = Field(900.0, gt=0, description="time an instance has to become ready")
     # Gateways refresh their routing table every 0.5 s; waiting a few refreshes after marking an
     # instance draining guarantees no new request reaches it before it is told to stop.

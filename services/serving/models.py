@@ -4,13 +4,14 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
+from services.common.cluster import Resources
 from services.common.mongo import IndexSpec
+from services.pools.models import PoolChoice
 from services.readmodels.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
 from services.common.validation import TaskName, limited_text
 
@@ -70,7 +71,15 @@ INSTANCE_SPECS: dict[str, InstanceSpec] = {s.id: s for s in (
     InstanceSpec(id="cpu.4u16g", name="CPU 4 vCPUs | 16 GiB", cpus=4, memory_gb=16),
 )}
 DEFAULT_SPEC = "cpu.1u4g"
-RESOURCE_POOLS = ("public", "dedicated")   # 公共资源池 / 专属资源池
+RESOURCE_POOLS = ("public", "dedicated")   # 公共资源池 / 专属资源池 (or a dedicated pool by name)
+
+
+def instance_resources(spec_id: str) -> Resources:
+    """What one instance of a spec takes from its pool. Memory is not reserved yet: pools account
+    CPUs and accelerators (docs/cluster.md). An unknown spec (a misconfigured preset) counts as 1 CPU,
+    the engine threads the deployer gives it."""
+    spec = INSTANCE_SPECS.get(spec_id)
+    return Resources(cpus=spec.cpus if spec else 1)
 
 
 class AutoStop(BaseModel):
@@ -86,7 +95,7 @@ class ServiceCreate(BaseModel):
     description: Description256 = ""
     model_id: str = Field(description="a model of 'my models' (created successfully)")
     version: int | str | None = Field(None, description="version number, 'V2' or id; default the latest")
-    resource_pool: Literal["public", "dedicated"] = "public"
+    resource_pool: PoolChoice = "public"
     instance_spec: str = Field(DEFAULT_SPEC, description="see GET /api/v1/services/instance-specs")
     qps_limit: int = Field(ge=1, le=MAX_QPS, description="流量限制 (requests per second)")
     instance_count: int = Field(1, ge=1, le=MAX_INSTANCES)
@@ -166,6 +175,8 @@ class ServiceView(BaseModel):
     template_id: str
     quantization: str | None = None
     resource_pool: str
+    placement: dict | None = Field(None, description="the pool the service's instances run in and what each takes "
+                                                     "from it ({pool, cpus, gpus, memory_bytes})")
     instance_spec: str
     qps_limit: int
     instance_count: int
@@ -192,7 +203,7 @@ def service_view(doc: dict, *, per_instance_qps: float | None = None,
         status=doc["status"], message=doc.get("message"), model_id=model.get("model_id", ""),
         model_name=model.get("model_name", ""), version_id=model.get("version_id", ""),
         version_number=model.get("version_number", 0), template_id=model["template_id"],
-        quantization=model.get("quantization"), resource_pool=doc["resource_pool"],
+        quantization=model.get("quantization"), resource_pool=doc["resource_pool"], placement=doc.get("placement"),
         instance_spec=doc["instance_spec"], qps_limit=doc["qps_limit"], instance_count=doc["instance_count"],
         ready_instances=doc.get("ready_instances", 0),
         recommended_instance_count=recommended_instances(doc["qps_limit"], per_instance_qps),

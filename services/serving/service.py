@@ -25,10 +25,11 @@ from services.common.context import Platform
 from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.readmodels.model_refs import resolve_model_version
 from services.common.objectstore import ObjectPath
+from services.pools import service as pools
 from services.readmodels.serving_refs import INSTANCES, PRESET_TENANT, SERVICE_LOGS, SERVICES
 from services.serving.models import (EVENTS_KEPT_DAYS, INSTANCE_SPECS, QPS_CHANGEABLE, SCALABLE, SERVICE_EVENTS,
                                      STARTABLE, STOPPABLE, UPGRADABLE, ModerationRequest, ServiceCreate,
-                                     ServiceView, Status, recommended_instances, service_view)
+                                     ServiceView, Status, instance_resources, recommended_instances, service_view)
 from services.serving.templates import TemplateInfo, preset_templates, template_info
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,11 @@ async def deploy(platform: Platform, *, tenant_id: str, request: ServiceCreate) 
     if await platform.mongo[SERVICES].find_one({"tenant_id": tenant_id, "name": request.name}, {"_id": 1}):
         raise conflict(f"name: a service named '{request.name}' already exists", field="name")
     await _within_account_limits(platform, tenant_id=tenant_id, services=1, instances=request.instance_count)
+    # Per instance: each instance is placed on its own; more instances than fit at once wait for room.
+    one, what = instance_resources(request.instance_spec), f"an instance of spec {request.instance_spec}"
+    placement = await pools.placement(platform, tenant_id=tenant_id, requested=request.resource_pool,
+                                      resources=one, what=what)
+    await pools.require_one_node_fits(platform, pool=placement["pool"], resources=one, what=what)
     max_model_len = await _max_model_len(platform, template_len=info.context_length, storage_uri=ref.storage_uri)
     now = _now()
     doc = {
@@ -190,7 +196,7 @@ async def deploy(platform: Platform, *, tenant_id: str, request: ServiceCreate) 
         "model": {"model_id": ref.model_id, "model_name": ref.model_name, "version_id": ref.version_id,
                   "version_number": ref.version_number, "template_id": ref.template_id,
                   "quantization": ref.quantization, "storage_uri": ref.storage_uri},
-        "resource_pool": request.resource_pool, "instance_spec": request.instance_spec,
+        "resource_pool": request.resource_pool, "instance_spec": request.instance_spec, "placement": placement,
         "qps_limit": request.qps_limit, "instance_count": request.instance_count,
         "max_model_len": max_model_len, "content_moderation": request.content_moderation,
         "notification": request.notification.model_dump(), "auto_stop": request.auto_stop.model_dump(),
@@ -489,6 +495,7 @@ async def ensure_preset_services(platform: Platform, *, autostart: bool, qps_lim
             "model": {"model_id": "", "model_name": info.name, "version_id": service_id, "version_number": 1,
                       "template_id": info.id, "quantization": None, "storage_uri": storage_uri},
             "resource_pool": "public", "instance_spec": instance_spec, "qps_limit": qps_limit, "instance_count": 1,
+            "placement": {"pool": "public", **instance_resources(instance_spec).as_dict()},
             "max_model_len": max_model_len, "content_moderation": True,  # guide 9: always on for presets
             "notification": {"enabled": False}, "auto_stop": {"enabled": False}, "stop_at": None,
             "status": Status.deploying.value if autostart else Status.stopped.value,

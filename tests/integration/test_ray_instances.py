@@ -1,0 +1,183 @@
+"""Inference instances as Ray actors in their service's resource pool, on a real multi-node Ray
+cluster, through the public API of a platform in cluster mode (``MAAS_RAY_ADDRESS``): a 2-instance
+service lands on two nodes of its pool and answers through the gateway; another account cannot
+deploy into the pool; losing a node, the service gets its instance count back on the pool's
+remaining capacity and keeps answering; every instance's share of the pool comes back. A deployer
+that starts afresh finds the (detached) instances again by name.
+
+The cluster is the session's (``ray_cluster``); this module adds the nodes of its own pool
+``serve-a`` (1 CPU each: one ``cpu.1u4g`` instance per node). The platform here has its own
+database and topics on the session's embedded servers.
+"""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from services.deployer.backend import Health
+from services.deployer.ray_backend import RayInstanceBackend
+from services.readmodels.serving_refs import INSTANCES
+from tests.conftest import serve_platform
+from tests.integration.conftest import signed_in_tenant, wait_for
+from tests.integration.test_compression_api import create_model, tiny_folder, upload_folder  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+SERVICES = "gateway,registry,registry-worker,serving,deployer"
+POOL = "serve-a"
+CHAT = {"max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}
+
+
+@pytest.fixture(scope="module")
+async def ray_serving(platform_env, ray_cluster, tmp_path_factory):
+    from services.common.settings import get_settings
+    from services.deployer.settings import deployer_settings
+
+    mp = pytest.MonkeyPatch()
+    # Every node of the test cluster is this machine: instances listen on loopback.
+    mp.setenv("MAAS_DEPLOYER_RAY_HOST", "127.0.0.1")
+    deployer_settings.cache_clear()
+    settings = get_settings().model_copy(update={
+        "ray_address": ray_cluster.address, "mongo_db": "maas_ray_serving", "topic_prefix": "maas-ray-serving",
+        "work_dir": str(tmp_path_factory.mktemp("ray-serving-work"))})
+    try:
+        async with serve_platform(settings, services=SERVICES) as running:
+            yield running
+    finally:
+        mp.undo()
+        deployer_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+async def admin(ray_serving):
+    async with httpx.AsyncClient(base_url=ray_serving["url"], timeout=60,
+                                 headers={"Authorization": f"Bearer {ray_serving['admin'].token}"}) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def team_a(admin, ray_serving):
+    async with signed_in_tenant(admin, ray_serving["url"], name="serve-a-user") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def team_b(admin, ray_serving):
+    async with signed_in_tenant(admin, ray_serving["url"], name="serve-b-user") as client:
+        yield client
+
+
+async def tiny_model_of(client, folder, name: str) -> dict:
+    path = await upload_folder(client, folder, f"{client.default_bucket}/{name}")
+    model = await create_model(client, name=name, weights_path=path, validate=False)
+    assert model["status"] == "created", model
+    return model
+
+
+async def chat(client: httpx.AsyncClient, service: dict) -> httpx.Response:
+    return await client.post(f"/v1/infers/{service['id']}/v1/chat/completions",
+                             json={**CHAT, "model": service["name"]})
+
+
+async def instance_docs(platform, service_id: str) -> list[dict]:
+    return [d async for d in platform.mongo[INSTANCES].find({"service_id": service_id})]
+
+
+async def test_a_service_spreads_over_its_pools_nodes_and_survives_losing_one(
+        team_a, team_b, ray_serving, ray_cluster, tiny_folder, tmp_path):  # noqa: F811
+    platform = ray_serving["platform"]
+    ray_cluster.add_node(POOL, cpus=1)
+    ray_cluster.add_node(POOL, cpus=1)
+    r = await team_a.post("/api/v1/pools", json={"name": POOL, "description": "A's serving nodes"})
+    assert r.status_code == 201, r.text
+    assert r.json()["nodes"] == 2 and r.json()["capacity"]["cpus"] == 2
+
+    # Account B: A's pool is not one it can deploy into, by name or as "its dedicated pool".
+    b_model = await tiny_model_of(team_b, tiny_folder, "b-tiny")
+    for pool in (POOL, "dedicated"):
+        r = await team_b.post("/api/v1/services", json={"name": "b-on-a", "model_id": b_model["id"], "qps_limit": 5,
+                                                        "resource_pool": pool})
+        assert r.status_code == 400 and r.json()["error"]["field"] == "resource_pool", r.text
+    assert (await team_b.get("/api/v1/services")).json()["total"] == 0
+
+    # An instance larger than every node of the pool could never start: refused with the numbers.
+    model = await tiny_model_of(team_a, tiny_folder, "a-tiny")
+    r = await team_a.post("/api/v1/services", json={"name": "too-big", "model_id": model["id"], "qps_limit": 5,
+                                                    "resource_pool": POOL, "instance_spec": "cpu.2u8g"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["field"] == "resource_pool" and "2 CPUs" in error["message"] and POOL in error["message"], error
+
+    r = await team_a.post("/api/v1/services", json={"name": "a-chat", "model_id": model["id"], "qps_limit": 50,
+                                                    "instance_count": 2, "resource_pool": "dedicated"})
+    assert r.status_code == 201, r.text
+    service = r.json()
+    assert service["placement"]["pool"] == POOL and service["placement"]["cpus"] == 1
+
+    async def running():
+        s = (await team_a.get(f"/api/v1/services/{service['id']}")).json()
+        return s if s["status"] in ("running", "failed") else None
+    assert (await wait_for(running, timeout=300, interval=1))["status"] == "running"
+    docs = await instance_docs(platform, service["id"])
+    assert len(docs) == 2 and {d["node"] for d in docs} == ray_cluster.node_ids(POOL)   # one on each node
+    assert all(d["url"].startswith("http://127.0.0.1:") and d["backend"] == "ray" for d in docs)
+    pool = (await team_a.get(f"/api/v1/pools/{POOL}")).json()
+    assert sorted(a["job_id"] for a in pool["allocations"]) == sorted(d["_id"] for d in docs)
+    assert {a["kind"] for a in pool["allocations"]} == {"instance"} and pool["free"]["cpus"] == 0
+
+    # A deployer starting afresh (another backend object, nothing in memory) finds them by name.
+    fresh = RayInstanceBackend(platform.cluster, root=tmp_path / "deployer")
+    try:
+        found = {h.instance_id: h for h in await fresh.list()}
+        assert {d["_id"]: d["url"] for d in docs}.items() <= {i: h.url for i, h in found.items()}.items()
+        assert [await fresh.health(found[d["_id"]]) for d in docs] == [Health.ready, Health.ready]
+    finally:
+        await fresh.close()
+
+    async def server_logs_shipped():   # read from the actors on their nodes
+        logs = (await team_a.get(f"/api/v1/services/{service['id']}/logs")).json()["items"]
+        return {line["instance_id"] for line in logs} == {d["_id"] for d in docs}
+    await wait_for(server_logs_shipped, timeout=60)
+
+    key = (await team_a.post("/api/v1/api-keys", json={"description": "ray serving"})).json()["key"]
+    async with httpx.AsyncClient(base_url=ray_serving["url"], timeout=60,
+                                 headers={"Authorization": f"Bearer {key}"}) as client:
+        answered_by = set()
+        for _ in range(6):
+            r = await chat(client, service)
+            assert r.status_code == 200 and "usage" in r.json(), r.text
+            answered_by.add(r.headers["x-maas-instance"])
+        assert answered_by <= {d["_id"] for d in docs}
+
+        # A spare node, then the node of one instance is lost: the instance is replaced on the spare.
+        spare = ray_cluster.add_node(POOL, cpus=1)
+        lost = next(d for d in docs if d["node"] != spare.node_id)
+        ray_cluster.remove_node(next(n for n in ray_cluster.nodes[POOL] if n.node_id == lost["node"]))
+
+        async def recovered():
+            now = await instance_docs(platform, service["id"])
+            ready = [d for d in now if d["status"] == "ready"]
+            s = (await team_a.get(f"/api/v1/services/{service['id']}")).json()
+            return now if (len(now) == 2 and len(ready) == 2 and lost["_id"] not in {d["_id"] for d in now}
+                           and s["status"] == "running") else None
+        now = await wait_for(recovered, timeout=300, interval=1)
+        assert {d["node"] for d in now} == ray_cluster.node_ids(POOL)   # the survivor and the spare
+        for _ in range(4):
+            r = await chat(client, service)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-maas-instance"] in {d["_id"] for d in now}
+    pool = (await team_a.get(f"/api/v1/pools/{POOL}")).json()
+    assert pool["nodes"] == 2 and sorted(a["job_id"] for a in pool["allocations"]) == sorted(d["_id"] for d in now)
+
+    async def lost_is_reported():
+        events = (await team_a.get(f"/api/v1/services/{service['id']}/events")).json()["items"]
+        return any(f"instance {lost['_id'][:8]} failed" in e["message"] for e in events)
+    await wait_for(lost_is_reported, timeout=60)
+
+    # Deleting the service stops its actors and gives the pool back.
+    assert (await team_a.delete(f"/api/v1/services/{service['id']}")).status_code == 204
+
+    async def released():
+        p = (await team_a.get(f"/api/v1/pools/{POOL}")).json()
+        return p if not p["allocations"] and not await instance_docs(platform, service["id"]) else None
+    assert (await wait_for(released, timeout=120, interval=1))["free"]["cpus"] == 2
