@@ -12,15 +12,17 @@ from services.iam import store as iam_store
 from services.pools import api as pools_api
 from services.pools import ledger as pool_ledger
 from services.pools import models as pool_models
+from services.pools import usage as pool_usage
 
 GATEWAY = ServiceSpec(
     name="gateway",
     routers=[identity.router, sessions.router, credentials.router, storage_api.router, keys_api.router,
              quotas_api.router, metering.router, moderation.router, playground.router, audit_api.router,
-             iam_api.router, pools_api.router],
+             iam_api.router, pools_api.router, pools_api.usage_router],
     hot_routers=[openai_api.router],
     indexes=identity.INDEXES + sessions.INDEXES + login_throttle.INDEXES + keys.INDEXES + key_limits.INDEXES
-    + quotas.INDEXES + metering.INDEXES + iam_store.INDEXES + pool_models.INDEXES + pool_ledger.INDEXES,
+    + quotas.INDEXES + metering.INDEXES + iam_store.INDEXES + pool_models.INDEXES + pool_ledger.INDEXES
+    + pool_usage.INDEXES,
     background=[chat.run_gateway],
     component=chat.build_gateway,
 )

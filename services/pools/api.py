@@ -3,15 +3,20 @@ creating, changing and deleting dedicated pools needs ``maas:pools:create|update
 guide: FullAccess, not CommonOperations)."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
 
 from services.common.auth import Principal
 from services.common.context import Platform, get_platform
 from services.iam.authorize import Authorized
+from services.common.errors import ApiError
 from services.pools import service as uc
+from services.pools import usage
 from services.pools.models import PoolCreate, PoolDetail, PoolUpdate, PoolView
 
 router = APIRouter(prefix="/api/v1/pools", tags=["resource pools"])
+usage_router = APIRouter(prefix="/api/v1", tags=["resource pools"])
 
 
 @router.get("", response_model=dict[str, list[PoolView]], summary="The public pool and my account's dedicated pools")
@@ -42,3 +47,27 @@ async def delete_pool(name: str, principal: Principal = Authorized("maas:pools:d
                       platform: Platform = Depends(get_platform)):
     await uc.delete_pool(platform, tenant_id=principal.tenant_id, name=name)
     return Response(status_code=204)
+
+
+@usage_router.get("/usage/compute", summary="My account's compute usage: hours per pool, kind of work or day")
+async def compute_usage(principal: Principal = Authorized("maas:usage:listCompute"),
+                        group_by: Annotated[str, Query(pattern="^(pool|kind|day)$")] = "pool",
+                        days: Annotated[int, Query(ge=1, le=366)] = 30, platform: Platform = Depends(get_platform)):
+    rows = await usage.summary(platform, tenant_id=principal.tenant_id, group_by=group_by, days=days)
+    return {"group_by": group_by, "days": days, "items": rows}
+
+
+@usage_router.get("/packages", summary="My account's compute packages (public pool hours paid in advance)")
+async def list_packages(principal: Principal = Authorized("maas:packages:list"),
+                        platform: Platform = Depends(get_platform)):
+    return {"items": await usage.packages_of(platform, tenant_id=principal.tenant_id)}
+
+
+@usage_router.post("/packages", status_code=201, summary="Grant an account a compute package (platform admin)")
+async def grant_package(request: usage.PackageGrant, principal: Principal = Authorized("maas:packages:create"),
+                        platform: Platform = Depends(get_platform)):
+    if principal.role != "admin":
+        raise ApiError(403, "forbidden", "only the platform administrator grants compute packages")
+    if not await uc.account_exists(platform, request.account_id):
+        raise ApiError(404, "not_found", f"account_id: no account '{request.account_id}'", field="account_id")
+    return await usage.grant(platform, request=request, granted_by=principal.user_id)

@@ -21,6 +21,7 @@ from pymongo import ASCENDING
 
 from services.common.cluster import Resources
 from services.common.mongo import IndexSpec
+from services.pools import usage as compute_usage
 from services.common.jobs import now
 
 USAGE = "pool_usage"
@@ -95,6 +96,7 @@ async def release(uow, *, key: str, run_id: str | None = None) -> bool:
     await uow.collection(USAGE).update_one(
         {"_id": doc["pool"]}, {"$inc": {"cpus": -r.cpus, "gpus": -r.gpus, "memory_bytes": -r.memory_bytes}},
         session=uow.session)
+    await compute_usage.record(uow, doc, ended_at=now())   # metered (and paid) with the release
     return True
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pymongo.errors import DuplicateKeyError
 
+from services.common.auth import USERS
 from services.common.cluster import PUBLIC_POOL, Node, Resources
 from services.common.context import Platform, transact
 from services.common.errors import bad_request, conflict, not_found
@@ -157,3 +158,7 @@ async def require_one_node_fits(platform: Platform, *, pool: str, resources: Res
     lacking = ", ".join(resources.shortfall(largest)).replace("available", "on its largest node")
     raise bad_request(f"{field}: {what} runs on one node and needs {lacking} of pool '{pool}'; it could never "
                       "start there", field=field)
+
+
+async def account_exists(platform: Platform, account_id: str) -> bool:
+    return await platform.mongo[USERS].find_one({"tenant_id": account_id}, {"_id": 1}) is not None

@@ -14,7 +14,7 @@ from tests.conftest import cluster_platform
 from tests.integration.conftest import signed_in_tenant, wait_for
 from tests.integration.test_compression_api import create_model, job_body, tiny_folder, upload_folder  # noqa: F401
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]   # a Ray cluster of its own
 
 SERVICES = "gateway,registry,registry-worker,compression,compression-worker"
 
@@ -100,7 +100,7 @@ async def test_jobs_run_on_their_pools_nodes_and_queue_for_room(team_a, ray_clus
             name=f"on-a-{n}", source={"model_id": model["id"]}, output_model_name=f"a-w8a8-{n}",
             resource_pool="dedicated", instance_spec="cpu.2u8g"))
         assert r.status_code == 201, r.text
-        assert r.json()["placement"] == {"pool": "team-a", "cpus": 2.0, "gpus": 0.0, "memory_bytes": 0}
+        assert r.json()["placement"] == {"pool": "team-a", "cpus": 2.0, "gpus": 0.0, "memory_bytes": 0, "nodes": 1}
         ids.append(r.json()["id"])
 
     async def one_runs_one_queues():
@@ -128,6 +128,11 @@ async def test_jobs_run_on_their_pools_nodes_and_queue_for_room(team_a, ray_clus
         assert any(f"ray node {team_a_node}" in line["line"] for line in log["items"]), log
     pool = (await team_a.get("/api/v1/pools/team-a")).json()
     assert pool["allocations"] == [] and pool["queue"] == [] and pool["free"]["cpus"] == 2
+
+    # Both runs are metered on the dedicated pool, never charged to a package (the account's own nodes).
+    [usage] = (await team_a.get("/api/v1/usage/compute", params={"group_by": "pool"})).json()["items"]
+    assert usage["pool"] == "team-a" and usage["runs"] == 2 and usage["cpu_hours"] > 0
+    assert usage["package_cpu_hours"] == 0 and usage["on_demand_cpu_hours"] == usage["cpu_hours"]
 
     # A pool something waits on or runs on cannot be deleted; an idle one can.
     assert (await team_a.delete("/api/v1/pools/team-a")).status_code == 204
