@@ -10,6 +10,7 @@ the integration and browser tests share the one platform of the session.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
@@ -18,9 +19,13 @@ import httpx
 import pytest
 import uvicorn
 
-from services.common.http import server_config
-from services.common.settings import get_settings
-from services.embedded.servers import EmbeddedServers
+# Ray reads this when it is imported: every Ray node of the tests (and every address their drivers
+# dial) is then 127.0.0.1, not this machine's interface address (../shared/INFRA.md).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from services.common.http import server_config  # noqa: E402
+from services.common.settings import get_settings  # noqa: E402
+from services.embedded.servers import EmbeddedServers  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):

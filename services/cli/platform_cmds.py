@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
+from services.cli.local_ray import LocalRayHead
+
 console = Console()
 
 
@@ -60,6 +62,8 @@ def up(
     data_dir: Path = typer.Option(None, "--data-dir", help="where all data lives (default: the user data dir)"),
     host: str = typer.Option("127.0.0.1", help="API bind address"),
     port: int = typer.Option(8000, help="API port"),
+    ray: bool = typer.Option(False, "--ray", help="also start a one-node Ray cluster (this machine = the public "
+                                                  "pool) and run job work on it, as on a real cluster"),
 ) -> None:
     """Start the embedded Kafka, MongoDB and S3 servers, then every service, in the foreground."""
     from services.common.private_files import PRIVATE_UMASK, private_dir
@@ -76,7 +80,13 @@ def up(
     os.environ.update(servers.settings_env())
     os.environ.setdefault("MAAS_WORK_DIR", str(data_dir / "work"))
     private_dir(Path(os.environ["MAAS_WORK_DIR"]))
+    head = LocalRayHead(data_dir=data_dir) if ray else None
     try:
+        if head is not None:
+            with console.status("starting a one-node Ray cluster…"):
+                os.environ["MAAS_RAY_ADDRESS"] = head.start()
+            os.environ.update(head.driver_env)   # the platform joins it as a driver: its token, loopback
+            console.print(f"  MAAS_RAY_ADDRESS={head.address} (this machine: pool 'public')")
         for name, value in servers.settings_env().items():
             console.print(f"  {name}={value}" if "SECRET" not in name else f"  {name}=***")
         url = f"http://{host}:{port}"
@@ -84,6 +94,9 @@ def up(
         console.print(f"API and console: [bold]{url}[/bold]   OpenAPI: {url}/docs   (Ctrl-C stops everything)")
         _serve(host=host, port=port, services="all")
     finally:
+        if head is not None:
+            with console.status("stopping the Ray cluster…"):
+                head.stop()
         with console.status("stopping embedded servers…"):
             servers.stop()
         console.print("stopped.")

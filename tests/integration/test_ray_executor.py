@@ -13,7 +13,7 @@ from services.jobs.executor import Placement, Work, WorkFailed
 from services.jobs.ray_executor import RayExecutor
 from services.common.cluster import RayCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]   # a Ray cluster of its own
 
 
 @pytest.fixture(scope="module")

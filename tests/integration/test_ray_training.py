@@ -10,7 +10,7 @@ from services.mlkit.training import train
 from services.mlkit.training.ray_ranks import RayPlacement
 from tests.unit.test_training import Recorder, chat_rows, config
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]   # a Ray cluster of its own
 
 
 @pytest.fixture(scope="module")

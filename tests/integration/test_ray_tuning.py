@@ -14,7 +14,7 @@ from tests.conftest import cluster_platform
 from tests.integration.conftest import signed_in_tenant, wait_for
 from tests.integration.test_tuning_jobs import alpaca_rows, create_model, created, job_body, jsonl, put, upload_model
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]   # a Ray cluster of its own
 
 SERVICES = "gateway,registry,registry-worker,tuning,tuning-worker"
 POOL = "tune-pool"
