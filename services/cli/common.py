@@ -12,17 +12,22 @@ from services.cli.client import CliError, Client
 from services.cli.output import err_console, print_error
 
 
+def handled(fn: Callable) -> Callable:
+    """``fn`` whose CliError becomes a printed message and exit status 1."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        try:
+            return fn(*args, **kw)
+        except CliError as exc:
+            print_error(exc)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
 def command(app: typer.Typer, name: str | None = None, **kwargs):
     """Register a command whose CliError becomes a printed message and exit status 1."""
     def decorate(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args, **kw):
-            try:
-                return fn(*args, **kw)
-            except CliError as exc:
-                print_error(exc)
-                raise typer.Exit(1) from None
-        app.command(name, **kwargs)(wrapper)
+        app.command(name, **kwargs)(handled(fn))
         return fn
     return decorate
 

@@ -7,8 +7,8 @@ import os
 import typer
 
 from services.cli import (account_cmds, audit_cmds, auth_cmds, chat_cmds, compress_cmds, groups_cmds, keys_cmds,
-                          models_cmds, notify_cmds, platform_cmds, policies_cmds, services_cmds, storage_cmds,
-                          templates_cmds, tuning_cmds, users_cmds)
+                          models_cmds, notify_cmds, packages_cmds, platform_cmds, policies_cmds, pools_cmds,
+                          services_cmds, storage_cmds, templates_cmds, tuning_cmds, users_cmds)
 
 # No locals in tracebacks: they would print the bearer token.
 app = typer.Typer(help="OpenMaaS: self-hosted Model-as-a-Service.", no_args_is_help=True,
@@ -22,6 +22,8 @@ app.add_typer(storage_cmds.app, name="storage")
 app.add_typer(tuning_cmds.app, name="tune")
 app.add_typer(compress_cmds.app, name="compress")
 services_cmds.register(app)
+app.add_typer(pools_cmds.app, name="pools")
+app.add_typer(packages_cmds.app, name="packages")
 app.add_typer(keys_cmds.app, name="keys")
 chat_cmds.register(app)
 app.add_typer(notify_cmds.app, name="notify")

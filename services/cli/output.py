@@ -71,6 +71,11 @@ def when(value: Any) -> str:
     return at.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def amount(value: float | None) -> str:
+    """A count of CPUs, accelerators or hours without trailing zeros: 2, 0.5, 1.234."""
+    return "-" if value is None else f"{round(float(value), 3):g}"
+
+
 def table(columns: Iterable[str], rows: Iterable[Iterable[Any]], *, title: str | None = None) -> None:
     t = Table(title=title, show_lines=False, header_style="bold")
     for column in columns:

@@ -10,10 +10,10 @@ import importlib
 import json
 import signal
 import sys
-import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
+from services.jobs.executor import error_report
 from services.jobs.local_process import encode
 
 class SocketChannel:
@@ -52,8 +52,7 @@ def serve_one(channel: SocketChannel, package: str) -> None:
     except (BrokenPipeError, EOFError, ConnectionResetError):
         raise
     except Exception as exc:   # reported to the parent, which raises it as WorkFailed
-        channel.send("error", type=type(exc).__name__, message=str(exc), input_error=isinstance(exc, ValueError),
-                     traceback=traceback.format_exc())
+        channel.send("error", **error_report(exc))
         return
     channel.send("done", result=result)
 
@@ -71,8 +70,7 @@ def main(argv: list[str]) -> int:
         return 0 if reuse else 1   # the parent closed the socket (done with us) or is gone
     except BaseException as exc:   # e.g. MemoryError while reporting: say what we can, exit non-zero
         try:
-            channel.send("error", type=type(exc).__name__, message=str(exc), input_error=False,
-                         traceback=traceback.format_exc())
+            channel.send("error", **{**error_report(exc), "input_error": False})
         except OSError:
             pass
         return 1

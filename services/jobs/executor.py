@@ -10,6 +10,7 @@ Everything crossing the boundary is JSON: no side ever unpickles what the other 
 """
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,27 @@ class Executor(Protocol):
     async def run(self, work: Work, listener: Listener) -> Any:
         """Run ``work`` to its end and return what its entry returned; raises WorkFailed."""
         ...
+
+
+# The two messages that end a work item, the same whatever carries them (a socket, a Ray mailbox).
+NOT_OVER = object()
+
+
+def error_report(exc: BaseException) -> dict[str, Any]:
+    """The ``error`` message's data for an exception raised by the work (ValueError: bad inputs)."""
+    return {"type": type(exc).__name__, "message": str(exc), "input_error": isinstance(exc, ValueError),
+            "traceback": traceback.format_exc()}
+
+
+def ending(kind: str, data: dict) -> Any:
+    """The work's result for a ``done`` message; raises WorkFailed for an ``error``; NOT_OVER for
+    any other message (news or a question for the listener)."""
+    if kind == "done":
+        return data.get("result")
+    if kind == "error":
+        raise WorkFailed(data["type"], data["message"], detail=data.get("traceback", ""),
+                         input_error=bool(data.get("input_error")))
+    return NOT_OVER
 
 
 def ignore_messages(kind: str, data: dict) -> None:

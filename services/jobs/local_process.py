@@ -32,7 +32,7 @@ from typing import Any
 
 from services.common.child_env import child_env
 from services.common.private_files import private_dir
-from services.jobs.executor import Listener, Work, WorkFailed
+from services.jobs.executor import NOT_OVER, Listener, Work, WorkFailed, ending
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]   # the folder holding the `services` package
 _POLL_SECONDS = 0.5
@@ -182,11 +182,8 @@ class LocalProcessExecutor:
                 proc.wait(timeout=self.kill_grace_seconds)
                 raise self._exited(child) from None
             kind, data = message["kind"], message.get("data") or {}
-            if kind == "done":
-                return data.get("result")
-            if kind == "error":
-                raise WorkFailed(data["type"], data["message"], detail=data.get("traceback", ""),
-                                 input_error=bool(data.get("input_error")))
+            if (result := ending(kind, data)) is not NOT_OVER:
+                return result
             answer = listener(kind, data)
             if message.get("ask"):
                 conn.send_bytes(encode({"answer": answer}))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,7 +27,7 @@ from ray.util.scheduling_strategies import In, NodeAffinitySchedulingStrategy, N
 
 from services.common.cluster import POOL_LABEL, RayCluster, Resources
 from services.jobs.child import resolve
-from services.jobs.executor import Listener, Work, WorkFailed
+from services.jobs.executor import NOT_OVER, Listener, Work, WorkFailed, ending, error_report
 from services.jobs.local_process import encode
 
 _TAKE_SECONDS = 0.5
@@ -97,8 +96,7 @@ def _run_work(entry: str, args: str, mailbox, package: str) -> None:
     try:
         result = resolve(entry, package)(json.loads(args), channel)
     except Exception as exc:
-        channel.finish("error", type=type(exc).__name__, message=str(exc), input_error=isinstance(exc, ValueError),
-                       traceback=traceback.format_exc())
+        channel.finish("error", **error_report(exc))
         return
     channel.finish("done", result=result)
 
@@ -156,11 +154,8 @@ class RayExecutor:
                     continue
                 message = json.loads(raw)
                 kind, data = message["kind"], message.get("data") or {}
-                if kind == "done":
-                    return data.get("result")
-                if kind == "error":
-                    raise WorkFailed(data["type"], data["message"], detail=data.get("traceback", ""),
-                                     input_error=bool(data.get("input_error")))
+                if (result := ending(kind, data)) is not NOT_OVER:
+                    return result
                 answer = await loop.run_in_executor(self._threads, listener, kind, data)
                 if "question" in message:
                     await mailbox.answer.remote(message["question"], encode({"answer": answer}).decode())

@@ -5,7 +5,7 @@ deploy into the pool; losing a node, the service gets its instance count back on
 remaining capacity and keeps answering; every instance's share of the pool comes back. A deployer
 that starts afresh finds the (detached) instances again by name.
 
-The cluster is the session's (``ray_cluster``); this module adds the nodes of its own pool
+The cluster is the module's (``ray_cluster``); this module adds the nodes of its own pool
 ``serve-a`` (1 CPU each: one ``cpu.1u4g`` instance per node). The platform here has its own
 database and topics on the session's embedded servers.
 """
@@ -17,11 +17,11 @@ import pytest
 from services.deployer.backend import Health
 from services.deployer.ray_backend import RayInstanceBackend
 from services.readmodels.serving_refs import INSTANCES
-from tests.conftest import serve_platform
+from tests.conftest import cluster_platform
 from tests.integration.conftest import signed_in_tenant, wait_for
 from tests.integration.test_compression_api import create_model, tiny_folder, upload_folder  # noqa: F401
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]   # a Ray cluster of its own
 
 SERVICES = "gateway,registry,registry-worker,serving,deployer"
 POOL = "serve-a"
@@ -30,29 +30,14 @@ CHAT = {"max_tokens": 4, "messages": [{"role": "user", "content": "hello"}]}
 
 @pytest.fixture(scope="module")
 async def ray_serving(platform_env, ray_cluster, tmp_path_factory):
-    from services.common.settings import get_settings
-    from services.deployer.settings import deployer_settings
-
-    mp = pytest.MonkeyPatch()
-    # Every node of the test cluster is this machine: instances listen on loopback.
-    mp.setenv("MAAS_DEPLOYER_RAY_HOST", "127.0.0.1")
-    deployer_settings.cache_clear()
-    settings = get_settings().model_copy(update={
-        "ray_address": ray_cluster.address, "mongo_db": "maas_ray_serving", "topic_prefix": "maas-ray-serving",
-        "work_dir": str(tmp_path_factory.mktemp("ray-serving-work"))})
-    try:
-        async with serve_platform(settings, services=SERVICES) as running:
-            yield running
-    finally:
-        mp.undo()
-        deployer_settings.cache_clear()
+    # The test cluster's nodes are on 127.0.0.1 (tests/conftest.py): instances listen there too.
+    async with cluster_platform(ray_cluster, tmp_path_factory, name="ray_serving", services=SERVICES) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-async def admin(ray_serving):
-    async with httpx.AsyncClient(base_url=ray_serving["url"], timeout=60,
-                                 headers={"Authorization": f"Bearer {ray_serving['admin'].token}"}) as client:
-        yield client
+def admin(ray_serving):
+    return ray_serving["admin_client"]
 
 
 @pytest.fixture(scope="module")

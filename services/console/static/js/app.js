@@ -10,6 +10,7 @@ import { ModelsPage, ModelCreatePage, ModelPage, VersionPage } from './pages/mod
 import { TuningPage, TuningCreatePage, TuningJobPage } from './pages/tuning.js';
 import { CompressionPage, CompressionCreatePage, CompressionJobPage } from './pages/compression.js';
 import { ServicesPage, DeployPage, ServicePage } from './pages/services.js';
+import { PoolsPage, PoolPage } from './pages/pools.js';
 import { PlaygroundPage } from './pages/playground.js';
 import { KeysPage } from './pages/keys.js';
 import { NotificationsPage } from './pages/notifications.js';
@@ -26,6 +27,7 @@ const NAV = [
   ['/console/tuning', 'Model tuning', '⚙'],
   ['/console/compression', 'Model compression', '⇲'],
   ['/console/services', 'Model deployment', '☁'],
+  ['/console/pools', 'Resource pools', '▦'],
   ['/console/playground', 'Playground', '✦'],
   ['/console/keys', 'API keys', '⚷'],
   ['/console/solutions', 'Application center', '❖'],
@@ -58,6 +60,8 @@ const ROUTES = [
   ['/console/services', ServicesPage, ['maas:services:list']],
   ['/console/services/deploy', DeployPage, ['maas:services:create', 'maas:services:listInstanceSpecs']],
   ['/console/services/:id', ServicePage, ['maas:services:get']],
+  ['/console/pools', PoolsPage, ['maas:pools:list', 'maas:usage:listCompute', 'maas:packages:list']],
+  ['/console/pools/:name', PoolPage, ['maas:pools:get']],
   ['/console/playground', PlaygroundPage, ['maas:services:list', 'maas:inference:call']],
   ['/console/keys', KeysPage, ['maas:apiKeys:list']],
   ['/console/solutions', SolutionsPage, ['maas:services:list']],

@@ -5,7 +5,7 @@ import { html, useMemo } from './lib.js';
 import { get } from './api.js';
 import { t } from './i18n.js';
 import { navigate } from './router.js';
-import { Field, Section, Switch, fieldError, usePoll } from './ui.js';
+import { Field, Section, Switch, fieldError, fmtNumber, usePoll } from './ui.js';
 
 // The form state the shared parts read and write; a kind adds its own keys.
 export function jobFormDefaults(params) {
@@ -70,12 +70,24 @@ export function SourceModelField({ form, set, source, error }) {
   <//>`;
 }
 
-export function ResourcePoolField({ form, set }) {
-  return html`<${Field} label=${t('Resource pool')}>
-    <div class="radio-row">
-      <label><input type="radio" checked=${form.pool === 'public'} onChange=${() => set({ pool: 'public' })} />${t('Public pool')}</label>
-      <label><input type="radio" checked=${form.pool === 'dedicated'} onChange=${() => set({ pool: 'dedicated' })} />${t('Dedicated pool')}</label>
-    </div><//>`;
+// The pools of the account (GET /api/v1/pools: the public one and my dedicated ones) with what is free in
+// each. Without the list (no maas:pools:list) the guide's two pool types remain: 'dedicated' is the
+// account's only dedicated pool.
+export function ResourcePoolField({ form, set, err }) {
+  const pools = usePoll(() => get('/api/v1/pools'), []);
+  const items = pools.data ? pools.data.items : null;
+  const chosen = items ? items.find((p) => p.name === form.pool) : null;
+  const hint = chosen ? t('Free: {cpus} of {total} CPUs, {gpus} of {totalGpus} accelerators ({nodes} nodes)', {
+    cpus: fmtNumber(chosen.free.cpus, 2), total: fmtNumber(chosen.capacity.cpus, 2), gpus: fmtNumber(chosen.free.gpus, 2),
+    totalGpus: fmtNumber(chosen.capacity.gpus, 2), nodes: chosen.nodes,
+  }) : pools.error ? t('Your resource pools could not be listed: {message}', { message: pools.error.message }) : null;
+  const label = (p) => (p.type === 'public' ? `${t('Public pool')} (${p.name})` : `${p.name} · ${t('Dedicated pool')}`);
+  return html`<${Field} label=${t('Resource pool')} id="resource_pool" error=${fieldError(err, 'resource_pool')}
+      hint=${hint}>
+    <select class="input" name="resource_pool" value=${form.pool} onChange=${(e) => set({ pool: e.target.value })}>
+      ${items ? items.map((p) => html`<option value=${p.name}>${label(p)}</option>`) : html`
+        <option value="public">${t('Public pool')}</option><option value="dedicated">${t('Dedicated pool')}</option>`}
+    </select><//>`;
 }
 
 export function PermanentLogField({ form, set, err }) {

@@ -1,5 +1,6 @@
 // The job pages every job kind shares (tuning, compression): the list with name / status filters, paging,
-// status tags and progress; the detail page with its status history, logs (search, download) and events;
+// status tags and progress; the detail page with its status history, placement and queue position, logs
+// (search, download) and events;
 // stop / continue / delete, greyed without the permission. A kind supplies only what differs (see JobKind).
 import { html, useState } from './lib.js';
 import { auth, del, get, post } from './api.js';
@@ -7,8 +8,8 @@ import { t } from './i18n.js';
 import { Link, navigate } from './router.js';
 import { TimelinePanel } from './timeline.js';
 import {
-  ActionButton, Confirm, ConfirmDelete, Empty, ErrorBox, PageHead, ProgressBar, Spinner, StatusTag, Tabs, fmtTime,
-  toast, usePoll,
+  ActionButton, Confirm, ConfirmDelete, Empty, ErrorBox, KV, PageHead, ProgressBar, Spinner, StatusTag, Tabs, fmtNumber,
+  fmtTime, toast, usePoll,
 } from './ui.js';
 
 /**
@@ -143,9 +144,28 @@ function StatusHistory({ job }) {
   </table></div>`;
 }
 
+// Where the job runs: the pool it was admitted to and what it takes there (services/pools: placement).
+function Placement({ job }) {
+  const p = job.placement;
+  if (!p) return null;
+  return html`<div class="span-2" data-testid="job-placement"><h4>${t('Placement')}</h4><${KV} items=${[
+    [t('Resource pool'), html`<${Link} href=${`/console/pools/${encodeURIComponent(p.pool)}`}>${p.pool}<//>`],
+    [t('CPUs'), fmtNumber(p.cpus, 2)], [t('Accelerators'), fmtNumber(p.gpus, 2)], [t('Nodes'), p.nodes],
+  ]} /></div>`;
+}
+
+// While a job waits for room in its pool: its place in the pool's queue and what it waits for.
+function QueueNotice({ job }) {
+  const q = job.queue;
+  if (!q || !isActive(job)) return null;
+  return html`<div class="notice" data-testid="job-queue">
+    ${t('Position {position} in the queue of pool {pool}', { position: q.position, pool: q.pool })} · ${q.reason}
+    <span class="muted small"> · ${t('since')} ${fmtTime(q.since)}</span></div>`;
+}
+
 // The tabs every kind has; a kind's own tabs are objects {id, label, render}.
 const COMMON_TABS = {
-  details: { label: () => t('Details'), render: (kind, job) => html`<div class="grid-2">${kind.details(job)}<${StatusHistory} job=${job} /></div>` },
+  details: { label: () => t('Details'), render: (kind, job) => html`<div class="grid-2">${kind.details(job)}<${Placement} job=${job} /><${StatusHistory} job=${job} /></div>` },
   logs: { label: () => t('Logs'), render: (kind, job) => html`<${LogsPanel} kind=${kind} job=${job} />` },
   events: { label: () => t('Events'), render: (kind, job) => html`<${TimelinePanel} resource=${kind.path} id=${job.id} />` },
 };
@@ -169,6 +189,7 @@ export function JobPage({ kind, id }) {
     <//>
     <div class="status-line"><span data-testid="job-status"><${StatusTag} status=${job.status} message=${job.status_message} /></span>
       ${job.status_message ? html`<span class="muted">${job.status_message}</span>` : null}</div>
+    <${QueueNotice} job=${job} />
     <${Tabs} active=${current.id} onChange=${setTab} tabs=${tabs.map((x) => ({ id: x.id, label: x.label() }))} />
     <div class="card section">${current.render(job, reload)}</div>
   </div>`;

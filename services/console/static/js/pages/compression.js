@@ -124,7 +124,7 @@ export function CompressionCreatePage() {
             : estimate && estimate.error ? html`<span class="field-error">${estimate.error.message}</span>` : '-'}</div><//>
       <//>
       <${Section} title=${t('Resource settings')}>
-        <${ResourcePoolField} form=${form} set=${set} />
+        <${ResourcePoolField} form=${form} set=${set} err=${err} />
         <${Field} label=${t('Instance spec')} error=${fieldError(err, 'instance_spec')}>
           <select class="input" value=${form.spec} onChange=${(e) => set({ spec: e.target.value })}>
             ${specs.map((s) => html`<option value=${s.id}>${s.name}</option>`)}</select><//>
@@ -133,7 +133,7 @@ export function CompressionCreatePage() {
         <${PermanentLogField} form=${form} set=${set} err=${err} />
         <${NotificationField} form=${form} set=${set} err=${err} events=${NOTIFY_EVENTS} />
       <//>
-      ${err && !fieldError(err, 'name', 'source', 'output_model_name', 'alpha', 'strategy', 'instance_spec', 'output_path', 'calibration_dataset') ? html`<${ErrorBox} error=${err} />` : null}
+      ${err && !fieldError(err, 'name', 'source', 'output_model_name', 'alpha', 'strategy', 'instance_spec', 'output_path', 'calibration_dataset', 'resource_pool') ? html`<${ErrorBox} error=${err} />` : null}
       <${FormButtons} back="/console/compression" busy=${submit.busy} />
     </form>
   </div>`;

@@ -6,6 +6,7 @@ import { del, get, post, put } from '../api.js';
 import { t } from '../i18n.js';
 import { Link, navigate } from '../router.js';
 import { LineChart } from '../chart.js';
+import { ResourcePoolField } from '../job-form.js';
 import {
   ActionButton, CodeBlock, Confirm, ConfirmDelete, Empty, ErrorBox, Field, KV, Modal, PageHead, Section, Spinner, StatusTag, Switch,
   Tabs, fieldError, fmtNumber, fmtTime, nameError, toast, useAction, usePoll,
@@ -293,11 +294,7 @@ export function DeployPage() {
           </div><//>
       <//>
       <${Section} title=${t('Resource settings')}>
-        <${Field} label=${t('Resource pool')}>
-          <div class="radio-row">
-            <label><input type="radio" checked=${form.pool === 'public'} onChange=${() => set({ pool: 'public' })} />${t('Public pool')}</label>
-            <label><input type="radio" checked=${form.pool === 'dedicated'} onChange=${() => set({ pool: 'dedicated' })} />${t('Dedicated pool')}</label>
-          </div><//>
+        <${ResourcePoolField} form=${form} set=${set} err=${err} />
         <${Field} label=${t('Instance spec')} error=${fieldError(err, 'instance_spec')}>
           <select class="input" value=${form.spec} onChange=${(e) => set({ spec: e.target.value })}>
             ${(specs.data ? specs.data.items : []).map((s) => html`<option value=${s.id}>${s.name}</option>`)}</select><//>

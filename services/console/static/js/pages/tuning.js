@@ -218,7 +218,7 @@ export function TuningCreatePage() {
             : estimate && estimate.error ? html`<span class="field-error">${estimate.error.message}</span>` : '-'}</div><//>
       <//>
       <${Section} title=${t('Resource settings')}>
-        <${ResourcePoolField} form=${form} set=${set} />
+        <${ResourcePoolField} form=${form} set=${set} err=${err} />
         <${Field} label=${t('Flavor')} error=${fieldError(err, 'flavor')}>
           <select class="input" value=${form.flavor} onChange=${(e) => set({ flavor: e.target.value })}>
             ${FLAVORS.map(([id, label]) => html`<option value=${id}>${label}</option>`)}</select><//>
