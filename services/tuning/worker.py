@@ -128,7 +128,7 @@ class TuningJobs:
         ranks = None
         if placement.nodes > 1 and self.platform.cluster.kind == "ray":   # one rank per node of the pool
             ranks = {"pool": placement.pool, "cpus_per_rank": placement.per_node.cpus,
-                     "gpus_per_rank": placement.per_node.gpus}
+                     "gpus_per_rank": placement.per_node.gpus, "group_name": f"maas-train-{run.job_id}"}
         result = await self.executor.run(Work(entry=work.TRAIN, workdir=run.work / "proc", placement=placement, args={
             "model_dir": base, "examples": examples, "config": dataclasses.asdict(config),
             "output_dir": run.work / "out", "resume_from": resume, "ranks": ranks}), run.relay(on_message))

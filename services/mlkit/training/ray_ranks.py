@@ -39,6 +39,9 @@ class RayPlacement:
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 0.0
     shared_dir: str = ""            # "" = next to the job's output folder (which lies in the work folder)
+    # The placement group's name, one per job: a group outlives the task that made it (Ray ties it to
+    # the driver), so when a coordinator dies with its node, the next run removes its orphan by name.
+    group_name: str = ""
 
     def bundle(self) -> dict[str, float]:
         return {"CPU": self.cpus_per_rank, **({"GPU": self.gpus_per_rank} if self.gpus_per_rank else {})}
@@ -106,8 +109,11 @@ def run_on_ray(inputs: RunInputs, hooks: Hooks, *, world_size: int, threads_per_
     """Train with ``world_size`` ranks on distinct nodes of ``placement.pool``; rank 0's callbacks
     reach ``hooks`` here. Returns when every rank has finished."""
     shared = Path(placement.shared_dir or inputs.output_dir.parent)
+    if placement.group_name:
+        _remove_orphan(placement.group_name)
     group = placement_group([placement.bundle()] * world_size, strategy="STRICT_SPREAD",
-                            bundle_label_selector=[{POOL_LABEL: placement.pool}] * world_size)
+                            bundle_label_selector=[{POOL_LABEL: placement.pool}] * world_size,
+                            name=placement.group_name)
     refs: list = []
     try:
         if not group.wait(timeout_seconds=timeout_s):
@@ -137,6 +143,15 @@ def run_on_ray(inputs: RunInputs, hooks: Hooks, *, world_size: int, threads_per_
         for ref in refs:
             ray.cancel(ref, force=True)
         remove_placement_group(group)
+
+
+def _remove_orphan(name: str) -> None:
+    """Remove a placement group left by an earlier run of the same job (its coordinator was lost)."""
+    try:
+        orphan = ray.util.get_placement_group(name)
+    except ValueError:
+        return   # none: the usual case
+    remove_placement_group(orphan)
 
 
 def _accept(listener: Listener, ranks: _RayRanks, *, timeout_s: float) -> Connection:
