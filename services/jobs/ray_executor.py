@@ -39,22 +39,31 @@ _LOST = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.ex
 
 @ray.remote(num_cpus=0, max_restarts=0)
 class Mailbox:
-    """The channel between a running task and the executor: messages one way, answers the other."""
+    """The channel between a running task and the executor: messages one way, answers the other.
+
+    An async actor runs calls concurrently, in no promised order: each message carries the sender's
+    sequence number and is handed on only after every earlier one (logs stay in order, and ``done``
+    comes after all the news)."""
 
     def __init__(self) -> None:
         self.messages: asyncio.Queue[str] = asyncio.Queue()
         self.waiting: dict[int, asyncio.Future] = {}
-        self.asked = 0
+        self.early: dict[int, str] = {}
+        self.next = 0
 
-    async def put(self, message: str) -> None:
-        self.messages.put_nowait(message)
+    def _arrive(self, seq: int, message: str) -> None:
+        self.early[seq] = message
+        while self.next in self.early:
+            self.messages.put_nowait(self.early.pop(self.next))
+            self.next += 1
 
-    async def ask(self, message: str) -> str:
-        self.asked += 1
-        question = self.asked
+    async def put(self, seq: int, message: str) -> None:
+        self._arrive(seq, message)
+
+    async def ask(self, seq: int, message: str) -> str:
         answer = asyncio.get_running_loop().create_future()
-        self.waiting[question] = answer
-        self.messages.put_nowait(json.dumps({**json.loads(message), "question": question}))
+        self.waiting[seq] = answer
+        self._arrive(seq, json.dumps({**json.loads(message), "question": seq}))
         return await answer
 
     async def take(self, timeout: float) -> str | None:
@@ -74,15 +83,21 @@ class _MailboxChannel:
 
     def __init__(self, mailbox):
         self.mailbox = mailbox
+        self.seq = -1
+
+    def _next(self) -> int:
+        self.seq += 1
+        return self.seq
 
     def send(self, kind: str, **data: Any) -> None:
-        self.mailbox.put.remote(encode({"kind": kind, "data": data}))   # in order: one caller, one actor
+        self.mailbox.put.remote(self._next(), encode({"kind": kind, "data": data}).decode())
 
     def ask(self, kind: str, **data: Any) -> Any:
-        return json.loads(ray.get(self.mailbox.ask.remote(encode({"kind": kind, "data": data}))))["answer"]
+        asked = self.mailbox.ask.remote(self._next(), encode({"kind": kind, "data": data}).decode())
+        return json.loads(ray.get(asked))["answer"]
 
     def finish(self, kind: str, **data: Any) -> None:
-        ray.get(self.mailbox.put.remote(encode({"kind": kind, "data": data})))   # after every earlier send
+        ray.get(self.mailbox.put.remote(self._next(), encode({"kind": kind, "data": data}).decode()))
 
 
 @ray.remote(max_retries=0)

@@ -38,6 +38,14 @@ async def test_work_runs_on_a_node_of_its_pool_and_its_messages_arrive(executor,
         assert ("log", {"line": "hello from a node"}) in heard
 
 
+async def test_messages_arrive_in_the_order_they_were_sent_and_all_before_the_end(executor, tmp_path):
+    heard = []
+    assert await executor.run(work(tmp_path, "ray_entries:many_logs", count=300),
+                              lambda k, d: heard.append((k, d))) == 300
+    assert heard[0][0] == "placed"
+    assert [d["line"] for k, d in heard[1:]] == [str(n) for n in range(300)]
+
+
 async def test_questions_get_the_listeners_answers(executor, tmp_path):
     asked = []
 

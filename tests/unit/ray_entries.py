@@ -16,3 +16,9 @@ def slow_where(args, channel):
     channel.send("started", node_id=ray.get_runtime_context().get_node_id())
     time.sleep(args.get("seconds", 60))
     return "finished"
+
+
+def many_logs(args, channel):
+    for n in range(args["count"]):
+        channel.send("log", line=str(n))
+    return args["count"]
