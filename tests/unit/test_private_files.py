@@ -85,10 +85,52 @@ def test_maas_up_makes_everything_it_writes_owner_only(tmp_path, monkeypatch, op
     monkeypatch.delenv("MAAS_WORK_DIR", raising=False)
     data_dir = tmp_path / "home" / "data"
     try:
-        platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000)
+        platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000, ray=False)
     finally:
         monkeypatch.delenv("MAAS_WORK_DIR", raising=False)
     assert written["umask"] == 0o077
     assert _mode(data_dir) == 0o700 and _mode(data_dir / "work") == 0o700
     assert _mode(data_dir / "work" / "telemetry") == 0o700
     assert _mode(data_dir / "work" / "telemetry" / "traces.jsonl") == 0o600
+
+
+class _FakeHead:
+    started = stopped = False
+
+    def __init__(self, *, data_dir):
+        self.data_dir, self.address = data_dir, ""
+
+    @property
+    def driver_env(self):
+        return {"RAY_AUTH_TOKEN_PATH": str(self.data_dir / "ray" / "auth_token")}
+
+    def start(self):
+        _FakeHead.started, self.address = True, "127.0.0.1:6390"
+        return self.address
+
+    def stop(self):
+        _FakeHead.stopped = True
+
+
+def test_maas_up_ray_runs_the_platform_on_its_own_ray_head(tmp_path, monkeypatch, open_umask):
+    from services.embedded import servers
+
+    async def no_admin():
+        return None
+
+    seen = {}
+    monkeypatch.setattr(servers, "EmbeddedServers", _FakeServers)
+    monkeypatch.setattr(platform_cmds, "LocalRayHead", _FakeHead)
+    monkeypatch.setattr(platform_cmds, "_bootstrap_admin", no_admin)
+    monkeypatch.setattr(platform_cmds, "_serve", lambda **_: seen.update(
+        address=os.environ.get("MAAS_RAY_ADDRESS"), token=os.environ.get("RAY_AUTH_TOKEN_PATH")))
+    for name in ("MAAS_WORK_DIR", "MAAS_RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    data_dir = tmp_path / "data"
+    try:
+        platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000, ray=True)
+    finally:
+        for name in ("MAAS_WORK_DIR", "MAAS_RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
+            monkeypatch.delenv(name, raising=False)
+    assert seen == {"address": "127.0.0.1:6390", "token": str(data_dir / "ray" / "auth_token")}
+    assert _FakeHead.started and _FakeHead.stopped      # stopped with the platform
