@@ -44,15 +44,16 @@ class Resources:
         return (self.cpus <= other.cpus + eps and self.gpus <= other.gpus + eps
                 and self.memory_bytes <= other.memory_bytes)
 
-    def shortfall(self, available: "Resources") -> list[str]:
-        """What ``available`` lacks to hold these resources, in words ("2 CPUs (1 free)")."""
+    def shortfall(self, available: "Resources", *, where: str = "available") -> list[str]:
+        """What ``available`` lacks to hold these resources, in words ("2 CPUs (1 available)");
+        ``where`` names what ``available`` is ("in the whole pool")."""
         lacking = []
         if self.cpus > available.cpus + 1e-9:
-            lacking.append(f"{self.cpus:g} CPUs ({max(available.cpus, 0):g} available)")
+            lacking.append(f"{self.cpus:g} CPUs ({max(available.cpus, 0):g} {where})")
         if self.gpus > available.gpus + 1e-9:
-            lacking.append(f"{self.gpus:g} accelerators ({max(available.gpus, 0):g} available)")
+            lacking.append(f"{self.gpus:g} accelerators ({max(available.gpus, 0):g} {where})")
         if self.memory_bytes > available.memory_bytes:
-            lacking.append(f"{_gib(self.memory_bytes)} memory ({_gib(max(available.memory_bytes, 0))} available)")
+            lacking.append(f"{_gib(self.memory_bytes)} memory ({_gib(max(available.memory_bytes, 0))} {where})")
         return lacking
 
     def as_dict(self) -> dict:

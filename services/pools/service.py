@@ -18,8 +18,6 @@ from services.pools import ledger
 from services.pools.models import (DEDICATED, POOLS, RESERVED_NAMES, AllocationView, NodeView,
                                    PoolCreate, PoolDetail, PoolUpdate, PoolView, QueuedView, ResourcesView)
 
-QUEUE = ledger.QUEUE
-
 
 def _res(r: Resources) -> ResourcesView:
     return ResourcesView(cpus=round(r.cpus, 3), gpus=round(r.gpus, 3), memory_bytes=r.memory_bytes)
@@ -54,7 +52,7 @@ async def _view(platform: Platform, doc: dict, *, detail_for: str | None = None)
                    async for a in platform.mongo[ledger.ALLOCATIONS].find({"pool": name, "tenant_id": detail_for})]
     queue = [QueuedView(kind=q["kind"], job_id=q["job_id"], name=q.get("name", ""), position=q["position"],
                         reason=q["reason"])
-             async for q in platform.mongo[QUEUE].find({"pool": name, "tenant_id": detail_for}).sort("position", 1)]
+             async for q in platform.mongo[ledger.QUEUE].find({"pool": name, "tenant_id": detail_for}).sort("position", 1)]
     return PoolDetail(**common, node_list=[NodeView(id=n.id, address=n.address, resources=_res(n.resources))
                                            for n in nodes],
                       allocations=allocations, queue=queue)
@@ -101,7 +99,7 @@ async def delete_pool(platform: Platform, *, tenant_id: str, name: str) -> None:
     if await platform.mongo[POOLS].find_one({"_id": name, "tenant_id": tenant_id}) is None:
         raise not_found("resource pool", name)
     in_use = await platform.mongo[ledger.ALLOCATIONS].count_documents({"pool": name})
-    queued = await platform.mongo[QUEUE].count_documents({"pool": name})
+    queued = await platform.mongo[ledger.QUEUE].count_documents({"pool": name})
     if in_use or queued:
         raise conflict(f"the pool '{name}' is in use: {in_use} running and {queued} queued jobs or instances; "
                        "stop or delete them first", code="pool_in_use")
@@ -136,9 +134,9 @@ async def placement(platform: Platform, *, tenant_id: str, requested: str, resou
     larger than the whole pool is refused now, with the numbers, instead of queueing forever."""
     pool = await resolve_pool(platform, tenant_id=tenant_id, requested=requested, field=field)
     total, nodes_there = await capacity(platform, pool)
-    lacking = resources.shortfall(total)
+    lacking = resources.shortfall(total, where="in the whole pool")
     if lacking:
-        raise bad_request(f"{field}: {what} needs {', '.join(lacking).replace('available', 'in the whole pool')} "
+        raise bad_request(f"{field}: {what} needs {', '.join(lacking)} "
                           f"of pool '{pool}'; it could never start there", field=field)
     if nodes > 1 and platform.cluster.kind != "local" and len(nodes_there) < nodes:
         raise bad_request(f"{field}: {what} needs {nodes} distinct nodes but pool '{pool}' has {len(nodes_there)}; "
@@ -155,7 +153,7 @@ async def require_one_node_fits(platform: Platform, *, pool: str, resources: Res
     if not nodes or any(resources.fits_in(n.resources) for n in nodes):
         return
     largest = max(nodes, key=lambda n: (n.resources.cpus, n.resources.gpus)).resources
-    lacking = ", ".join(resources.shortfall(largest)).replace("available", "on its largest node")
+    lacking = ", ".join(resources.shortfall(largest, where="on its largest node"))
     raise bad_request(f"{field}: {what} runs on one node and needs {lacking} of pool '{pool}'; it could never "
                       "start there", field=field)
 
