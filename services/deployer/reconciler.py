@@ -16,8 +16,8 @@ at a time; a nudge during a pass makes another pass follow. A single deployer ru
 Resource pools: on a backend that reserves pool capacity (Ray), an instance is admitted in its
 service's pool (``services.pools.ledger``) in the same unit of work that records it, and released
 in the one that forgets it. An instance that does not fit is not recorded: the service says what it
-waits for (status message) and the pass is repeated when an instance of that pool goes away, or on
-the next resync.
+waits for (status message), is listed in the pool's queue, and the pass is repeated when an
+instance of that pool goes away, or on the next resync.
 """
 from __future__ import annotations
 
@@ -83,6 +83,14 @@ class _State:
     failures: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Wait:
+    """A service whose missing instances wait for room in its pool (listed in the pool's queue)."""
+    pool: str
+    reason: str
+    entry: dict          # _id, name, tenant_id: what the queue shows
+
+
 class Reconciler:
     def __init__(self, platform: Platform, backend: InstanceBackend, settings: DeployerSettings):
         self.platform, self.backend, self.settings = platform, backend, settings
@@ -91,7 +99,7 @@ class Reconciler:
         self._state: dict[str, _State] = {}
         self._misses: dict[str, int] = {}
         self._log_offsets: dict[str, int] = {}
-        self._waiting: dict[str, str] = {}     # service id -> the pool its missing instances wait for
+        self._waiting: dict[str, _Wait] = {}   # service id -> what its missing instances wait for, first come first
         self._seq = 0
 
     # ------------------------------------------------------------------------------------ scheduling
@@ -159,9 +167,30 @@ class Reconciler:
 
     def _room_freed(self, pool: str) -> None:
         """Capacity came back to ``pool``: services waiting for it try again now."""
-        for service_id, waits_for in list(self._waiting.items()):
-            if waits_for == pool:
+        for service_id, wait in list(self._waiting.items()):
+            if wait.pool == pool:
                 self.nudge(service_id)
+
+    async def _wait_for_room(self, svc: dict, reason: str) -> None:
+        """List the service in its pool's queue (keeping its place if it already waits)."""
+        pool, before = placement_of(svc)[0], self._waiting.get(svc["_id"])
+        self._waiting[svc["_id"]] = _Wait(pool=pool, reason=reason, entry={
+            "_id": svc["_id"], "name": svc.get("name", ""), "tenant_id": svc["tenant_id"]})
+        if before is None or before.reason != reason:
+            await self._list_queue(pool)
+
+    async def _stop_waiting(self, service_id: str) -> None:
+        wait = self._waiting.pop(service_id, None)
+        # Also when this deployer did not know it waited: an entry may survive a restart.
+        await ledger.unlist(self.platform.mongo, collection=SERVICES, ids=[service_id])
+        if wait is not None:
+            await self._list_queue(wait.pool)   # the ones behind it move up
+
+    async def _list_queue(self, pool: str) -> None:
+        waits = [w for w in self._waiting.values() if w.pool == pool]
+        if waits:
+            await ledger.list_waiting(self.platform.mongo, pool=pool, kind="service", collection=SERVICES,
+                                      waiting=[w.entry for w in waits], reason=waits[0].reason)
 
     async def _report(self, svc: dict, status: str, ready: int, message: str | None) -> None:
         state = self._state.setdefault(svc["_id"], _State())
@@ -193,7 +222,7 @@ class Reconciler:
             live.append(doc)
 
         if svc is None or svc.get("desired") == "stopped":
-            self._waiting.pop(service_id, None)
+            await self._stop_waiting(service_id)
             await asyncio.gather(*(self._retire(d) for d in live))
             if svc is None:
                 self._state.pop(service_id, None)
@@ -248,9 +277,9 @@ class Reconciler:
             if failures:
                 state.gave_up = generation
         if waiting and not failures:
-            self._waiting[service_id] = placement_of(svc)[0]
+            await self._wait_for_room(svc, waiting)
         else:
-            self._waiting.pop(service_id, None)
+            await self._stop_waiting(service_id)
         docs = await self._instances(service_id)
         ready_new = sum(1 for d in docs if d["status"] == "ready" and d.get("version_id") == want)
         if ready_new >= count:  # the new version carries the full load: old instances can go

@@ -231,14 +231,8 @@ class JobRunner:
             await self._list_queue(pool, jobs, reason=blocked.get(pool, "waiting for a worker"))
 
     async def _list_queue(self, pool: str, jobs: list[dict], *, reason: str) -> None:
-        queue = self.platform.mongo[ledger.QUEUE]
-        for position, job in enumerate(jobs, start=1):
-            await queue.update_one(
-                {"_id": f"{self.kind.jobs}:{job['_id']}"},
-                {"$set": {"pool": pool, "kind": self.kind.name, "collection": self.kind.jobs, "job_id": job["_id"],
-                          "name": job.get("name", ""), "tenant_id": job["tenant_id"], "position": position,
-                          "reason": reason if position == 1 else f"behind {position - 1} earlier job(s) of the pool"},
-                 "$setOnInsert": {"since": now()}}, upsert=True)
+        await ledger.list_waiting(self.platform.mongo, pool=pool, kind=self.kind.name, collection=self.kind.jobs,
+                                  waiting=jobs, reason=reason)
 
     async def tidy_pools(self) -> None:
         """Free what dead runs of this kind still hold, and drop queue entries of jobs that no longer wait."""

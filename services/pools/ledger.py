@@ -26,7 +26,7 @@ from services.common.jobs import now
 
 USAGE = "pool_usage"
 ALLOCATIONS = "pool_allocations"
-QUEUE = "pool_queue"        # jobs waiting for room: one document each, written by the runners
+QUEUE = "pool_queue"        # jobs and services waiting for room: one document each (runners, deployer)
 INDEXES: list[IndexSpec] = [(ALLOCATIONS, [("pool", ASCENDING)], {}), (ALLOCATIONS, [("collection", ASCENDING)], {}),
                             (QUEUE, [("pool", ASCENDING), ("position", ASCENDING)], {})]
 
@@ -98,6 +98,24 @@ async def release(uow, *, key: str, run_id: str | None = None) -> bool:
         session=uow.session)
     await compute_usage.record(uow, doc, ended_at=now())   # metered (and paid) with the release
     return True
+
+
+async def list_waiting(mongo, *, pool: str, kind: str, collection: str, waiting: list[dict], reason: str) -> None:
+    """Record ``waiting`` (documents with ``_id``, ``tenant_id``, ``name``; first come first) as the
+    queue of ``kind`` in ``pool``: the head waits for ``reason``, the others behind it."""
+    for position, doc in enumerate(waiting, start=1):
+        await mongo[QUEUE].update_one(
+            {"_id": f"{collection}:{doc['_id']}"},
+            {"$set": {"pool": pool, "kind": kind, "collection": collection, "job_id": doc["_id"],
+                      "name": doc.get("name", ""), "tenant_id": doc["tenant_id"], "position": position,
+                      "reason": reason if position == 1 else f"behind {position - 1} earlier request(s) in the pool's queue"},
+             "$setOnInsert": {"since": now()}}, upsert=True)
+
+
+async def unlist(mongo, *, collection: str, ids: list[str]) -> None:
+    """Drop these documents' queue entries (they started, or no longer wait)."""
+    if ids:
+        await mongo[QUEUE].delete_many({"_id": {"$in": [f"{collection}:{i}" for i in ids]}})
 
 
 def is_stale(allocation: dict, job: dict | None, *, at: datetime, lease_seconds: float) -> bool:

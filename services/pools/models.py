@@ -81,4 +81,4 @@ class PoolView(BaseModel):
 class PoolDetail(PoolView):
     node_list: list[NodeView]
     allocations: list[AllocationView]  # this account's
-    queue: list[QueuedView]            # this account's waiting jobs in this pool
+    queue: list[QueuedView]            # this account's waiting jobs and services in this pool

@@ -1,6 +1,7 @@
 """The reconciler takes each instance's share of its service's resource pool (on a backend that
 reserves pool capacity, i.e. Ray), never more than the pool holds: an instance that does not fit
-waits with a visible reason and starts when an instance of the pool goes away; a lost instance's
+waits with a visible reason and its place in the pool's queue, and starts when an instance of the
+pool goes away; a lost instance's
 share comes back. Local processes take no share (docs/cluster.md).
 
 In-memory database and backend (tests/unit/test_serving_reconciler.py); the same code against the
@@ -62,6 +63,12 @@ async def _used(platform, pool: str) -> float:
     return (await ledger.usage(platform.mongo[ledger.USAGE], pool)).cpus
 
 
+async def _queue(platform, pool: str = "team") -> list[tuple]:
+    """The pool's queue as the pools API lists it: (service, position, reason)."""
+    return [(q["job_id"], q["position"], q["reason"]) async for q in
+            platform.mongo[ledger.QUEUE].find({"pool": pool, "kind": "service"}).sort("position", 1)]
+
+
 async def _allocations(platform) -> list[dict]:
     return [a async for a in platform.mongo[ledger.ALLOCATIONS].find({})]
 
@@ -90,16 +97,29 @@ async def test_a_service_with_no_room_at_all_is_deploying_not_failed_and_starts_
     report = _reports(platform)[-1]
     assert (report.service_id, report.status, report.ready_instances) == ("second", "deploying", 0)
     assert "in pool 'team'" in report.message and len(backend.running) == 1
+    await _service(platform, "third", count=1)
+    await reconciler.reconcile("third")
+    assert await _queue(platform) == [("second", 1, "waiting for 1 CPUs (0 available) in pool 'team'"),
+                                      ("third", 2, "behind 1 earlier request(s) in the pool's queue")]
+    await reconciler.reconcile("second")       # another pass keeps its place
+    assert [q[0] for q in await _queue(platform)] == ["second", "third"]
 
     # Stopping the first gives its share back, and the waiting service tries again at once.
     await platform.mongo[SERVICES].update_one({"_id": "first"}, {"$set": {"desired": "stopped"}})
     await reconciler.reconcile("first")
     await reconciler.idle()
-    second = [d async for d in platform.mongo[INSTANCES].find({"service_id": "second"})]
-    assert len(second) == 1 and second[0]["status"] == "ready"
-    assert [a["_id"] for a in await _allocations(platform)] == [allocation_key(second[0]["_id"])]
+    # Both waiting services were woken; one got the room (no order is promised), the other moved up.
+    started = [d async for d in platform.mongo[INSTANCES].find({"service_id": {"$in": ["second", "third"]}})]
+    assert len(started) == 1 and started[0]["status"] == "ready"
+    winner = started[0]["service_id"]
+    other = "third" if winner == "second" else "second"
+    assert [a["_id"] for a in await _allocations(platform)] == [allocation_key(started[0]["_id"])]
     assert await _used(platform, "team") == 1
-    assert [r.status for r in _reports(platform) if r.service_id == "second"][-1] == "running"
+    assert [r.status for r in _reports(platform) if r.service_id == winner][-1] == "running"
+    assert await _queue(platform) == [(other, 1, "waiting for 1 CPUs (0 available) in pool 'team'")]
+    await platform.mongo[SERVICES].delete_one({"_id": other})       # deleted while waiting: off the queue
+    await reconciler.reconcile(other)
+    assert await _queue(platform) == []
 
 
 async def test_a_lost_instance_gives_its_share_back_to_its_replacement():
