@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.cluster_utils import Cluster
 
-from services.common.cluster import POOL_LABEL
+from services.common.cluster import NODE_ENV, POOL_LABEL
 
 
 @dataclass
@@ -23,6 +23,7 @@ class MiniCluster:
     def start(self) -> "MiniCluster":
         # Every node on 127.0.0.1 (tests talk to loopback only); children inherit the setting.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        os.environ.update(NODE_ENV)     # as every node of the platform's clusters (the raylets read it)
         # The head runs no work of ours: it has no pool label and no CPUs.
         self.cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
         ray.init(address=self.cluster.address, namespace="openmaas-tests", logging_level="WARNING",

@@ -3,7 +3,7 @@
 Runs ``ray start --head --block`` as a child process (stopping it stops the cluster's processes it
 started, and nothing else of Ray on the machine), bound to 127.0.0.1, with the machine's CPUs and
 the label ``openmaas.io/pool=public``; the platform then runs its job work as Ray tasks
-(``MAAS_RAY_ADDRESS``), exactly as on a real cluster. More machines join with ``ray start
+(``MAAS_RAY_ADDRESS``), exactly as on a real cluster. More machines join with ``RAY_worker_niceness=0 ray start
 --address=<this address> --labels=openmaas.io/pool=<pool>`` (docs/cluster.md).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from services.common.cluster import POOL_LABEL, PUBLIC_POOL
+from services.common.cluster import NODE_ENV, POOL_LABEL, PUBLIC_POOL
 
 _RAY_CLI = "from ray.scripts.scripts import main; main()"
 
@@ -56,7 +56,7 @@ class LocalRayHead:
         self.token_file.chmod(0o600)
         self.token_file.write_text(secrets.token_hex(32))
         port = _free_port()
-        env = {**os.environ, **self.driver_env}
+        env = {**os.environ, **NODE_ENV, **self.driver_env}
         self._proc = subprocess.Popen(head_command(port=port, cpus=self.cpus, temp_dir=self.temp_dir), env=env,
                                       stdout=subprocess.DEVNULL, stderr=open(self.temp_dir / "head.log", "ab"))
         self.address = f"127.0.0.1:{port}"

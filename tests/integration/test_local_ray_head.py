@@ -17,10 +17,11 @@ from services.cli.local_ray import LocalRayHead
 pytestmark = [pytest.mark.integration, pytest.mark.slow]   # a Ray cluster of its own
 
 PROBE = """
-import json, ray
+import json, os, ray
 ray.init(address="{address}", logging_level="ERROR", log_to_driver=False)
+niceness = ray.get(ray.remote(num_cpus=1)(lambda: os.nice(0)).remote())   # where our work runs
 print(json.dumps([{{"alive": n["Alive"], "cpus": n["Resources"].get("CPU"), "labels": n.get("Labels"),
-                    "ip": n["NodeManagerAddress"]}} for n in ray.nodes()]))
+                    "ip": n["NodeManagerAddress"], "worker_niceness": niceness}} for n in ray.nodes()]))
 """
 
 
@@ -42,6 +43,7 @@ def test_the_local_head_is_the_public_pool_on_loopback():
             [node] = json.loads(out.strip().splitlines()[-1])
             assert node["alive"] and node["cpus"] == 1 and node["ip"] == "127.0.0.1"
             assert node["labels"]["openmaas.io/pool"] == "public"
+            assert node["worker_niceness"] == 0          # not Ray's default 15 (NODE_ENV)
         finally:
             head.stop()
         host, port = address.split(":")

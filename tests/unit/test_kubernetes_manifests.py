@@ -37,7 +37,7 @@ from ray.autoscaler._private.cli_logger import cf, cli_logger
 from ray.scripts.scripts import start as ray_start
 
 from services.common import health
-from services.common.cluster import POOL_LABEL, PUBLIC_POOL
+from services.common.cluster import NODE_ENV, POOL_LABEL, PUBLIC_POOL
 from services.common.settings import Settings
 from services.pools.models import NAME_PATTERN as POOL_NAME_PATTERN
 from services.pools.models import RESERVED_NAMES as RESERVED_POOL_NAMES
@@ -552,6 +552,15 @@ def check_ray_pools(stack: dict) -> None:
             f"(pattern {POOL_NAME_PATTERN}, reserved {RESERVED_POOL_NAMES})")
 
 
+def check_ray_node_env(stack: dict) -> None:
+    """Every Ray node runs with the platform's node environment (services.common.cluster.NODE_ENV)."""
+    for where, _, container, _ in containers(stack):
+        if where.startswith("RayCluster"):
+            env = {item["name"]: item.get("value") for item in container.get("env", [])}
+            for key, value in NODE_ENV.items():
+                assert env.get(key) == value, f"{where}: {key} must be {value!r} (NODE_ENV), is {env.get(key)!r}"
+
+
 def check_ray_address(stack: dict) -> None:
     """Control-plane pods reach the head's Ray Client port through the Service KubeRay makes."""
     cluster = one(stack, "RayCluster")
@@ -593,7 +602,7 @@ def stack() -> dict:
     return load_stack()
 
 
-CHECKS = [check_schemas, check_kustomization, check_same_image, check_service_coverage, check_commands,
+CHECKS = [check_schemas, check_ray_node_env, check_kustomization, check_same_image, check_service_coverage, check_commands,
           check_env_vars, check_settings_values, check_service_identity, check_ports, check_probes, check_secrets,
           check_secret_examples, check_backing_hosts, check_security, check_ray_pools, check_ray_address]
 
@@ -782,6 +791,8 @@ MUTATIONS = {
     "pool name the API refuses": (check_ray_pools, lambda s: _ray(s)["workerGroupSpecs"][1].update(
         labels={POOL_LABEL: "team_a"}, rayStartParams={"resources": '"{\\"pool:team_a\\": 1}"'})),
     "no public pool": (check_ray_pools, lambda s: _ray(s)["workerGroupSpecs"].remove(_public_group(s))),
+    "ray workers niced": (check_ray_node_env, lambda s: _public_group(s)["template"]["spec"]["containers"][0]
+                          .pop("env")),
     "ray version mismatch": (check_ray_pools, lambda s: _ray(s).update(rayVersion="2.9.0")),
     "ray address on gcs port": (check_ray_address, lambda s: _config(s).update(
         MAAS_RAY_ADDRESS="ray://openmaas-ray-head-svc.openmaas.svc.cluster.local:6379")),
