@@ -38,6 +38,22 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: "running_platform" in getattr(item, "fixturenames", ()))
 
 
+def _platform_vars() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(("MAAS_", "RAY_"))}
+
+
+@pytest.fixture(autouse=True)
+def _leaves_the_platform_variables_as_it_found_them():
+    """Every later child process inherits them: a MAAS_RAY_ADDRESS that one test left behind sent
+    another test's tuning worker to a Ray head that never existed. (Session and module fixtures set
+    theirs before this snapshot and undo them after this check.)"""
+    before = _platform_vars()
+    yield
+    after = _platform_vars()
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"the test left these variables changed: {changed}"
+
+
 @pytest.fixture(scope="session")
 def embedded_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServers]:
     servers = EmbeddedServers(tmp_path_factory.mktemp("embedded"))

@@ -22,6 +22,7 @@ class MiniCluster:
 
     def start(self) -> "MiniCluster":
         # Every node on 127.0.0.1 (tests talk to loopback only); children inherit the setting.
+        self._saved_env = {k: os.environ.get(k) for k in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", *NODE_ENV)}
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         os.environ.update(NODE_ENV)     # as every node of the platform's clusters (the raylets read it)
         # The head runs no work of ours: it has no pool label and no CPUs.
@@ -48,3 +49,8 @@ class MiniCluster:
     def stop(self) -> None:
         ray.shutdown()
         self.cluster.shutdown()
+        for key, value in getattr(self, "_saved_env", {}).items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

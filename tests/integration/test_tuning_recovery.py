@@ -53,12 +53,19 @@ async def test_a_killed_workers_job_resumes_on_another_worker(api, platform_env,
             hyperparameters={"epochs": 20, "checkpoint_count": 10},
             auto_restart={"enabled": True, "max_restarts": 3}))).json()
 
+        seen = {}
+
         async def checkpointed_elsewhere():
             assert proc.poll() is None, log_path.read_text()[-3000:]
-            doc = (await api.get(f"/api/v1/tuning-jobs/{job['id']}")).json()
+            doc = seen["job"] = (await api.get(f"/api/v1/tuning-jobs/{job['id']}")).json()
             assert doc["status"] not in ("failed", "completed"), (doc["status_message"], doc["history"])
             return doc if doc["checkpoints"] and f":{proc.pid}:" in (doc["worker_id"] or "") else None
-        await wait_for(checkpointed_elsewhere, timeout=300, interval=0.3)
+        try:
+            await wait_for(checkpointed_elsewhere, timeout=300, interval=0.3)
+        except AssertionError as timeout:   # say where the job stood and what the other worker printed
+            doc = seen.get("job") or {}
+            raise AssertionError(f"{timeout}; job: {({k: doc.get(k) for k in ('status', 'status_message', 'worker_id', 'queue', 'placement', 'progress')})}"
+                                 f"; worker log: {log_path.read_text()[-2000:]}") from None
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -65,7 +65,17 @@ class _FakeServers:
         return {}
 
 
-def test_maas_up_makes_everything_it_writes_owner_only(tmp_path, monkeypatch, open_umask):
+@pytest.fixture
+def restored_environ():
+    """``maas up`` exports its servers' and Ray head's variables for the platform it hosts (in this
+    process and its children): the test process gets its own back afterwards."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_maas_up_makes_everything_it_writes_owner_only(tmp_path, monkeypatch, open_umask, restored_environ):
     from services.embedded import servers
 
     async def no_admin():
@@ -84,10 +94,7 @@ def test_maas_up_makes_everything_it_writes_owner_only(tmp_path, monkeypatch, op
     monkeypatch.setattr(platform_cmds, "_serve", serve)
     monkeypatch.delenv("MAAS_WORK_DIR", raising=False)
     data_dir = tmp_path / "home" / "data"
-    try:
-        platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000, ray=False)
-    finally:
-        monkeypatch.delenv("MAAS_WORK_DIR", raising=False)
+    platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000, ray=False)
     assert written["umask"] == 0o077
     assert _mode(data_dir) == 0o700 and _mode(data_dir / "work") == 0o700
     assert _mode(data_dir / "work" / "telemetry") == 0o700
@@ -112,7 +119,7 @@ class _FakeHead:
         _FakeHead.stopped = True
 
 
-def test_maas_up_ray_runs_the_platform_on_its_own_ray_head(tmp_path, monkeypatch, open_umask):
+def test_maas_up_ray_runs_the_platform_on_its_own_ray_head(tmp_path, monkeypatch, open_umask, restored_environ):
     from services.embedded import servers
 
     async def no_admin():
@@ -127,10 +134,6 @@ def test_maas_up_ray_runs_the_platform_on_its_own_ray_head(tmp_path, monkeypatch
     for name in ("MAAS_WORK_DIR", "MAAS_RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(name, raising=False)
     data_dir = tmp_path / "data"
-    try:
-        platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000, ray=True)
-    finally:
-        for name in ("MAAS_WORK_DIR", "MAAS_RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
-            monkeypatch.delenv(name, raising=False)
+    platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000, ray=True)
     assert seen == {"address": "127.0.0.1:6390", "token": str(data_dir / "ray" / "auth_token")}
     assert _FakeHead.started and _FakeHead.stopped      # stopped with the platform
