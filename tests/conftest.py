@@ -55,6 +55,15 @@ def _leaves_the_platform_variables_as_it_found_them():
 
 
 @pytest.fixture(scope="session")
+def smollm2_hf(tmp_path_factory: pytest.TempPathFactory):
+    """The preset SmolLM2-135M-Instruct converted to a Hugging Face folder, once per session (the
+    conversion takes ~30 s). Tests read it; one that writes into it (e.g. an ONNX export) copies it."""
+    from services.mlkit import smollm2
+
+    return smollm2.convert_to_hf(tmp_path_factory.mktemp("smollm2") / "hf")
+
+
+@pytest.fixture(scope="session")
 def embedded_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServers]:
     servers = EmbeddedServers(tmp_path_factory.mktemp("embedded"))
     servers.start(timeout=60)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import httpx
 import pytest
@@ -14,12 +15,10 @@ NAME = "smollm2"
 
 
 @pytest.fixture(scope="module")
-def smol_server(tmp_path_factory):
-    from services.mlkit.smollm2 import convert_to_hf
-
+def smol_server(tmp_path_factory, smollm2_hf):
     root = tmp_path_factory.mktemp("smollm2-server")
-    model_dir = convert_to_hf(root / "SmolLM2-135M-Instruct")
-    # The HF folder as the deployer hands it over: the server exports it on first load.
+    model_dir = shutil.copytree(smollm2_hf, root / "SmolLM2-135M-Instruct")
+    # The HF folder as the deployer hands it over: the server exports it on first load (into it: a copy).
     proc, url = start_server(model_dir, name=NAME, max_model_len=2048, log=root / "server.log")
     try:
         wait_ready(proc, url, timeout=600)

@@ -21,13 +21,8 @@ def test_missing_package_error_names_the_install_command(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory):
-    pytest.importorskip("gguf")
-    try:
-        smollm2.gguf_path()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    return smollm2.convert_to_hf(tmp_path_factory.mktemp("smollm2") / "hf")
+def smol(smollm2_hf):
+    return smollm2_hf
 
 
 @pytest.mark.slow

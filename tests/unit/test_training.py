@@ -358,15 +358,8 @@ def test_log_line_format():
 # -- the real model (slow) ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory):
-    from services.mlkit import smollm2
-
-    pytest.importorskip("gguf")
-    try:
-        smollm2.gguf_path()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
-    return smollm2.convert_to_hf(tmp_path_factory.mktemp("smollm2") / "hf")
+def smol(smollm2_hf):
+    return smollm2_hf
 
 
 @pytest.mark.slow
