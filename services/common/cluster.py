@@ -46,6 +46,10 @@ class Resources:
     def times(self, n: int) -> "Resources":
         return Resources(self.cpus * n, self.gpus * n, self.memory_bytes * n)
 
+    def share(self, n: int) -> "Resources":
+        """One of ``n`` equal shares (what each node takes of work spread over ``n`` nodes)."""
+        return Resources(self.cpus / n, self.gpus / n, self.memory_bytes // n)
+
     def fits_in(self, other: "Resources") -> bool:
         eps = 1e-9
         return (self.cpus <= other.cpus + eps and self.gpus <= other.gpus + eps

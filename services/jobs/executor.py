@@ -32,8 +32,7 @@ class Placement:
 
     @property
     def per_node(self) -> Resources:
-        return Resources(self.resources.cpus / self.nodes, self.resources.gpus / self.nodes,
-                         self.resources.memory_bytes // self.nodes)
+        return self.resources.share(self.nodes)
 
 
 @dataclass(frozen=True)

@@ -138,11 +138,10 @@ async def placement(platform: Platform, *, tenant_id: str, requested: str, resou
     if lacking:
         raise bad_request(f"{field}: {what} needs {', '.join(lacking)} "
                           f"of pool '{pool}'; it could never start there", field=field)
-    if nodes > 1 and platform.cluster.kind != "local" and len(nodes_there) < nodes:
-        raise bad_request(f"{field}: {what} needs {nodes} distinct nodes but pool '{pool}' has {len(nodes_there)}; "
-                          "it could never start there", field=field)
+    if platform.cluster.kind != "local":   # the local pool is this one machine: its total is its node
+        _require_nodes_fit(nodes_there, share=resources.share(nodes), count=nodes, pool=pool, what=what,
+                           field=field)
     return {"pool": pool, **resources.as_dict(), "nodes": nodes}
-
 
 
 async def require_one_node_fits(platform: Platform, *, pool: str, resources: Resources, what: str,
@@ -150,12 +149,25 @@ async def require_one_node_fits(platform: Platform, *, pool: str, resources: Res
     """For work that runs as one process on one node (an inference instance): refuse it now when no
     node of ``pool`` could ever hold it, even though the pool as a whole could."""
     _, nodes = await capacity(platform, pool)
-    if not nodes or any(resources.fits_in(n.resources) for n in nodes):
+    _require_nodes_fit(nodes, share=resources, count=1, pool=pool, what=what, field=field)
+
+
+def _require_nodes_fit(nodes: list, *, share: Resources, count: int, pool: str, what: str, field: str) -> None:
+    """Each of ``count`` shares runs as one process on a node of its own (a job's task, a training
+    rank, an instance): refuse now when fewer than ``count`` nodes could ever hold one. A pool whose
+    nodes are not known (none joined yet) is left to the queue."""
+    fitting = [n for n in nodes if share.fits_in(n.resources)]
+    if not nodes or len(fitting) >= count:
         return
-    largest = max(nodes, key=lambda n: (n.resources.cpus, n.resources.gpus)).resources
-    lacking = ", ".join(resources.shortfall(largest, where="on its largest node"))
-    raise bad_request(f"{field}: {what} runs on one node and needs {lacking} of pool '{pool}'; it could never "
-                      "start there", field=field)
+    if not fitting:
+        largest = max(nodes, key=lambda n: (n.resources.cpus, n.resources.gpus)).resources
+        lacking = ", ".join(share.shortfall(largest, where="on its largest node"))
+        raise bad_request(f"{field}: {what} runs on {'one node' if count == 1 else f'{count} distinct nodes'} "
+                          f"and needs {lacking} of pool '{pool}'{' on each' if count > 1 else ''}; "
+                          "it could never start there", field=field)
+    raise bad_request(f"{field}: {what} needs {count} distinct nodes but pool '{pool}' has {len(fitting)} that "
+                      f"could hold {share.cpus:g} CPUs{f' and {share.gpus:g} accelerators' if share.gpus else ''} "
+                      "each; it could never start there", field=field)
 
 
 async def account_exists(platform: Platform, account_id: str) -> bool:

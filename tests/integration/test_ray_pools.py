@@ -8,6 +8,8 @@ The cluster (``ray_cluster``): a head without CPUs, a ``public`` node and a ``te
 each. The platform here has its own database and topics on the session's embedded servers."""
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from tests.conftest import cluster_platform
@@ -16,7 +18,7 @@ from tests.integration.test_compression_api import create_model, job_body, tiny_
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]   # a Ray cluster of its own
 
-SERVICES = "gateway,registry,registry-worker,compression,compression-worker"
+SERVICES = "gateway,registry,registry-worker,compression,compression-worker,serving,deployer"
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +136,54 @@ async def test_jobs_run_on_their_pools_nodes_and_queue_for_room(team_a, ray_clus
     assert usage["pool"] == "team-a" and usage["runs"] == 2 and usage["cpu_hours"] > 0
     assert usage["package_cpu_hours"] == 0 and usage["on_demand_cpu_hours"] == usage["cpu_hours"]
 
-    # A pool something waits on or runs on cannot be deleted; an idle one can.
+
+
+async def test_a_job_queued_behind_an_instance_starts_when_the_service_stops(team_a, tiny_folder):  # noqa: F811
+    model = await tiny_model_of(team_a, tiny_folder, "a-serve")
+    r = await team_a.post("/api/v1/services", json={"name": "a-holds-the-pool", "model_id": model["id"],
+                                                    "qps_limit": 5, "resource_pool": "team-a",
+                                                    "instance_spec": "cpu.2u8g"})
+    assert r.status_code == 201, r.text
+    service = r.json()
+
+    async def serving():
+        s = (await team_a.get(f"/api/v1/services/{service['id']}")).json()
+        return s if s["status"] in ("running", "failed") else None
+    assert (await wait_for(serving, timeout=300, interval=1))["status"] == "running"
+    r = await team_a.post("/api/v1/compression-jobs", json=job_body(
+        name="behind-an-instance", source={"model_id": model["id"]}, output_model_name="a-after-serving",
+        resource_pool="team-a", instance_spec="cpu.2u8g"))
+    assert r.status_code == 201, r.text
+    job = r.json()
+
+    async def queued():
+        j = (await team_a.get(f"/api/v1/compression-jobs/{job['id']}")).json()
+        return j if j["queue"] else None
+    waiting = await wait_for(queued, timeout=120, interval=0.5)
+    assert waiting["status"] == "pending" and waiting["queue"]["position"] == 1
+    assert waiting["queue"]["reason"] == "waiting for 2 CPUs (0 available) in pool 'team-a'"
+    pool = (await team_a.get("/api/v1/pools/team-a")).json()
+    assert [a["kind"] for a in pool["allocations"]] == ["instance"]
+    assert [(q["kind"], q["job_id"]) for q in pool["queue"]] == [("compression", job["id"])]
+    # A pool something runs on or waits on cannot be deleted.
+    assert (await team_a.delete("/api/v1/pools/team-a")).status_code == 409
+
+    stop_requested = datetime.now(UTC)
+    assert (await team_a.post(f"/api/v1/services/{service['id']}/stop")).status_code == 200
+
+    async def settled():
+        j = (await team_a.get(f"/api/v1/compression-jobs/{job['id']}")).json()
+        return j if j["status"] in ("completed", "failed") else None
+    done = await wait_for(settled, timeout=600, interval=1)
+    assert done["status"] == "completed", done
+    started = datetime.fromisoformat(done["started_at"])
+    assert (started if started.tzinfo else started.replace(tzinfo=UTC)) > stop_requested   # not before
+    assert (await team_a.delete(f"/api/v1/services/{service['id']}")).status_code == 204
+
+    async def idle():
+        p = (await team_a.get("/api/v1/pools/team-a")).json()
+        return p if not p["allocations"] and not p["queue"] else None
+    assert (await wait_for(idle, timeout=120, interval=1))["free"]["cpus"] == 2
+    # An idle pool can be deleted.
     assert (await team_a.delete("/api/v1/pools/team-a")).status_code == 204
     assert (await team_a.get("/api/v1/pools/team-a")).status_code == 404

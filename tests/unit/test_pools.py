@@ -58,3 +58,31 @@ def test_an_allocation_of_a_dead_runner_is_freed_a_whole_lease_after_its_lease_e
                                       ("-a", False), ("a-", False), ("a_b", False), ("x" * 33, False)])
 def test_pool_names_are_node_label_values(name, ok):
     assert bool(re.match(NAME_PATTERN, name)) is ok
+
+
+def _nodes(*cpus: float) -> list:
+    from services.common.cluster import Node
+    return [Node(id=f"n{i}", pool="p", address="127.0.0.1", resources=Resources(cpus=c)) for i, c in enumerate(cpus)]
+
+
+@pytest.mark.parametrize("nodes, share, count, refusal", [
+    ((2, 2), Resources(cpus=2), 1, None),
+    ((1, 1), Resources(cpus=2), 1, "runs on one node and needs 2 CPUs (1 on its largest node) of pool 'p'"),
+    ((1, 1), Resources(cpus=1), 2, None),
+    ((2, 1), Resources(cpus=2), 2, "needs 2 distinct nodes but pool 'p' has 1 that could hold 2 CPUs each"),
+    ((1, 1), Resources(cpus=2), 2, "runs on 2 distinct nodes and needs 2 CPUs (1 on its largest node) of pool 'p' "
+                                   "on each"),
+    ((), Resources(cpus=8), 1, None),   # no node joined yet: left to the queue
+])
+def test_work_that_no_node_could_ever_hold_is_refused_with_the_numbers(nodes, share, count, refusal):
+    """A job's task, a training rank and an instance each run on one node: the pool's total is not enough."""
+    from services.common.errors import ApiError
+    from services.pools.service import _require_nodes_fit
+
+    if refusal is None:
+        _require_nodes_fit(_nodes(*nodes), share=share, count=count, pool="p", what="the job", field="resource_pool")
+        return
+    with pytest.raises(ApiError) as caught:
+        _require_nodes_fit(_nodes(*nodes), share=share, count=count, pool="p", what="the job", field="resource_pool")
+    assert (caught.value.status, caught.value.field) == (400, "resource_pool")
+    assert refusal in caught.value.message and "it could never start there" in caught.value.message
