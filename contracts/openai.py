@@ -3,13 +3,30 @@
 Shared by the per-instance inference server and the gateway. Types and defaults only: the ranges and
 cross-field rules of the sampling parameters are checked by the engine (services.inference.params),
 which names the offending parameter in an OpenAI error body. Unknown request fields are ignored, as
-vLLM does, so clients that send extra OpenAI fields keep working.
+vLLM does, so clients that send extra OpenAI fields keep working; but a known field that would change
+the answer and is not implemented (``REFUSED_FIELDS``) is refused with a 400 naming it, never dropped.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
+
+# Table 11-1's default completion length: what /v1 uses when a call names none (as OpenAI and vLLM do).
+API_DEFAULT_MAX_TOKENS = 16
+# Interactive tools (the playground, `maas chat`) default to a useful answer length instead: 16 tokens
+# cut almost every answer off mid-sentence. At most half the service's context, so a default never makes
+# a call too long for a small model.
+INTERACTIVE_MAX_TOKENS = 512
+
+
+def interactive_max_tokens(max_model_len: int | None) -> int:
+    """The completion length an interactive chat asks for when its user names none."""
+    if not max_model_len or max_model_len <= 1:
+        return INTERACTIVE_MAX_TOKENS
+    return max(1, min(INTERACTIVE_MAX_TOKENS, max_model_len // 2))
+
 
 # -- request ---------------------------------------------------------------------------------------
 
@@ -44,6 +61,8 @@ class FunctionDefinition(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
     parameters: dict[str, Any] | None = None
+    strict: bool | None = Field(None, description="Refuse (400) parameters that constrained decoding cannot "
+                                                  "enforce, instead of constraining to any JSON object")
 
 
 class Tool(BaseModel):
@@ -67,6 +86,53 @@ PROMPT_TOKENS_HEADER = "X-MaaS-Prompt-Tokens"
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class ResponseFormatText(BaseModel):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(BaseModel):
+    """Any JSON object: the output always parses (unless max_tokens cuts it)."""
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[a-zA-Z0-9_-]+$")
+    description: str | None = None
+    # ``schema`` is a BaseModel attribute: the field is schema_ under the wire name "schema".
+    schema_: dict[str, Any] | bool | None = Field(None, alias="schema")
+    strict: bool | None = Field(None, description="The schema is always enforced (constrained decoding)")
+
+
+class ResponseFormatJsonSchema(BaseModel):
+    """JSON that validates against ``json_schema.schema``, enforced while generating."""
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema,
+                           Field(discriminator="type")]
+
+# OpenAI and vLLM request fields that would change the answer and are not implemented: refused (400
+# naming the field) when they carry anything but their "no effect" value, rather than dropped.
+REFUSED_FIELDS: dict[str, str] = {
+    "functions": "use tools", "function_call": "use tool_choice", "logit_bias": "", "top_logprobs": "",
+    "audio": "", "prediction": "", "web_search_options": "", "reasoning_effort": "", "verbosity": "",
+    "min_tokens": "", "min_p": "", "stop_token_ids": "", "bad_words": "", "allowed_token_ids": "",
+    "guided_json": "use response_format", "guided_regex": "", "guided_choice": "", "guided_grammar": "",
+    "guided_decoding_backend": "", "structured_outputs": "use response_format", "echo": "",
+    "continue_final_message": "", "chat_template": "", "chat_template_kwargs": "", "documents": "",
+    "include_stop_str_in_output": "", "prompt_logprobs": "", "truncate_prompt_tokens": "",
+    "add_generation_prompt": "", "skip_special_tokens": "", "spaces_between_special_tokens": "",
+}
+# The value of a refused field that changes nothing (None always does).
+_NO_EFFECT: dict[str, Any] = {"top_logprobs": 0, "echo": False, "continue_final_message": False,
+                              "include_stop_str_in_output": False, "min_tokens": 0, "min_p": 0.0,
+                              "logit_bias": {}, "stop_token_ids": [], "bad_words": [], "chat_template_kwargs": {},
+                              "add_generation_prompt": True, "skip_special_tokens": True,
+                              "spaces_between_special_tokens": True}
 
 
 class ChatCompletionRequest(BaseModel):
@@ -96,13 +162,57 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     logprobs: bool | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
+    # Accepted only with the one behaviour this server has: text in, text out.
+    modalities: list[Literal["text"]] | None = None
+    parallel_tool_calls: bool | None = Field(None, description="false: at most one tool call per answer")
+    # Refused fields (REFUSED_FIELDS): declared so that a value is a 400 naming the field.
+    functions: SkipJsonSchema[Any] = None
+    function_call: SkipJsonSchema[Any] = None
+    logit_bias: SkipJsonSchema[Any] = None
+    top_logprobs: SkipJsonSchema[Any] = None
+    audio: SkipJsonSchema[Any] = None
+    prediction: SkipJsonSchema[Any] = None
+    web_search_options: SkipJsonSchema[Any] = None
+    reasoning_effort: SkipJsonSchema[Any] = None
+    verbosity: SkipJsonSchema[Any] = None
+    min_tokens: SkipJsonSchema[Any] = None
+    min_p: SkipJsonSchema[Any] = None
+    stop_token_ids: SkipJsonSchema[Any] = None
+    bad_words: SkipJsonSchema[Any] = None
+    allowed_token_ids: SkipJsonSchema[Any] = None
+    guided_json: SkipJsonSchema[Any] = None
+    guided_regex: SkipJsonSchema[Any] = None
+    guided_choice: SkipJsonSchema[Any] = None
+    guided_grammar: SkipJsonSchema[Any] = None
+    guided_decoding_backend: SkipJsonSchema[Any] = None
+    structured_outputs: SkipJsonSchema[Any] = None
+    echo: SkipJsonSchema[Any] = None
+    continue_final_message: SkipJsonSchema[Any] = None
+    chat_template: SkipJsonSchema[Any] = None
+    chat_template_kwargs: SkipJsonSchema[Any] = None
+    documents: SkipJsonSchema[Any] = None
+    include_stop_str_in_output: SkipJsonSchema[Any] = None
+    prompt_logprobs: SkipJsonSchema[Any] = None
+    truncate_prompt_tokens: SkipJsonSchema[Any] = None
+    add_generation_prompt: SkipJsonSchema[Any] = None
+    skip_special_tokens: SkipJsonSchema[Any] = None
+    spaces_between_special_tokens: SkipJsonSchema[Any] = None
+
+    @field_validator(*REFUSED_FIELDS)
+    @classmethod
+    def _refuse(cls, value, info):
+        if value is None or (info.field_name in _NO_EFFECT and value == _NO_EFFECT[info.field_name]):
+            return None
+        hint = REFUSED_FIELDS[info.field_name]
+        raise ValueError("is not supported by this server" + (f" ({hint})" if hint else ""))
 
     def resolved_max_tokens(self) -> int:
         if self.max_tokens is not None:
             return self.max_tokens
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens
-        return 16
+        return API_DEFAULT_MAX_TOKENS
 
 
 # -- response (table 11-2) -------------------------------------------------------------------------

@@ -6,4 +6,5 @@
 - ``params.SamplingParams``: every parameter of the guide's table 11-1 with its range and default.
 - ``server``: ``python -m services.inference.server --model-dir DIR --port P ...`` (FastAPI).
 - ``chat`` / ``tool_calls``: chat templates, tools in the prompt, <tool_call> parsing.
+- ``grammar``: constrained decoding (xgrammar): response_format JSON and tool calls always parse.
 """

@@ -15,7 +15,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from services.inference import cpu_priority
 from services.inference.beam import Beam, BeamSearch
+from services.inference.grammar import Grammars, JsonGrammar, ToolGrammar
 from services.inference.kv_concat import ConcatBackend
 from services.inference.kv_gqa import GqaBackend
 from services.inference.model_files import context_length, eos_token_ids, plan_model
@@ -165,6 +166,11 @@ class Engine:
         self.max_model_len = min(self.max_model_len, self.backend.max_len)
         self.vocab_size = self.backend.vocab_size or len(self.tokenizer)
         self.eos_ids = eos_token_ids(plan.onnx_dir, self.tokenizer)
+        # response_format and tool calls: grammars over this vocabulary (the logits' width, which may exceed the
+        # tokenizer's); EOS is what a complete value may end with. A tokenizer of their own: they
+        # read the vocabulary on a worker thread while the loop's tokenizer encodes prompts.
+        self.grammars = Grammars(partial(AutoTokenizer.from_pretrained, plan.onnx_dir),
+                                 vocab_size=self.vocab_size, stop_ids=self.eos_ids)
         log.info("engine: %s with %s on %s (max_model_len %d, %d slots)", plan.onnx_dir,
                  self.backend.name, self.backend.providers, self.max_model_len, max_num_seqs)
 
@@ -210,8 +216,12 @@ class Engine:
                 "or completion.", code="context_length_exceeded")
 
     def submit(self, prompt_ids, params: SamplingParams, sink: Callable[[Update], None]) -> RequestHandle:
-        """Queue a request; ``sink`` receives its updates on the scheduler thread."""
+        """Queue a request; ``sink`` receives its updates on the scheduler thread.
+
+        A grammar given as a spec (``JsonGrammar``, ``ToolGrammar``) is compiled here, in the caller's
+        thread (the server compiles it beforehand, off its event loop: ``compile_grammar``)."""
         self.check(prompt_ids, params)
+        params = self.compile_grammar(params)
         request = _Request(next(self._ids), np.asarray(prompt_ids, dtype=np.int64), params, sink)
         with self._cond:
             if self._closed:
@@ -219,6 +229,12 @@ class Engine:
             self._waiting.append(request)
             self._cond.notify()
         return RequestHandle(self, request)
+
+    def compile_grammar(self, params: SamplingParams) -> SamplingParams:
+        """``params`` with its grammar compiled for this model (InvalidParameter if it cannot be)."""
+        if isinstance(params.grammar, JsonGrammar | ToolGrammar):
+            return replace(params, grammar=self.grammars.compile(params.grammar))
+        return params
 
     def stream(self, prompt_ids, params: SamplingParams) -> Iterator[Update]:
         """Updates of one request, blocking (tests, benchmarks, scripts)."""
@@ -335,7 +351,8 @@ class Engine:
                 self.backend.copy(slots[0], slot)
             for i, slot in enumerate(list(slots)):
                 seq = Sequence(i, slot, self._text_stream(params),
-                               history.copy() if history is not None else None, rngs[i])
+                               history.copy() if history is not None else None, rngs[i],
+                               self.grammars.matcher(params.grammar) if params.grammar is not None else None)
                 request.seqs.append(seq)
                 self._advance(request, seq, logits)
         self._emit(request)
@@ -348,6 +365,8 @@ class Engine:
     def _advance(self, request: _Request, seq: Sequence, row: np.ndarray) -> None:
         params = request.params
         x = apply_penalties(row, seq.history, params) if seq.history is not None else row
+        if seq.grammar is not None:
+            x = seq.grammar.mask(x)
         token, logprob = choose_token(x, params, seq.rng, want_logprob=params.width > params.n)
         seq.cum_logprob += logprob
         seq.append(token, params=params, eos_ids=self.eos_ids, room=self._room(seq.slot))

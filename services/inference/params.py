@@ -6,6 +6,7 @@ Every rule lives here once: the HTTP server turns a request into ``SamplingParam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class InvalidParameter(ValueError):
@@ -40,6 +41,9 @@ class SamplingParams:
     # Text forced at the start of the completion (tool_choice "required"/named): part of the
     # output for parsing, not generated, not counted.
     forced_prefix: str = field(default="", repr=False)
+    # The grammar every sequence's tokens must follow (services.inference.grammar: response_format,
+    # tool calls), as a spec or compiled: the output then always parses unless max_tokens cuts it.
+    grammar: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -83,6 +87,8 @@ class SamplingParams:
         if self.best_of is not None:
             _require(self.best_of >= self.n, "best_of",
                      f"best_of must be greater than or equal to n, got best_of={self.best_of} and n={self.n}")
+        if self.grammar is not None:
+            self._validate_grammar()
         if self.use_beam_search:
             self._validate_beam()
         else:
@@ -96,6 +102,15 @@ class SamplingParams:
             _require(self.length_penalty == 1.0, "length_penalty",
                      "length_penalty applies to beam search only: set use_beam_search to true "
                      "(with best_of > 1, top_k -1) or leave length_penalty at 1.0")
+
+    def _validate_grammar(self) -> None:
+        # A stop string can occur inside a JSON string and would cut the value short; beams would each
+        # need their own grammar state, forked at every branch (not done).
+        _require(not self.stop or self.grammar.stop_allowed, "stop",
+                 "stop cannot be combined with response_format json_object/json_schema: a stop string "
+                 "inside the JSON would cut it short (generation ends when the JSON is complete)")
+        _require(not self.use_beam_search, "use_beam_search",
+                 "use_beam_search cannot be combined with response_format json_object/json_schema")
 
     def _validate_beam(self) -> None:
         _require(self.n > 1, "n", "use_beam_search requires n greater than 1")

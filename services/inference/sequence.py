@@ -1,13 +1,17 @@
 """One generated sequence (a choice) and what a request receives from the scheduler."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from services.inference.grammar import Matcher
 from services.inference.params import SamplingParams
 from services.inference.sampling import TokenHistory
 from services.inference.textstream import TextStream
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +42,7 @@ class Sequence:
     stream: TextStream
     history: TokenHistory | None
     rng: np.random.Generator | None
+    grammar: Matcher | None = None     # the constraint its tokens follow (response_format, tool calls)
     tokens: list[int] = field(default_factory=list)
     pending: int | None = None         # generated but not yet fed to the model
     cum_logprob: float = 0.0
@@ -57,7 +62,13 @@ class Sequence:
         self.tokens.append(token)
         if self.history is not None:
             self.history.add(token)
-        if token in eos_ids and not params.ignore_eos:
+        if self.grammar is not None and not self.grammar.accept(token):
+            # Cannot happen (the mask allowed only what the grammar accepts): end it rather than emit
+            # output that breaks the promised format.
+            log.error("grammar refused token %d that its own mask allowed", token)
+            self.finish_reason = "abort"
+        elif token in eos_ids and (not params.ignore_eos or self.grammar is not None):
+            # Under a grammar EOS is allowed only once the value is complete: it always ends it.
             self.finish_reason = "stop"
         elif self.stream.push(token):
             self.finish_reason = "stop"

@@ -43,6 +43,7 @@ from services.inference.auth import SECRET_ENV, InstanceSecret, RequireInstanceS
 from services.inference.chat import encode, render_prompt
 from services.inference.cpu_priority import DEFAULT_COMPUTE_NICENESS
 from services.inference.engine import DEFAULT_MAX_NUM_SEQS, Engine, EngineError, UpdateStream
+from services.inference.grammar import JsonGrammar, ToolGrammar
 from services.inference.params import InvalidParameter, SamplingParams
 from services.inference.tool_calls import Content, ToolCallParser, parse_tool_calls
 
@@ -97,13 +98,25 @@ class ModelState:
         return self.engine
 
 
-def _sampling_params(req: ChatCompletionRequest, forced_prefix: str) -> SamplingParams:
+def _response_grammar(req: ChatCompletionRequest) -> JsonGrammar | None:
+    """What ``response_format`` constrains the output to (None: free text)."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return JsonGrammar(None)
+    schema = fmt.json_schema.schema_
+    return JsonGrammar.from_schema({} if schema is None or schema is True else schema)
+
+
+def _sampling_params(req: ChatCompletionRequest, forced_prefix: str,
+                     grammar: JsonGrammar | ToolGrammar | None) -> SamplingParams:
     return SamplingParams(
         max_tokens=req.resolved_max_tokens(), temperature=req.temperature, top_p=req.top_p,
         top_k=req.top_k, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         repetition_penalty=req.repetition_penalty, stop=req.stop or (), n=req.n, best_of=req.best_of,
         use_beam_search=req.use_beam_search, length_penalty=req.length_penalty,
-        ignore_eos=req.ignore_eos, seed=req.seed, forced_prefix=forced_prefix)
+        ignore_eos=req.ignore_eos, seed=req.seed, forced_prefix=forced_prefix, grammar=grammar)
 
 
 def _tool_call(call) -> ToolCall:
@@ -125,7 +138,22 @@ class ChatHandler:
         try:
             self.prompt = render_prompt(self.engine.tokenizer, req.messages, tools=req.tools,
                                         tool_choice=req.tool_choice)
-            self.params = _sampling_params(req, self.prompt.forced_prefix)
+            grammar = _response_grammar(req)
+            if grammar is not None and self.prompt.tools_enabled:
+                raise InvalidParameter("response_format", "response_format json_object/json_schema cannot be "
+                                       "combined with tools (unless tool_choice is 'none')")
+            single = req.parallel_tool_calls is False
+            if self.prompt.tools_enabled and req.use_beam_search and single:
+                raise InvalidParameter("parallel_tool_calls", "parallel_tool_calls false cannot be combined with "
+                                       "use_beam_search (one call per answer is enforced by a grammar)")
+            if self.prompt.tools_enabled and not req.use_beam_search:
+                # Calls always parse: once opened (or from the start, when one is required), a call names
+                # one of the tools and its arguments follow that tool's schema. (Beams would each need
+                # their own grammar state: their calls stay unconstrained.)
+                grammar = ToolGrammar.for_request(req.tools, req.tool_choice, self.prompt.forced_prefix,
+                                                  single=single)
+            # The grammar is compiled later, off the event loop (prepare); its rules are checked now.
+            self.params = _sampling_params(req, self.prompt.forced_prefix, grammar)
             self.ids = encode(self.engine.tokenizer, self.prompt.text)
             self.engine.check(self.ids, self.params)
         except InvalidParameter as exc:
@@ -133,6 +161,16 @@ class ChatHandler:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.updates: UpdateStream | None = None
+
+    async def prepare(self) -> None:
+        """Compile the request's grammar (response_format, tools) on a worker thread: a new schema
+        takes milliseconds to seconds over a large vocabulary, and the loop relays other streams meanwhile."""
+        if self.params.grammar is None:
+            return
+        try:
+            self.params = await asyncio.to_thread(self.engine.compile_grammar, self.params)
+        except InvalidParameter as exc:
+            raise _bad_request(exc) from None
 
     def open(self) -> None:
         """Submit to the engine now: the prefill runs while the response starts."""
@@ -331,6 +369,7 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
         except ValidationError as exc:
             raise _validation_error(exc) from None
         handler = ChatHandler(state, req)
+        await handler.prepare()
         if req.stream:
             handler.open()
             return _EventStream(handler)

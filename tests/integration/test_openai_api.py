@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Literal
 
 import httpx
+import jsonschema
 import openai
 import pytest
+from pydantic import BaseModel
 
 from tests.integration.conftest import wait_for
 from tests.integration.test_serving_api import api_key, deploy, serving_tmp, tiny_model, tiny_service  # noqa: F401
@@ -127,6 +131,56 @@ async def test_tools_and_tool_results_are_accepted_also_streaming(client, servic
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+class Ticket(BaseModel):
+    priority: Literal["low", "high"]
+    escalate: bool
+    team: Literal["billing", "shipping", "returns"]
+
+
+SHIRT = {"type": "object", "properties": {"in_stock": {"type": "boolean"}, "size": {"enum": ["S", "M", "L"]}},
+         "required": ["in_stock", "size"], "additionalProperties": False}
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "strict": True, "parameters": {
+    "type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"],
+    "additionalProperties": False}}}
+
+
+async def test_structured_outputs_and_constrained_tool_calls(client, service):
+    """Issue 17: response_format is enforced while generating (the tiny model's text is noise, its JSON
+    is not), with the SDK's parse(); refusals name the field, from the instance or the gateway."""
+    name = service["name"]
+    parsed = await client.chat.completions.parse(model=name, messages=HI, response_format=Ticket, max_tokens=60,
+                                                 temperature=0)
+    assert parsed.choices[0].finish_reason == "stop"
+    assert isinstance(parsed.choices[0].message.parsed, Ticket)
+
+    stream = await client.chat.completions.create(
+        model=name, messages=HI, max_tokens=60, stream=True,
+        response_format={"type": "json_schema", "json_schema": {"name": "shirt", "schema": SHIRT, "strict": True}})
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    jsonschema.validate(json.loads(text), SHIRT)
+
+    for stream in (False, True):
+        kwargs = dict(model=name, messages=HI, tools=[WEATHER_TOOL], max_tokens=60, temperature=0,
+                      tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        if stream:
+            chunks = [c async for c in await client.chat.completions.create(**kwargs, stream=True)]
+            calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+        else:
+            calls = (await client.chat.completions.create(**kwargs)).choices[0].message.tool_calls
+        assert [c.function.name for c in calls] == ["get_weather"]
+        jsonschema.validate(json.loads(calls[0].function.arguments), WEATHER_TOOL["function"]["parameters"])
+
+    unenforceable = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array",
+                                                                                     "uniqueItems": True}}}
+    error = await _expect(client.chat.completions.create(model=name, messages=HI, response_format=unenforceable),
+                          openai.BadRequestError, 400, "unsupported_schema")   # from the instance, passed on
+    assert error.body["param"] == "response_format" and "'uniqueItems'" in error.body["message"]
+    error = await _expect(client.chat.completions.create(model=name, messages=HI, logit_bias={"42": 5}),
+                          openai.BadRequestError, 400)                         # refused by the gateway
+    assert error.body["param"] == "logit_bias" and "not supported" in error.body["message"]
+
+
 async def test_models_lists_running_services(unified, client, service):
     names = [m.id async for m in unified.models.list()]
     assert service["name"] in names
@@ -201,6 +255,24 @@ async def test_missing_or_wrong_keys_are_401(running_platform, service):
     async with openai.AsyncOpenAI(api_key="sk-wrong-key-1234567890", base_url=base, max_retries=0) as wrong:
         await _expect(wrong.chat.completions.create(model=service["name"], messages=HI), openai.AuthenticationError,
                       401, "invalid_api_key")
+
+
+async def test_errors_before_any_route_have_the_openai_shape_too(running_platform, client, unified, service, key):
+    """The body size limit (413), an unknown path (404) and a wrong method (405) answer before a /v1 route
+    runs: their bodies are OpenAI's as well, so the SDK raises its typed error with the message."""
+    oversize = [{"role": "user", "content": "x" * (running_platform["platform"].settings.max_body_bytes + 1)}]
+    for c in (client, unified):
+        error = await _expect(c.chat.completions.create(model=service["name"], messages=oversize),
+                              openai.APIStatusError, 413, "payload_too_large")
+        assert "request body exceeds" in error.message and error.body["param"] == "body"
+    url = running_platform["url"]
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as raw:
+        unknown = await raw.post(f"{url}/v1/completions", json={"model": service["name"], "prompt": "hi"})
+        wrong_method = await raw.get(f"{url}/v1/chat/completions")
+    for r, status, code in ((unknown, 404, "not_found"), (wrong_method, 405, "method_not_allowed")):
+        assert r.status_code == status and r.json()["error"]["code"] == code, r.text
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert wrong_method.headers["allow"] == "POST"
 
 
 async def test_another_tenants_service_does_not_exist_for_its_key_and_a_deleted_key_gets_401(api, running_platform,
@@ -334,6 +406,13 @@ async def test_playground_chat_with_the_guides_parameters(api, service):
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]" and '"usage"' in lines[-2]
+    # No max_tokens: the playground answers at an interactive length, not /v1's 16 tokens.
+    r = await api.post("/api/v1/playground/chat", json={"service_id": service["id"],
+                                                        "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    choice, usage = r.json()["choices"][0], r.json()["usage"]
+    assert usage["completion_tokens"] <= min(512, service["max_model_len"] // 2)
+    assert usage["completion_tokens"] > 16 or choice["finish_reason"] == "stop"
     r = await api.post("/api/v1/playground/chat", json={"service_id": "nope",
                                                         "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 404 and r.json()["error"]["code"] == "service_not_found"
