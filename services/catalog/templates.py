@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class TuneType(StrEnum):
@@ -72,9 +72,22 @@ class Template(BaseModel):
     recommended_qps: float | None = None              # single-instance QPS, table 8-2
     tuning_throughput: dict[TuneType, ThroughputRange] = {}   # table 6-6
     global_batch_size: int = 32                       # 512 for the -1K templates
+    # The global batches a tuning job may choose instead, [smallest, largest]; None: fixed at
+    # global_batch_size, as the guide's templates are. Self-hosting templates allow a small one, so
+    # that a dataset of a few dozen samples can be tuned (at least one global batch is needed).
+    global_batch_size_range: tuple[int, int] | None = None
     preset_weights: PresetWeights | None = None
     description: str = ""
     description_zh: str = ""
+
+    @model_validator(mode="after")
+    def _batch_range_holds_the_default(self) -> "Template":
+        if self.global_batch_size_range is not None:
+            low, high = self.global_batch_size_range
+            if not 1 <= low <= self.global_batch_size <= high:
+                raise ValueError(f"global_batch_size_range {list(self.global_batch_size_range)} must hold "
+                                 f"global_batch_size {self.global_batch_size} and start at 1 or more")
+        return self
 
     def supports_tune(self, tune_type: TuneType) -> bool:
         return tune_type in self.tasks.tune

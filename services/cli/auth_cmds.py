@@ -94,7 +94,12 @@ def register(app: typer.Typer) -> None:
         base = (url or stored.url).rstrip("/")
         if token:
             with Client(base, token) as c:
-                me = c.get("/api/v1/auth/me")
+                try:
+                    me = c.get("/api/v1/auth/me")
+                except CliError as exc:
+                    if exc.status == 401:
+                        exc.hint = "that token is wrong, expired or revoked: log in with --username instead"
+                    raise
             username = me["username"]
         else:
             username = username or typer.prompt("Username")

@@ -5,6 +5,7 @@ import sys
 
 import typer
 
+from contracts.openai import INTERACTIVE_MAX_TOKENS, interactive_max_tokens
 from services.cli.client import CliError
 from services.cli.common import client
 from services.cli.output import console, err_console, print_error, print_json
@@ -18,7 +19,9 @@ def chat(
     temperature: float = typer.Option(1.0, "--temperature", min=0, max=2, help="0 ~ 2"),
     top_p: float = typer.Option(1.0, "--top-p", min=0.1, max=1, help="0.1 ~ 1"),
     top_k: int = typer.Option(20, "--top-k", min=1, max=1000, help="1 ~ 1000"),
-    max_tokens: int = typer.Option(None, "--max-tokens"),
+    max_tokens: int = typer.Option(None, "--max-tokens", min=1,
+                                   help=f"longest answer in tokens (default {INTERACTIVE_MAX_TOKENS}, at most half the "
+                                        "service's context; the API's own default is 16)"),
     stream: bool = typer.Option(True, "--stream/--no-stream"),
     api_key: str = typer.Option(None, "--api-key", envvar="MAAS_API_KEY",
                                 help="call /v1/chat/completions with this API key instead of the playground"),
@@ -41,9 +44,9 @@ def _chat(service, message, system, temperature, top_p, top_k, max_tokens, strea
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
     with client() as c:
         s = find_callable(c, service)
-        body = {"messages": messages, "temperature": temperature, "top_p": top_p, "top_k": top_k, "stream": stream}
-        if max_tokens:
-            body["max_tokens"] = max_tokens
+        limit = max_tokens or interactive_max_tokens(s.get("max_model_len"))
+        body = {"messages": messages, "temperature": temperature, "top_p": top_p, "top_k": top_k, "stream": stream,
+                "max_tokens": limit}
         if api_key:
             path = f"{s['api_base']}/chat/completions"
             headers = {"Authorization": f"Bearer {api_key}"}
@@ -58,26 +61,37 @@ def _chat(service, message, system, temperature, top_p, top_k, max_tokens, strea
             if as_json:
                 print_json(answer)
             else:
-                console.print(answer["choices"][0]["message"]["content"], highlight=False, markup=False)
+                choice = answer["choices"][0]
+                console.print(choice["message"]["content"], highlight=False, markup=False)
                 _usage(answer.get("usage"))
+                _cut(choice.get("finish_reason"), limit)
             return
-        usage = None
+        usage, finish = None, None
         for event in c.stream_events(path, body, headers=headers):
             for choice in event.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content")
                 if piece:
                     sys.stdout.write(piece)
                     sys.stdout.flush()
+                finish = choice.get("finish_reason") or finish
             usage = event.get("usage") or usage
         sys.stdout.write("\n")
         sys.stdout.flush()
         _usage(usage)
+        _cut(finish, limit)
 
 
 def _usage(usage: dict | None) -> None:
     if usage:
         err_console.print(f"[dim]{usage.get('prompt_tokens')} prompt + {usage.get('completion_tokens')} completion "
                           "tokens[/dim]")
+
+
+def _cut(finish_reason: str | None, limit: int) -> None:
+    """Say so when the answer stopped at max_tokens rather than at its end."""
+    if finish_reason == "length":
+        err_console.print(f"[yellow]the answer stopped at the limit of {limit} tokens; ask for a longer one with "
+                          f"--max-tokens[/yellow]", highlight=False)
 
 
 def register(root: typer.Typer) -> None:

@@ -36,10 +36,23 @@ def error_from_response(response: httpx.Response) -> CliError:
     else:
         text = response.text.strip()
         message, field, details, code = (text[:500] or response.reason_phrase), None, [], None
-    hint = None
-    if response.status_code == 401:
-        hint = "log in again with `maas login` (or set MAAS_TOKEN)"
+    hint = _hint_401(response) if response.status_code == 401 else None
     return CliError(message, status=response.status_code, code=code, field=field, details=details, hint=hint)
+
+
+def _hint_401(response: httpx.Response) -> str:
+    """What to do about a refused credential, by which one was refused: a password while logging in,
+    an API key on /v1, or the stored login token everywhere else."""
+    try:
+        path = response.request.url.path
+    except RuntimeError:   # a response made without its request (tests)
+        path = ""
+    if path.startswith("/api/v1/auth/login"):
+        return "check the username and password (they are case-sensitive)"
+    if path == "/v1" or path.startswith("/v1/"):
+        return ("the API key is wrong, expired or deleted: create one with `maas keys create`, "
+                "or leave out --api-key to chat through your login")
+    return "your login expired or was revoked: log in again with `maas login` (or set MAAS_TOKEN)"
 
 
 class Client:

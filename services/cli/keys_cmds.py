@@ -16,7 +16,7 @@ def create(description: str = typer.Option("", "--description", "-d"), as_json: 
     with client() as c:
         key = c.post(KEYS, {"description": description})
     emit(key, as_json=as_json, render=lambda k: (
-        console.print(f"[bold]{k['key']}[/bold]", highlight=False),
+        console.print(f"[bold]{k['key']}[/bold]", highlight=False, soft_wrap=True),   # never broken over lines
         console.print("[yellow]Copy it now: the secret is not shown again.[/yellow]")))
 
 

@@ -28,16 +28,48 @@ def find(c: Client, ident: str) -> dict:
 
 
 def weights_path(c: Client, weights: str, *, label: str, quiet: bool) -> str:
-    """A local folder is uploaded into the default bucket first; anything else is a bucket/path already."""
+    """A local folder is uploaded into the default bucket first; anything else is a bucket/path already.
+
+    A path that starts with '/', '.' or '~' is always meant as a local folder: when it does not exist
+    the error says so, instead of the API's word about a bucket named after its first part ('tmp').
+    """
     local = Path(weights).expanduser()
     if local.exists():
         bucket = c.get("/api/v1/auth/me")["default_bucket"]
         dest = f"{bucket}/uploads/{label}-{time.strftime('%Y%m%d%H%M%S')}"
         upload(c, local, dest, quiet=quiet)
         return dest
+    if weights.startswith(("/", ".", "~")):
+        raise CliError(f"--weights: no such local folder: {weights}", field="weights",
+                       hint="give the path of a Hugging Face model folder on this machine, or bucket/folder in storage")
     if "/" not in weights.strip("/") and not weights.startswith("s3://"):
         raise CliError(f"--weights: '{weights}' is neither a local folder nor a bucket/folder path", field="weights")
     return weights
+
+
+def _bucket_of(weights: str) -> str:
+    return weights.removeprefix("s3://").strip("/").split("/", 1)[0]
+
+
+def post_weights(c: Client, path: str, body: dict, *, typed: str | None) -> dict:
+    """POST a body naming weights in storage. ``typed`` is what the user gave as --weights: when the API
+    refuses it (it was not a local folder either), the error says both, e.g. "no local folder and no
+    bucket named …", instead of only the API's word about a bucket."""
+    try:
+        return c.post(path, body)
+    except CliError as exc:
+        if typed is None or body.get("weights_path") != typed or exc.status != 400 or exc.field != "weights_path":
+            raise
+        bucket = _bucket_of(typed)
+        try:
+            c.get("/api/v1/storage/objects", path=bucket)   # 400 when the account has no such bucket
+        except CliError as listing:
+            if listing.status != 400:
+                raise exc from None
+            raise CliError(f"--weights: there is no local folder '{typed}' and no bucket named '{bucket}'",
+                           field="weights", hint="see your buckets with `maas storage buckets`") from None
+        exc.hint = exc.hint or f"there is no local folder '{typed}' either"
+        raise
 
 
 def _failure_detail(c: Client, model: dict) -> list[str]:
@@ -125,7 +157,7 @@ def create(
             body["weights_source"] = "preset"
         else:
             body["weights_path"] = weights_path(c, weights, label=name, quiet=as_json)
-        model = c.post(MODELS, body)
+        model = post_weights(c, MODELS, body, typed=None if preset else weights)
         if not as_json:
             console.print(f"model [bold]{model['name']}[/bold] ({model['id']}) is {model['status']}")
         if wait:
@@ -191,7 +223,7 @@ def add_version(
                 "validate_weights": validate}
         if base_version is not None:
             body["base_version"] = base_version
-        v = c.post(f"{MODELS}/{m['id']}/versions", body)
+        v = post_weights(c, f"{MODELS}/{m['id']}/versions", body, typed=weights)
         if wait:
             v = wait_until(lambda: c.get(f"{MODELS}/{m['id']}/versions/{v['number']}"),
                            lambda x: x["status"] != "creating",

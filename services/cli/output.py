@@ -173,4 +173,16 @@ def hours(value: float | None) -> str:
     if value is None:
         return "-"
     minutes = value * 60
+    if minutes < 1:
+        return "under a minute"
     return f"{minutes:.0f} min" if minutes < 90 else f"{value:.2f} h"
+
+
+def hours_range(low: float | None, high: float | None) -> str:
+    """An estimate's range: "10 min – 1.50 h", "up to 5 min", "under a minute" (never "<1~<1")."""
+    low_text, high_text = hours(low), hours(high)
+    if low_text == high_text:
+        return high_text
+    if low_text == "under a minute":
+        return f"up to {high_text}"
+    return f"{low_text} – {high_text}"

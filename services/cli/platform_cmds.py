@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.panel import Panel
 
 from services.cli.local_ray import LocalRayHead
 
@@ -51,11 +50,13 @@ def _show_admin(admin, url: str) -> None:
         console.print("[dim]Admin account exists already (its secrets were shown on the first start). "
                       "Log in with POST /api/v1/auth/login.[/dim]")
         return
-    console.print(Panel.fit(
-        f"username: [bold]{admin.username}[/bold]\npassword: [bold]{admin.password}[/bold]\n"
-        f"token:    [bold]{admin.token}[/bold]\n\n"
-        f"curl -H 'Authorization: Bearer {admin.token}' {url}/api/v1/templates",
-        title="Bootstrap admin — shown once, store it now", border_style="yellow"))
+    # Plain lines, never wrapped (narrow terminal, output to a file): a password or token broken over
+    # two lines, or inside a box's borders, cannot be pasted, and a command with a line break fails.
+    console.print("[bold yellow]Bootstrap admin — shown once, store it now[/bold yellow]")
+    for line in (f"username: {admin.username}", f"password: {admin.password}", f"token:    {admin.token}",
+                 "try it:", f"  curl -H 'Authorization: Bearer {admin.token}' {url}/api/v1/templates",
+                 f"  maas login --url {url} --username {admin.username}"):
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 def up(

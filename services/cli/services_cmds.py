@@ -1,13 +1,15 @@
 """``maas deploy``, ``maas services``, ``maas presets``: model services and preset services."""
 from __future__ import annotations
 
+import time
+
 import typer
 from rich.markup import escape
 
 from services.cli.client import CliError, Client, resolve
 from services.cli.common import client, command, confirm_delete, wait_until
 from services.cli.models_cmds import find as find_model
-from services.cli.output import JsonOption, console, emit, fields, status_text, table, when
+from services.cli.output import JsonOption, console, emit, err_console, fields, status_text, table, when
 
 app = typer.Typer(help="Model services: list, show, start, stop, scale, QPS, upgrade, call.", no_args_is_help=True)
 presets_app = typer.Typer(help="Preset services and their free quota.", no_args_is_help=True)
@@ -50,10 +52,36 @@ def render_service(s: dict) -> None:
             ("created", when(s["created_at"]))], title=s["name"])
 
 
+def progress_line(s: dict) -> str:
+    """One step of a service's way to running: what it is doing and how many instances are ready."""
+    doing = s.get("operation") or s["status"]
+    return f"{s['name']}: {doing}, {s['ready_instances']}/{s['instance_count']} instance(s) ready"
+
+
+def settled(s: dict) -> bool:
+    """Deployed, started, scaled or upgraded as far as it goes: a final state and no operation under way."""
+    return s["status"] in SETTLED and not s.get("operation")
+
+
 def wait_settled(c: Client, service_id: str, *, timeout: float, quiet: bool) -> dict:
-    return wait_until(lambda: c.get(f"{SERVICES}/{service_id}"), lambda s: s["status"] in SETTLED,
-                      message=lambda s: f"{s['name']}: {s['status']} ({s['ready_instances']}/{s['instance_count']} "
-                                        "instances ready)…", timeout=timeout, quiet=quiet)
+    """Poll until the service settles; each new step (deploying → instance n/m ready → running) is
+    printed on a line of its own, so a wait of many seconds shows where it is, also in a log file."""
+    started, shown = time.monotonic(), []
+
+    def fetch() -> dict:
+        service = c.get(f"{SERVICES}/{service_id}")
+        line = progress_line(service)
+        if not quiet and (not shown or shown[-1] != line):
+            shown.append(line)
+            err_console.print(f"  {line}", highlight=False, markup=False)
+        return service
+
+    return wait_until(fetch, settled, message=lambda s: f"{progress_line(s)} ({time.monotonic() - started:.0f} s)…",
+                      timeout=timeout, quiet=quiet)
+
+
+WaitOption = typer.Option(False, "--wait/--no-wait", help="wait until the service settles, showing each step")
+TimeoutOption = typer.Option(600, "--timeout", help="seconds to wait")
 
 
 def deploy(
@@ -94,7 +122,8 @@ def deploy(
         url = c.url
     emit(s, as_json=as_json, render=lambda s: (console.print(f"service [bold]{s['name']}[/bold]: {status_text(s['status'])}"
                                                             + (f" — {escape(s['message'])}" if s.get("message") else "")),
-                                               console.print(f"base URL: {url}{s['api_base']}   model: {s['call_model']}")))
+                                               console.print(f"base URL: {url}{s['api_base']}   model: {s['call_model']}",
+                                                             soft_wrap=True, highlight=False)))
     if s["status"] == "failed":
         raise typer.Exit(1)
 
@@ -130,9 +159,10 @@ def specs(as_json: bool = JsonOption) -> None:
 
 
 @command(app)
-def start(service: str = typer.Argument(..., help="service id or name"), as_json: bool = JsonOption) -> None:
+def start(service: str = typer.Argument(..., help="service id or name"), wait: bool = WaitOption,
+          timeout: float = TimeoutOption, as_json: bool = JsonOption) -> None:
     """Start a stopped or failed service."""
-    _change(service, "POST", "/start", None, as_json)
+    _change(service, "POST", "/start", None, as_json, wait=wait, timeout=timeout)
 
 
 @command(app)
@@ -143,9 +173,10 @@ def stop(service: str = typer.Argument(..., help="service id or name"), as_json:
 
 @command(app)
 def scale(service: str = typer.Argument(..., help="service id or name"),
-          instances: int = typer.Argument(..., help="new instance count (1-16)"), as_json: bool = JsonOption) -> None:
+          instances: int = typer.Argument(..., help="new instance count (1-16)"), wait: bool = WaitOption,
+          timeout: float = TimeoutOption, as_json: bool = JsonOption) -> None:
     """Scale a running service's instance count."""
-    _change(service, "PUT", "/instance-count", {"instance_count": instances}, as_json)
+    _change(service, "PUT", "/instance-count", {"instance_count": instances}, as_json, wait=wait, timeout=timeout)
 
 
 @command(app)
@@ -158,15 +189,23 @@ def qps(service: str = typer.Argument(..., help="service id or name"),
 @command(app)
 def upgrade(service: str = typer.Argument(..., help="service id or name"),
             version: str = typer.Argument(..., help="another version of the same model: 2, V2 or id"),
-            as_json: bool = JsonOption) -> None:
-    """Upgrade a service to another version of its model."""
-    _change(service, "POST", "/upgrade", {"version": version}, as_json)
+            wait: bool = WaitOption, timeout: float = TimeoutOption, as_json: bool = JsonOption) -> None:
+    """Upgrade a service to another version of its model (a running one rolls its instances over)."""
+    _change(service, "POST", "/upgrade", {"version": version}, as_json, wait=wait, timeout=timeout)
 
 
-def _change(ident: str, method: str, suffix: str, body: dict | None, as_json: bool) -> None:
+def _change(ident: str, method: str, suffix: str, body: dict | None, as_json: bool, *, wait: bool = False,
+            timeout: float = 600) -> None:
     with client() as c:
         s = find(c, ident)
         result = c.call(method, f"{SERVICES}/{s['id']}{suffix}", **({"json": body} if body is not None else {}))
+        if wait:
+            result = wait_settled(c, s["id"], timeout=timeout, quiet=as_json)
+    if wait and result["status"] == "failed":
+        emit(result, as_json=as_json, render=lambda r: console.print(
+            f"service [bold]{r['name']}[/bold]: {status_text(r['status'])}"
+            + (f" — {escape(r['message'])}" if r.get("message") else "")))
+        raise typer.Exit(1)
     emit(result, as_json=as_json, render=lambda r: console.print(
         f"service [bold]{r['name']}[/bold]: {status_text(r['status'])}"
         + (f" ({r['operation']})" if r.get("operation") else "")))
@@ -245,7 +284,9 @@ def call(service: str = typer.Argument(..., help="service (or preset service) id
         s = find_callable(c, service)
         data = examples(c.url, s)
     emit(data, as_json=as_json, render=lambda d: (
-        fields([("base URL", d["base_url"]), ("model", d["model"])]),
+        # Plain lines, not a table: a URL folded at the terminal's width cannot be pasted.
+        console.print(f"base URL: {d['base_url']}\nmodel:    {d['model']}", highlight=False, markup=False,
+                      soft_wrap=True),
         console.print("\n[bold]curl[/bold]"), console.print(d["curl"], highlight=False, markup=False, soft_wrap=True),
         console.print("\n[bold]Python (OpenAI SDK)[/bold]"), console.print(d["python"], highlight=False, markup=False, soft_wrap=True),
         console.print("\n[dim]Create a key with `maas keys create` and put it in place of <your_api_key>.[/dim]")))
@@ -264,15 +305,34 @@ def presets_list(as_json: bool = JsonOption) -> None:
 
 
 @command(presets_app)
-def claim(service: str = typer.Argument(..., help="preset service id or name"), as_json: bool = JsonOption) -> None:
+def claim(service: str = typer.Argument(None, help="preset service id or name (default: the only preset service)"),
+          as_json: bool = JsonOption) -> None:
     """Claim the free quota of a preset service (once per user)."""
     with client() as c:
-        s = find_callable(c, service)
-        if not s.get("preset"):
-            raise CliError(f"'{service}' is not a preset service")
+        s = find_preset(c, service)
         data = c.post(f"/api/v1/preset-services/{s['id']}/claim")
     emit(data, as_json=as_json, render=lambda d: console.print(
-        f"claimed {d['granted']:,} free tokens of [bold]{s['name']}[/bold]"))
+        f"claimed {d['granted']:,} free tokens of [bold]{s['name']}[/bold]; call it with "
+        f"`maas chat {s['name']} \"Hello!\"`", highlight=False))
+
+
+def find_preset(c: Client, ident: str | None) -> dict:
+    """A preset service by id or name; without one, the only preset service (or the choices)."""
+    presets = c.get("/api/v1/preset-services")["items"]
+    if ident is None:
+        if len(presets) == 1:
+            return presets[0]
+        if not presets:
+            raise CliError("there is no preset service yet",
+                           hint="the platform imports the shipped weights on its first start; try again in a minute")
+        names = ", ".join(p["name"] for p in presets)
+        raise CliError(f"name the preset service to claim: one of {names}", field="service",
+                       hint=f"maas presets claim {presets[0]['name']}")
+    for item in presets:
+        if ident in (item["id"], item["name"]):
+            return item
+    names = ", ".join(p["name"] for p in presets) or "none yet"
+    raise CliError(f"'{ident}' is not a preset service (preset services: {names})", field="service")
 
 
 def register(root: typer.Typer) -> None:

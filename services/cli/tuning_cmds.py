@@ -10,12 +10,14 @@ import re
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.progress import MofNCompleteColumn, TextColumn
 
 from services.cli.client import CliError
 from services.cli.common import client, command
 from services.cli.jobs_cmds import JobKind, LogSeries, WatchBar, add_job_commands, finish, find, source_of, watch
-from services.cli.output import JsonOption, console, emit, fields, hours, output_model, status_text, table, when
+from services.cli.output import (JsonOption, console, emit, err_console, fields, hours_range, output_model,
+                                 status_text, table, when)
 from services.cli.upload import upload
 
 app = typer.Typer(help="Model tuning: jobs, logs, checkpoints.", no_args_is_help=True)
@@ -73,10 +75,11 @@ def render_job(j: dict) -> None:
             ("type", j["tune_type"]), ("output model", output_model(j)),
             ("output path", j["output"]["path"]), ("dataset", f"{j['dataset']['path']} ({j['dataset']['format']}, "
                                                               f"{j['dataset']['sample_count']} samples)"),
-            ("epochs", hp["epochs"]), ("iterations", hp["iterations"]), ("learning rate", hp["learning_rate"]),
+            ("epochs", hp["epochs"]), ("iterations", hp["iterations"]), ("global batch", hp.get("global_batch_size")),
+            ("learning rate", hp["learning_rate"]),
             ("progress", iterations(j)),
             ("lm loss", progress.get("lm_loss")), ("ETA", fmt_eta(eta_seconds(j)) if j["status"] == "running" else "-"),
-            ("estimate", f"{hours(est['min_hours'])} – {hours(est['max_hours'])}" if est else None),
+            ("estimate", hours_range(est['min_hours'], est['max_hours']) if est else None),
             ("created", when(j["created_at"]))], title=j["name"])
     if j.get("checkpoints"):
         render_checkpoints(j["checkpoints"])
@@ -86,6 +89,12 @@ def render_checkpoints(items: list[dict]) -> None:
     table(["iteration", "format", "path", "created"],
           [(c["iteration"], c["format"], c["path"], when(c["created_at"])) for c in items], title="Checkpoints")
 
+
+GlobalBatchOption = typer.Option(
+    None, "--global-batch-size", min=1,
+    help="samples per iteration (default the template's: 32, 512 for -1K templates); a dataset needs at least "
+         "one global batch. Only self-hosting templates (SmolLM2, the custom-size ones) let you choose it: "
+         "`maas tune estimate` shows the range")
 
 KIND = JobKind(
     path="tuning-jobs", label="tuning job",
@@ -111,21 +120,29 @@ def estimate(
     tune_type: str = typer.Option("lora", "--type", help="full, lora or pretrain"),
     samples: int = typer.Option(..., "--samples", help="samples in the dataset"),
     epochs: int = typer.Option(1, "--epochs"),
+    global_batch: int = GlobalBatchOption,
     flavor: str = typer.Option("cpu.1", "--flavor"),
     nodes: int = typer.Option(1, "--nodes"),
     as_json: bool = JsonOption,
 ) -> None:
-    """Iterations and the duration estimate (tables 6-5, 6-6) before creating a job."""
+    """Iterations and the duration estimate (tables 6-5, 6-6) before creating a job; also says whether the
+    dataset is large enough (at least one global batch of samples)."""
     with client() as c:
         body = {"source": source_of(c, model=model, version=version, template=template), "tune_type": tune_type,
                 "sample_count": samples, "epochs": epochs, "flavor": flavor, "node_count": nodes}
+        if global_batch:
+            body["global_batch_size"] = global_batch
         data = c.post(f"{JOBS}/estimate", body)
 
     def render(d: dict) -> None:
-        est = d.get("estimate")
+        est, allowed = d.get("estimate"), d.get("global_batch_size_range")
         fields([("iterations", f"{d['iterations']} = ceil({samples} / {d['global_batch_size']}) × {epochs}"),
-                ("duration", f"{hours(est['min_hours'])} – {hours(est['max_hours'])}" if est else d.get("note"))],
+                ("global batch", f"{d['global_batch_size']} samples per iteration"
+                                 + (f" (--global-batch-size {allowed[0]}~{allowed[1]})" if allowed else " (fixed)")),
+                ("duration", hours_range(est['min_hours'], est['max_hours']) if est else d.get("note"))],
                title="Estimate")
+        if d.get("problem"):
+            err_console.print(f"[yellow]a job would be refused: {escape(d['problem'])}[/yellow]", highlight=False)
     emit(data, as_json=as_json, render=render)
 
 
@@ -137,10 +154,12 @@ def create(
     template: str = typer.Option(None, "--template", "-t", help="a model-square template with preset weights"),
     tune_type: str = typer.Option("lora", "--type", help="full, lora or pretrain"),
     output_name: str = typer.Option(..., "--output-name", "-o", help="name of the tuned model"),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="a local .jsonl/.json/.csv/.xlsx file or bucket/path"),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="a local .jsonl/.json/.csv/.xlsx file or bucket/path, "
+                                "with at least one global batch of samples (32; 512 for -1K templates)"),
     dataset_format: str = typer.Option(None, "--format", help="moss, alpaca or sharegpt (csv/xlsx: converted)"),
     samples: int = typer.Option(None, "--samples", help="samples in the dataset (checked when given)"),
     epochs: int = typer.Option(1, "--epochs"),
+    global_batch: int = GlobalBatchOption,
     learning_rate: float = typer.Option(2e-5, "--lr", help="(0, 0.1]"),
     checkpoints: int = typer.Option(1, "--checkpoints", help="checkpoints to keep, 1 ~ min(iterations, 10)"),
     flavor: str = typer.Option("cpu.1", "--flavor"),
@@ -160,10 +179,14 @@ def create(
             bucket = c.get("/api/v1/auth/me")["default_bucket"]
             dataset = f"{bucket}/datasets/{local.name}"
             upload(c, local, dataset, quiet=as_json)
+        elif dataset.startswith(("/", ".", "~")):   # meant as a local file (not a bucket named 'tmp')
+            raise CliError(f"--dataset: no such local file: {dataset}", field="dataset")
         body = {"name": name, "description": description, "source": source, "tune_type": tune_type,
                 "output_model_name": output_name, "dataset_path": dataset,
                 "hyperparameters": {"epochs": epochs, "learning_rate": learning_rate, "checkpoint_count": checkpoints},
                 "flavor": flavor, "node_count": nodes}
+        if global_batch:
+            body["hyperparameters"]["global_batch_size"] = global_batch
         if dataset_format:
             body["dataset_format"] = dataset_format
         if samples:
@@ -178,7 +201,7 @@ def create(
         if not as_json:
             hp, est = job["hyperparameters"], job.get("estimate")
             console.print(f"job [bold]{job['name']}[/bold] ({job['id']}): {hp['iterations']} iterations"
-                          + (f", estimated {hours(est['min_hours'])} – {hours(est['max_hours'])}" if est else ""))
+                          + (f", estimated {hours_range(est['min_hours'], est['max_hours'])}" if est else ""))
         if follow:
             job = watch(c, KIND, job["id"], quiet=as_json)
     finish(KIND, job, as_json=as_json)

@@ -1,7 +1,9 @@
 """Errors as the REST API shows them: ``{"error": {"code", "message", "field"?}}`` with the right status.
 
 User-facing validation problems are 400 (never 422): the console shows the message as is, and it
-names the field and the rule that was broken.
+names the field and the rule that was broken. Under ``/v1`` (the OpenAI-compatible API) every error,
+also those no route raised (404 no such path, 405, 413 too large, 500), has OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``: OpenAI SDKs read it into their typed errors.
 """
 from __future__ import annotations
 
@@ -56,6 +58,32 @@ class ApiError(Exception):
         return {"error": error}
 
 
+OPENAI_PREFIX = "/v1"
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
+                 404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",
+                 413: "invalid_request_error", 429: "rate_limit_error", 503: "service_unavailable_error"}
+
+
+def is_openai_path(path: str) -> bool:
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
+def openai_error_type(status: int) -> str:
+    return _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+
+
+def openai_error_body(status: int, message: str, *, code: str | None = None, param: str | None = None,
+                      type: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type or openai_error_type(status), "param": param, "code": code}}
+
+
+def error_body(path: str, status: int, code: str, message: str, *, field: str | None = None) -> dict:
+    """The error body for a request to ``path``: OpenAI's under /v1, the console API's elsewhere."""
+    if is_openai_path(path):
+        return openai_error_body(status, message, code=code, param=field)
+    return ApiError(status, code, message, field=field).body()
+
+
 def bad_request(message: str, *, field: str | None = None, code: str = "invalid_parameter") -> ApiError:
     return ApiError(400, code, message, field=field)
 
@@ -90,15 +118,18 @@ def describe_validation_error(err: dict) -> tuple[str, str]:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError):
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    async def _api_error(request: Request, exc: ApiError):
+        # exc.body(), not error_body(): a subclass may add to it (a dataset's bad lines as details).
+        body = (openai_error_body(exc.status, exc.message, code=exc.code, param=exc.field)
+                if is_openai_path(request.url.path) else exc.body())
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError):
+    async def _validation(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         field, message = describe_validation_error(errors[0]) if errors else ("body", "invalid request")
-        body = ApiError(400, "invalid_parameter", message, field=field).body()
-        if len(errors) > 1:
+        body = error_body(request.url.path, 400, "invalid_parameter", message, field=field)
+        if len(errors) > 1 and not is_openai_path(request.url.path):
             body["error"]["details"] = [
                 {"field": f, "message": m} for f, m in (describe_validation_error(e) for e in errors)]
         return JSONResponse(body, status_code=400)
@@ -110,8 +141,15 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request.app, request.url.path))
-        return JSONResponse(ApiError(exc.status_code, code, str(exc.detail)).body(),
+        return JSONResponse(error_body(request.url.path, exc.status_code, code, str(exc.detail)),
                             status_code=exc.status_code, headers=headers or None)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # Our fault: the traceback goes to the log (Starlette re-raises it after this answer), the
+        # client gets a JSON body of its API's shape instead of a plain-text "Internal Server Error".
+        return JSONResponse(error_body(request.url.path, 500, "internal_error", "internal server error"),
+                            status_code=500)
 
 
 def allowed_methods(app: FastAPI, path: str) -> list[str]:

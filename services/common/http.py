@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from services.common.errors import error_body
+
 
 class BodySizeLimit:
     """Reject bodies over ``max_bytes`` with 413 before they are read into memory.
@@ -18,7 +20,7 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send)
+            return await self._reject(scope, send)
         received = 0
 
         async def counting_receive():
@@ -33,11 +35,12 @@ class BodySizeLimit:
         try:
             await self.app(scope, counting_receive, send)
         except _TooLarge:
-            await self._reject(send)
+            await self._reject(scope, send)
 
-    async def _reject(self, send):
-        body = json.dumps({"error": {"code": "payload_too_large",
-                                     "message": f"request body exceeds {self.max_bytes} bytes"}}).encode()
+    async def _reject(self, scope, send):
+        # /v1 answers OpenAI's error shape (an OpenAI SDK raises its typed error from it).
+        body = json.dumps(error_body(scope["path"], 413, "payload_too_large",
+                                     f"request body exceeds {self.max_bytes} bytes", field="body")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -52,7 +52,11 @@ def _text(low: float, high: float) -> str:
         if minutes >= 60 and minutes % 60 == 0:
             hours = int(minutes // 60)
             return f"{hours} hour{'s' if hours > 1 else ''}"
-        return f"{minutes:g}" if minutes >= 1 else "<1"
+        return f"{minutes:g}"
+    if high < 1:   # not "<1~<1 minutes"
+        return "under a minute"
+    if low < 1:
+        return f"up to {one(high)}" if "hour" in one(high) else f"up to {one(high)} minutes"
     if low == high:
         single = one(low)
         return single if "hour" in single else f"{single} minutes"

@@ -5,9 +5,7 @@ import math
 
 from fastapi.responses import JSONResponse
 
-_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_error",
-          404: "invalid_request_error", 409: "invalid_request_error", 429: "rate_limit_error",
-          503: "service_unavailable_error"}
+from services.common.errors import openai_error_body, openai_error_type
 
 
 class OpenAIError(Exception):
@@ -15,11 +13,11 @@ class OpenAIError(Exception):
                  type: str | None = None, retry_after: float | None = None):
         super().__init__(message)
         self.status, self.message, self.code, self.param = status, message, code, param
-        self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.type = type or openai_error_type(status)
         self.retry_after = retry_after
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return openai_error_body(self.status, self.message, code=self.code, param=self.param, type=self.type)
 
     def headers(self) -> dict[str, str]:
         headers = {}

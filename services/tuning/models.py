@@ -131,6 +131,9 @@ class Hyperparameters(Strict):
     epochs: PositiveInt = Field(1, description="passes over the dataset; suggested 4~8 (hundreds), 2~4 (thousands)")
     learning_rate: LearningRate = Field(2e-5, description="(0, 0.1], default 0.00002")
     checkpoint_count: PositiveInt = Field(1, description="1 ~ min(iterations, 10)")
+    global_batch_size: PositiveInt | None = Field(
+        None, description="samples per iteration; default the template's (32, or 512 for -1K templates). Only "
+                          "templates with a global_batch_size_range let a job choose another one")
 
 
 class JobCreate(Strict):
@@ -161,6 +164,7 @@ class EstimateRequest(Strict):
     tune_type: TuneType
     sample_count: PositiveInt
     epochs: PositiveInt = 1
+    global_batch_size: PositiveInt | None = Field(None, description="as hyperparameters.global_batch_size of a job")
     flavor: str = "cpu.1"
     node_count: PositiveInt = 1
 

@@ -105,10 +105,36 @@ def _cards(flavor: str) -> int:
     return FLAVORS[flavor][0]
 
 
-def _check_nodes(template: Template, node_count: int) -> None:
-    if template.global_batch_size % node_count:
+def _global_batch(template: Template, requested: int | None, *, field: str) -> int:
+    """The job's global batch: the template's, or another one where the template allows a choice."""
+    if requested is None or requested == template.global_batch_size:
+        return template.global_batch_size
+    if template.global_batch_size_range is None:
+        raise bad_request(f"{field}: template '{template.name}' trains with a fixed global batch of "
+                          f"{template.global_batch_size} samples per iteration; leave {field} out", field=field)
+    low, high = template.global_batch_size_range
+    if not low <= requested <= high:
+        raise bad_request(f"{field}: must be between {low} and {high} for template '{template.name}'; got "
+                          f"{requested}", field=field)
+    return requested
+
+
+def _too_few_samples(template: Template, *, samples: int, gbs: int) -> str | None:
+    """Why a dataset of ``samples`` cannot be tuned with a global batch of ``gbs``, or None."""
+    if samples >= gbs:
+        return None
+    text = (f"the dataset has {samples} samples, fewer than one global batch of '{template.name}' "
+            f"({gbs} samples per iteration)")
+    allowed = template.global_batch_size_range
+    if allowed is not None and allowed[0] <= samples:
+        return text + f"; set hyperparameters.global_batch_size to {samples} or less"
+    return text + "; add samples (the guide suggests at least 2000)"
+
+
+def _check_nodes(gbs: int, node_count: int) -> None:
+    if gbs % node_count:
         raise bad_request(f"node_count: {node_count} nodes cannot share a global batch of "
-                          f"{template.global_batch_size} samples evenly; use a divisor of it", field="node_count")
+                          f"{gbs} samples evenly; use a divisor of it", field="node_count")
 
 
 def _throughput(template: Template, tune_type: str) -> tuple[int, int] | None:
@@ -116,10 +142,10 @@ def _throughput(template: Template, tune_type: str) -> tuple[int, int] | None:
     return (figures.low, figures.high) if figures else None
 
 
-def _estimate(template: Template, *, tune_type: str, iterations: int, cards: int, nodes: int) -> dict | None:
+def _estimate(template: Template, *, tune_type: str, gbs: int, iterations: int, cards: int,
+              nodes: int) -> dict | None:
     result = est.estimate(params_billion=template.params_billion, throughput=_throughput(template, tune_type),
-                          global_batch_size=template.global_batch_size, iterations=iterations, cards=cards,
-                          nodes=nodes)
+                          global_batch_size=gbs, iterations=iterations, cards=cards, nodes=nodes)
     return result.as_dict() if result else None
 
 
@@ -169,11 +195,10 @@ async def _normalise_dataset(platform: Platform, request: JobCreate, *, tenant_i
         raise bad_request(str(exc), field=exc.field) from None
 
 
-def _check_hyperparameters(request: JobCreate, *, template: Template, samples: int) -> int:
-    gbs = template.global_batch_size
-    if samples < gbs:
-        raise bad_request(f"dataset_path: the dataset has {samples} samples, fewer than one global batch of "
-                          f"'{template.name}' ({gbs} samples per iteration)", field="dataset_path")
+def _check_hyperparameters(request: JobCreate, *, template: Template, gbs: int, samples: int) -> int:
+    problem = _too_few_samples(template, samples=samples, gbs=gbs)
+    if problem:
+        raise bad_request(f"dataset_path: {problem}", field="dataset_path")
     if request.sample_count is not None and request.sample_count != samples:
         raise bad_request(f"sample_count: the dataset has {samples} samples, not {request.sample_count}",
                           field="sample_count")
@@ -202,12 +227,17 @@ async def estimate_job(platform: Platform, *, tenant_id: str, request: EstimateR
     _, template = await _resolve_source(platform, tenant_id=tenant_id, source=request.source, for_estimate=True)
     _check_tune_type(template, request.tune_type)
     cards = _cards(request.flavor)
-    _check_nodes(template, request.node_count)
-    total = est.iterations(request.sample_count, template.global_batch_size, request.epochs)
-    estimate = _estimate(template, tune_type=request.tune_type, iterations=total, cards=cards,
+    gbs = _global_batch(template, request.global_batch_size, field="global_batch_size")
+    _check_nodes(gbs, request.node_count)
+    total = est.iterations(request.sample_count, gbs, request.epochs)
+    estimate = _estimate(template, tune_type=request.tune_type, gbs=gbs, iterations=total, cards=cards,
                          nodes=request.node_count)
-    return {"template_id": template.id, "global_batch_size": template.global_batch_size, "iterations": total,
-            "estimate": estimate,
+    return {"template_id": template.id, "global_batch_size": gbs,
+            "global_batch_size_range": (list(template.global_batch_size_range)
+                                        if template.global_batch_size_range else None),
+            "iterations": total, "estimate": estimate,
+            # Said before the dataset is uploaded: a job with fewer samples than one batch is refused.
+            "problem": _too_few_samples(template, samples=request.sample_count, gbs=gbs),
             "note": None if estimate else f"template '{template.name}' has no throughput figures (table 6-6); "
                                           "no duration estimate"}
 
@@ -216,7 +246,8 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
     source, template = await _resolve_source(platform, tenant_id=tenant_id, source=request.source)
     _check_tune_type(template, request.tune_type)
     cards = _cards(request.flavor)
-    _check_nodes(template, request.node_count)
+    gbs = _global_batch(template, request.hyperparameters.global_batch_size, field="hyperparameters.global_batch_size")
+    _check_nodes(gbs, request.node_count)
     await _check_output_name(platform, tenant_id=tenant_id, name=request.output_model_name)
     placement = await pools.placement(
         platform, tenant_id=tenant_id, requested=request.resource_pool,
@@ -237,7 +268,7 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
     examples = ObjectPath(data_root.bucket, data_root.key + "examples.jsonl")
     parsed = await _normalise_dataset(platform, request, tenant_id=tenant_id, template=template, dest=examples)
     try:
-        total = _check_hyperparameters(request, template=template, samples=parsed.sample_count)
+        total = _check_hyperparameters(request, template=template, gbs=gbs, samples=parsed.sample_count)
     except ApiError:
         await platform.store.remove_prefix(data_root)   # no job will own these examples
         raise
@@ -263,8 +294,8 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
                     "sample_count": parsed.sample_count},
         "hyperparameters": {"epochs": hp.epochs, "learning_rate": hp.learning_rate,
                             "checkpoint_count": hp.checkpoint_count, "iterations": total,
-                            "global_batch_size": template.global_batch_size,
-                            "seq_len": min(est.seq_len_for(template.global_batch_size), template.context_length)},
+                            "global_batch_size": gbs,
+                            "seq_len": min(est.seq_len_for(gbs), template.context_length)},
         "resources": {"pool": request.resource_pool, "flavor": request.flavor, "flavor_name": FLAVORS[request.flavor][1],
                       "cards": cards, "node_count": request.node_count},
         "placement": placement,
@@ -273,7 +304,7 @@ async def create_job(platform: Platform, *, tenant_id: str, request: JobCreate) 
         "notification": request.notification.model_dump(),
         "auto_stop": request.auto_stop.model_dump(),
         "auto_restart": request.auto_restart.model_dump(),
-        "estimate": _estimate(template, tune_type=request.tune_type, iterations=total, cards=cards,
+        "estimate": _estimate(template, tune_type=request.tune_type, gbs=gbs, iterations=total, cards=cards,
                               nodes=request.node_count),
         "progress": {"iteration": 0, "total_iterations": total, "lm_loss": None, "tokens_per_sec_per_card": None},
         "checkpoints": [], "restart_count": 0, "unconditional_streak": 0, "run_seconds": 0.0, "run": None,

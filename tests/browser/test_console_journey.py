@@ -59,6 +59,12 @@ async def test_tuning_form_shows_iterations_and_the_duration_estimate(console):
     await expect(page.get_by_test_id("iterations")).to_contain_text("200")
     await expect(page.get_by_test_id("estimate")).to_contain_text(re.compile(r"[\d.]+ – [\d.]+ hours"))
     await console.shot("tuning-form-estimate")
+    # Fewer samples than one global batch: said before submitting; SmolLM2 lets the job choose a smaller one.
+    await form.locator("input[name=sample_count]").fill("15")
+    await expect(form).to_contain_text("fewer than one global batch")
+    await form.locator("input[name=global_batch_size]").fill("5")
+    await expect(page.get_by_test_id("iterations")).to_contain_text("6")   # ceil(15 / 5) x 2
+    await expect(form).not_to_contain_text("fewer than one global batch")
 
 
 async def test_lora_tune_from_the_form_and_watch_the_loss_chart(console, tiny_model, alpaca_file, api):

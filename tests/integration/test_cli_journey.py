@@ -109,6 +109,11 @@ async def test_deploy_call_monitor_and_remove_a_service(maas, compressed):
     assert streamed.code == 0 and streamed.out.strip() and "completion tokens" in streamed.err
     bad_key = await maas("chat", "cli-svc", "Hello", "--api-key", "sk-wrong-key-000000000000", "--no-stream")
     assert bad_key.code == 1 and "HTTP 401" in bad_key.err
+    assert "maas keys create" in bad_key.err and "maas login" not in bad_key.err   # the key, not the login
+
+    scaled = await maas("services", "scale", "cli-svc", "2", "--wait", timeout=600)
+    assert scaled.code == 0, scaled.err
+    assert "cli-svc: running, 2/2 instance(s) ready" in scaled.err   # each step on a line of its own
 
     async def counted():
         metrics = (await maas("services", "metrics", "cli-svc", "--json")).json()

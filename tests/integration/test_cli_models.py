@@ -27,6 +27,7 @@ async def test_login_stores_the_token_and_whoami_uses_it(maas, running_platform)
     assert me["username"] == running_platform["admin"].username and me["default_bucket"].startswith("maas-")
     wrong = await maas("login", "-u", "admin", "-p", "not-the-password")
     assert wrong.code == 1 and "wrong username or password" in wrong.err
+    assert "check the username and password" in wrong.err and "log in again" not in wrong.err
     revoked = await maas("models", "list", env={"MAAS_TOKEN": "maas-not-a-token"})
     assert revoked.code == 1 and "invalid or revoked token" in revoked.err and "maas login" in revoked.err
 
@@ -83,3 +84,10 @@ async def test_bad_input_prints_the_apis_message_and_field(maas, tmp_path):
     (not_hf / "notes.txt").write_text("no weights here")
     not_model = await maas("models", "create", "cli-not-hf", "-t", "qwen2-custom", "-w", str(not_hf))
     assert not_model.code == 1 and "Hugging Face" in not_model.err and "field: weights_path" in not_model.err
+    # A path meant as a local folder that is not there, and a path that is neither a folder nor a bucket.
+    missing = await maas("models", "create", "cli-missing", "-t", "qwen2-custom", "-w", str(tmp_path / "nope"))
+    assert missing.code == 1 and f"no such local folder: {tmp_path / 'nope'}" in missing.err
+    assert "does not exist" not in missing.err   # not the API's word about a bucket named 'tmp'
+    neither = await maas("models", "create", "cli-neither", "-t", "qwen2-custom", "-w", "no-such-bucket-x/model")
+    assert neither.code == 1
+    assert "no local folder 'no-such-bucket-x/model' and no bucket named 'no-such-bucket-x'" in neither.err

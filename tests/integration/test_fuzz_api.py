@@ -44,7 +44,8 @@ RULES_BEYOND_THE_SCHEMA = {
     "/api/v1/models": "template_id names a template of the square; weights_path a readable folder",
     "/api/v1/services": "model_id and version name a deployable model; notification needs a topic",
     "/api/v1/tuning-jobs": "the source model, dataset and topic exist; the dataset fits the template",
-    "/api/v1/tuning-jobs/estimate": "the source model exists; sample_count >= 1",
+    "/api/v1/tuning-jobs/estimate": "the source model exists; sample_count >= 1; global_batch_size within the "
+                                    "template's range",
     "/api/v1/compression-jobs": "the source model exists and supports the strategy; notification needs a topic",
     "/api/v1/compression-jobs/estimate": "the source model exists and supports the strategy",
     "/api/v1/notification-rules": "topic_name names an existing topic",

@@ -190,6 +190,43 @@ async def test_a_dataset_smaller_than_one_global_batch(api, bucket, model):
     assert "has 20 samples, fewer than one global batch" in error["message"] and "32" in error["message"]
 
 
+async def test_a_small_dataset_with_a_global_batch_that_fits(api, bucket, model, tiny_path):
+    """Issue 20: 15 samples are fewer than the template's 32; the estimate says so before uploading, and
+    a self-hosting template lets the job choose a global batch of at most 15."""
+    r = await api.post("/api/v1/tuning-jobs/estimate", json={
+        "source": {"model_id": model["id"]}, "tune_type": "lora", "sample_count": 15})
+    assert r.status_code == 200, r.text
+    assert r.json()["global_batch_size"] == 32 and r.json()["global_batch_size_range"] == [1, 512]
+    assert "fewer than one global batch" in r.json()["problem"] and "global_batch_size to 15" in r.json()["problem"]
+    r = await api.post("/api/v1/tuning-jobs/estimate", json={
+        "source": {"model_id": model["id"]}, "tune_type": "lora", "sample_count": 15, "global_batch_size": 5})
+    assert r.status_code == 200 and r.json()["problem"] is None and r.json()["iterations"] == 3
+
+    path = await put(api, f"{bucket}/tune-bad/fifteen.jsonl", jsonl(alpaca_rows(15)))
+    error = await refused(api, job_body(model["id"], path, hyperparameters={"global_batch_size": 600}))
+    assert error["field"] == "hyperparameters.global_batch_size" and "between 1 and 512" in error["message"]
+    r = await api.post("/api/v1/tuning-jobs", json=job_body(model["id"], path, name="small-batch",
+                                                            output_model_name="small-batch-out",
+                                                            hyperparameters={"global_batch_size": 5}))
+    assert r.status_code == 201, r.text
+    job = r.json()
+    try:
+        hp = job["hyperparameters"]
+        assert hp["global_batch_size"] == 5 and hp["iterations"] == 9   # ceil(15 / 5) x 3 epochs
+    finally:
+        await api.delete(f"/api/v1/tuning-jobs/{job['id']}")
+
+    fixed = await created(api, (await create_model(api, name="tune-bad-fixed-batch", path=tiny_path,
+                                                   template_id="qwen2-7b", validate=False))["id"])
+    r = await api.post("/api/v1/tuning-jobs/estimate", json={
+        "source": {"model_id": fixed["id"]}, "tune_type": "lora", "sample_count": 15, "global_batch_size": 5})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "global_batch_size"
+    assert "fixed global batch of 32" in r.json()["error"]["message"]
+    r = await api.post("/api/v1/tuning-jobs/estimate", json={
+        "source": {"model_id": fixed["id"]}, "tune_type": "lora", "sample_count": 15})
+    assert "add samples" in r.json()["problem"] and r.json()["global_batch_size_range"] is None
+
+
 async def test_a_model_that_is_still_validating(api, tiny_path, good_data):
     # Submit right after creating the model: weight validation takes longer than the request.
     for attempt in range(3):

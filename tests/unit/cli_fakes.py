@@ -30,12 +30,21 @@ class FakeApi:
     routes: dict = field(default_factory=dict)
     calls: list[Call] = field(default_factory=list)
 
+    sequences: dict = field(default_factory=dict)
+
     def on(self, method: str, path: str, body=None, *, status: int = 200, text: str | None = None) -> None:
         self.routes[(method, path)] = (status, body, text)
+
+    def on_each(self, method: str, path: str, *bodies) -> None:
+        """Answer these bodies in turn, the last one from then on (a resource that changes while polled)."""
+        self.sequences[(method, path)] = list(bodies)
 
     def handler(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content) if request.content else None
         self.calls.append(Call(request.method, request.url.path, dict(request.url.params), body))
+        queue = self.sequences.get((request.method, request.url.path))
+        if queue:
+            return httpx.Response(200, json=queue.pop(0) if len(queue) > 1 else queue[0])
         status, payload, text = self.routes.get((request.method, request.url.path), (404, NOT_FOUND, None))
         if text is not None:
             return httpx.Response(status, text=text, headers={"content-type": "text/csv; charset=utf-8"})

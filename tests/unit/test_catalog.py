@@ -134,6 +134,15 @@ def test_1k_template_global_batch_and_throughput(catalog):
     assert t.tuning_throughput[TuneType.lora].high == 400
 
 
+def test_only_the_self_hosting_templates_let_a_job_choose_its_global_batch(catalog):
+    choosers = {t.id for t in catalog if t.global_batch_size_range is not None}
+    assert choosers == {"smollm2-135m-instruct", "qwen2-custom", "llama-custom"}   # the guide fixes 32 / 512
+    assert catalog.get("qwen2-custom").global_batch_size_range == (1, 512)
+    template = catalog.get("qwen2-custom").model_dump()
+    with pytest.raises(ValueError, match="must hold global_batch_size 32"):
+        Template.model_validate({**template, "global_batch_size_range": (1, 16)})
+
+
 def test_hf_structure_pins(catalog):
     q = catalog.get("qwen2-0.5b")
     assert q.hf_model_types == ["qwen2"] and q.architectures == ["Qwen2ForCausalLM"]

@@ -88,3 +88,11 @@ def test_param_count_of_smollm2_config():
     config = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
               "intermediate_size": 1536, "vocab_size": 49152, "tie_word_embeddings": True}
     assert abs(param_count(config) - 134_515_008) < 1000   # SmolLM2-135M's parameter count
+
+
+def test_a_short_measured_estimate_reads_as_words_not_as_less_than_one():
+    tiny = estimate(template_id="qwen2-custom", strategy=Strategy.smoothquant_w8a8, params_billion=0.0001)
+    assert tiny.max_minutes < 1 and tiny.text == "under a minute"          # not "<1~<1 minutes"
+    small = estimate(template_id="qwen2-custom", strategy=Strategy.awq_w4a16, params_billion=0.02)
+    assert small.min_minutes < 1 <= small.max_minutes
+    assert small.text == f"up to {small.max_minutes:g} minutes"

@@ -27,7 +27,7 @@ from fastapi import Depends
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from contracts.openai import PROMPT_TOKENS_HEADER, ChatCompletionRequest
+from contracts.openai import PROMPT_TOKENS_HEADER, ChatCompletionRequest, interactive_max_tokens
 from contracts.serving import PresetServiceWakeRequested
 from services.common.context import Platform, get_component
 from services.readmodels.serving_refs import InstanceRef, ServiceRef
@@ -192,9 +192,16 @@ class ChatGateway:
 
     # ------------------------------------------------------------------------------------ call
 
-    async def chat(self, caller: Caller, body, *, service_id: str | None = None) -> Response:
+    async def chat(self, caller: Caller, body, *, service_id: str | None = None,
+                   interactive: bool = False) -> Response:
+        """``interactive``: a person chatting (the playground): without max_tokens the answer may be
+        as long as contracts.openai.interactive_max_tokens, not the API's default of 16 tokens."""
         request = self._check_body(body)
         service = await self.resolve(caller, service_id=service_id, model=body.get("model"))
+        if interactive and request.max_tokens is None and request.max_completion_tokens is None:
+            default = interactive_max_tokens(service.max_model_len)
+            body = {**body, "max_tokens": default}
+            request = request.model_copy(update={"max_tokens": default})
         reservation = NO_RESERVATION
         try:
             self._check_length(body, service)

@@ -12,6 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.openai import INTERACTIVE_MAX_TOKENS
 from services.common.auth import Principal
 from services.gateway.inference.chat import ChatGateway, Gateway
 from services.gateway.inference.openai_api import CALL_ERRORS
@@ -40,7 +41,8 @@ class PlaygroundChat(BaseModel):
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, ge=0.1, le=1)
     top_k: int = Field(20, ge=1, le=1000)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, description=f"default {INTERACTIVE_MAX_TOKENS} (at most half the "
+                                   "service's context); /v1 keeps table 11-1's default of 16")
     stream: bool = False
 
 
@@ -64,7 +66,7 @@ async def chat(body: PlaygroundChat, principal: Principal = Authorized("maas:inf
     if body.stream:
         payload["stream_options"] = {"include_usage": True}
     try:
-        return await gateway.chat(caller, payload, service_id=body.service_id)
+        return await gateway.chat(caller, payload, service_id=body.service_id, interactive=True)
     except OpenAIError as exc:
         error = {"code": exc.code or "error", "message": exc.message}
         if exc.param:

@@ -198,6 +198,7 @@ const zh = {
   'Dataset': '数据集',
   'Hyperparameters': '超参设置',
   'Sample count': '数据条数',
+  'Global batch size': '全局批大小/global batch size',
   'Epochs': '迭代轮次/Epoch',
   'Iterations': '迭代步数/Iterations',
   'Learning rate': '学习率/learning_rate',
@@ -375,6 +376,7 @@ const zh = {
   'Start a conversation with the selected service.': '选择服务后开始对话。',
   'Generating…': '生成中…',
   'Stop generating': '停止生成',
+  'The answer stopped at the max tokens limit; raise Max tokens for a longer one.': '回答已达到最大输出Tokens上限而截断；调大最大输出Tokens可获得更长的回答。',
   // api keys
   'Create API key': '创建API Key',
   'Your key': '您的密钥',

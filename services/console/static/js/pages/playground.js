@@ -14,6 +14,9 @@ const GUIDE_PARAMETERS = {
 };
 const STEPS = { temperature: 0.01, top_p: 0.01, top_k: 1 };
 const LABELS = { temperature: 'Temperature', top_p: 'Top P', top_k: 'Top K' };
+// Left empty, the playground API answers up to 512 tokens (at most half the service's context;
+// contracts.openai.interactive_max_tokens), not /v1's default of 16.
+const DEFAULT_MAX_TOKENS = 512;
 
 function defaults(ranges) {
   return Object.fromEntries(Object.entries(ranges).map(([k, r]) => [k, r.default]));
@@ -39,7 +42,7 @@ export function PlaygroundPage() {
   const r = ranges.data || GUIDE_PARAMETERS;
   const [serviceId, setServiceId] = useState(params.get('service') || '');
   const [values, setValues] = useState(defaults(GUIDE_PARAMETERS));
-  const [maxTokens, setMaxTokens] = useState('256');
+  const [maxTokens, setMaxTokens] = useState('');
   const [system, setSystem] = useState('');
   const [messages, setMessages] = useState([]);
   const [input, setInput] = useState('');
@@ -70,14 +73,16 @@ export function PlaygroundPage() {
       ...(Number(maxTokens) > 0 ? { max_tokens: Number(maxTokens) } : {}),
     };
     let answer = '';
+    let cut = false;   // finish_reason "length": the answer stopped at max_tokens, not at its end
     try {
       await streamSSE('/api/v1/playground/chat', body, (event) => {
-        const delta = event.choices && event.choices[0] && event.choices[0].delta;
-        if (delta && delta.content) {
-          answer += delta.content;
-          setMessages([...history, { role: 'assistant', content: answer }]);
+        const choice = event.choices && event.choices[0];
+        const delta = choice && choice.delta;
+        if (choice && choice.finish_reason === 'length') cut = true;
+        if (delta && delta.content) answer += delta.content;
+        if ((delta && delta.content) || event.usage || cut) {
+          setMessages([...history, { role: 'assistant', content: answer, cut, ...(event.usage ? { usage: event.usage } : {}) }]);
         }
-        if (event.usage) setMessages([...history, { role: 'assistant', content: answer, usage: event.usage }]);
       }, { signal: abort.current.signal });
     } catch (err) {
       if (err.name !== 'AbortError') setError(err);
@@ -105,6 +110,7 @@ export function PlaygroundPage() {
         <div class="chat-log" ref=${log} data-testid="chat-log">
           ${messages.length === 0 ? html`<div class="empty">${t('Start a conversation with the selected service.')}</div>` : null}
           ${messages.map((m) => html`<div class=${'msg msg-' + m.role}><div class="bubble">${m.content || (busy ? '…' : '')}</div>
+            ${m.cut ? html`<div class="notice small" data-testid="answer-cut">${t('The answer stopped at the max tokens limit; raise Max tokens for a longer one.')}</div>` : null}
             ${m.usage ? html`<div class="muted small">${m.usage.prompt_tokens} + ${m.usage.completion_tokens} tokens</div>` : null}</div>`)}
         </div>
         <${ErrorBox} error=${error} />
@@ -119,7 +125,8 @@ export function PlaygroundPage() {
           onClick=${() => setValues(defaults(r))}>${t('Restore defaults')}</button>`}>
         ${Object.keys(GUIDE_PARAMETERS).map((name) => html`<${Slider} name=${name} range=${r[name] || GUIDE_PARAMETERS[name]}
           value=${values[name]} onChange=${(v) => setValues({ ...values, [name]: v })} />`)}
-        <${Field} label=${t('Max tokens')}><input class="input narrow" type="number" min="1" value=${maxTokens} onInput=${(e) => setMaxTokens(e.target.value)} /><//>
+        <${Field} label=${t('Max tokens')} hint=${`${t('Default')}: ${DEFAULT_MAX_TOKENS}`}><input class="input narrow" type="number" min="1" value=${maxTokens} placeholder=${String(DEFAULT_MAX_TOKENS)}
+          aria-label="max_tokens" onInput=${(e) => setMaxTokens(e.target.value)} /><//>
         <${Field} label=${t('System prompt')}><textarea class="input" rows="3" value=${system} onInput=${(e) => setSystem(e.target.value)}></textarea><//>
       <//>
     </div>

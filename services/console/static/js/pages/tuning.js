@@ -90,7 +90,7 @@ export function TuningCreatePage() {
   const params = new URLSearchParams(location.search);
   const [form, setForm] = useState({
     ...jobFormDefaults(params), tuneType: '', format: 'alpaca', datasetMode: 'upload', datasetFile: null,
-    datasetPath: '', samples: '', epochs: '2', lr: '0.00002', checkpoints: '1', flavor: 'cpu.1', nodes: '1',
+    datasetPath: '', samples: '', epochs: '2', lr: '0.00002', checkpoints: '1', flavor: 'cpu.1', nodes: '1', globalBatch: '',
     autoStop: false, stopHours: '1', customHours: '', autoRestart: false, maxRestarts: '3', unconditional: false,
   });
   const set = (patch) => setForm((f) => ({ ...f, ...patch }));
@@ -105,7 +105,11 @@ export function TuningCreatePage() {
   useEffect(() => { if (template && !tuneTypes.includes(form.tuneType)) set({ tuneType: tuneTypes.includes('lora') ? 'lora' : tuneTypes[0] || '' }); }, [templateId, !!template]);
   useEffect(() => { if (!form.outputName && form.name) set({ outputName: `${form.name}-tuned` }); }, [form.name]);
 
-  const gbs = template ? template.global_batch_size : 32;
+  // The guide's templates fix the global batch (32, 512 for -1K); self-hosting ones let a job choose it,
+  // so that a small dataset (fewer samples than one batch) can still be tuned.
+  const batchRange = template && template.global_batch_size_range;
+  const chosenBatch = batchRange && Number(form.globalBatch) > 0 ? Number(form.globalBatch) : null;
+  const gbs = chosenBatch || (template ? template.global_batch_size : 32);
   const samples = Number(form.samples);
   const epochs = Number(form.epochs);
   const iterations = samples > 0 && epochs > 0 ? Math.ceil(samples / gbs) * epochs : null;
@@ -116,11 +120,12 @@ export function TuningCreatePage() {
     const timer = setTimeout(async () => {
       try {
         setEstimate(await post('/api/v1/tuning-jobs/estimate', { source, tune_type: form.tuneType, sample_count: samples,
-          epochs, flavor: form.flavor, node_count: Number(form.nodes) || 1 }));
+          epochs, flavor: form.flavor, node_count: Number(form.nodes) || 1,
+          ...(chosenBatch ? { global_batch_size: chosenBatch } : {}) }));
       } catch (e) { setEstimate({ error: e }); }
     }, 300);
     return () => clearTimeout(timer);
-  }, [templateId, form.modelId, form.tuneType, form.samples, form.epochs, form.flavor, form.nodes]);
+  }, [templateId, form.modelId, form.tuneType, form.samples, form.epochs, form.flavor, form.nodes, form.globalBatch]);
 
   const errors = {
     name: nameError(form.name, { dot: false }),
@@ -143,7 +148,8 @@ export function TuningCreatePage() {
       ...(form.outputPath.trim() ? { output_path: form.outputPath.trim() } : {}),
       dataset_format: form.format || null, dataset_path: datasetPath,
       ...(samples > 0 ? { sample_count: samples } : {}),
-      hyperparameters: { epochs, learning_rate: Number(form.lr), checkpoint_count: Number(form.checkpoints) },
+      hyperparameters: { epochs, learning_rate: Number(form.lr), checkpoint_count: Number(form.checkpoints),
+        ...(chosenBatch ? { global_batch_size: chosenBatch } : {}) },
       resource_pool: form.pool, flavor: form.flavor, node_count: Number(form.nodes) || 1,
       permanent_log: permanentLogBody(form),
       notification: { enabled: form.notify, ...(form.notify ? { topic: form.topic, events: form.events } : {}) },
@@ -199,10 +205,14 @@ export function TuningCreatePage() {
         <//>
       <//>
       <${Section} title=${t('Hyperparameters')}>
-        <${Field} label=${t('Sample count')} error=${fieldError(err, 'sample_count')}>
+        <${Field} label=${t('Sample count')} error=${fieldError(err, 'sample_count') || (estimate && estimate.problem) || null}>
           <input class="input narrow" type="number" min="1" name="sample_count" value=${form.samples} onInput=${(e) => set({ samples: e.target.value })} /><//>
         <${Field} label=${t('Epochs')} error=${fieldError(err, 'hyperparameters.epochs')} hint="4~8 (×100) · 2~4 (×1000) · 1~2">
           <input class="input narrow" type="number" min="1" name="epochs" value=${form.epochs} onInput=${(e) => set({ epochs: e.target.value })} /><//>
+        ${batchRange ? html`<${Field} label=${t('Global batch size')} error=${fieldError(err, 'hyperparameters.global_batch_size')}
+            hint=${`${batchRange[0]} ~ ${batchRange[1]} · ${t('Default')}: ${template.global_batch_size}`}>
+          <input class="input narrow" type="number" min=${batchRange[0]} max=${batchRange[1]} name="global_batch_size"
+            placeholder=${String(template.global_batch_size)} value=${form.globalBatch} onInput=${(e) => set({ globalBatch: e.target.value })} /><//>` : null}
         <${Field} label=${t('Iterations')}>
           <div data-testid="iterations"><strong>${iterations === null ? '-' : fmtNumber(iterations)}</strong>
             <span class="hint"> ${iterations === null ? t('Enter the sample count to compute the iterations.') : t('Computed: ceil(samples ÷ {gbs}) × epochs = {n}', { gbs, n: iterations })}</span></div><//>
