@@ -228,11 +228,8 @@ class JobRunner:
                     blocked[pool] = f"waiting for {', '.join(no_room.lacking)} in pool '{pool}'"
             waiting.setdefault(pool, []).append(candidate)
         for pool, jobs in waiting.items():
-            await self._list_queue(pool, jobs, reason=blocked.get(pool, "waiting for a worker"))
-
-    async def _list_queue(self, pool: str, jobs: list[dict], *, reason: str) -> None:
-        await ledger.list_waiting(self.platform.mongo, pool=pool, kind=self.kind.name, collection=self.kind.jobs,
-                                  waiting=jobs, reason=reason)
+            await ledger.list_waiting(self.platform.mongo, pool=pool, kind=self.kind.name, collection=self.kind.jobs,
+                                      waiting=jobs, reason=blocked.get(pool, "waiting for a worker"))
 
     async def tidy_pools(self) -> None:
         """Free what dead runs of this kind still hold, and drop queue entries of jobs that no longer wait."""

@@ -75,5 +75,17 @@ def api(monkeypatch, tmp_path) -> FakeApi:
     return fake
 
 
+def no_sleep(monkeypatch, time_module, *, what: str = "the wait") -> None:
+    """The CLI polls without sleeping (``time_module``: the ``time`` its command module imported); a
+    poll that would never end fails instead of hanging."""
+    polls = []
+
+    def sleep(seconds: float) -> None:
+        polls.append(seconds)
+        if len(polls) > 20:
+            raise AssertionError(f"{what} did not end")
+    monkeypatch.setattr(time_module, "sleep", sleep)
+
+
 def maas(*args: str, input: str | None = None):
     return CliRunner().invoke(app, list(args), input=input)

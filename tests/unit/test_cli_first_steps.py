@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from services.cli import common, platform_cmds
-from tests.unit.cli_fakes import FakeApi, api, maas  # noqa: F401 (api is a fixture)
+from tests.unit.cli_fakes import FakeApi, api, maas, no_sleep  # noqa: F401 (api is a fixture)
 
 PRESET = {"id": "ps1", "name": "smollm2-135m-instruct", "model_name": "SmolLM2-135M-Instruct", "status": "stopped",
           "max_model_len": 2048, "api_base": "/v1/infers/ps1/v1", "call_model": "smollm2-135m-instruct",
@@ -40,14 +40,7 @@ def sse(*events: dict) -> str:
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch):
-    """Polling without sleeping; a wait that would never end fails instead of hanging."""
-    polls = []
-
-    def sleep(seconds: float) -> None:
-        polls.append(seconds)
-        if len(polls) > 20:
-            raise AssertionError("the wait did not end")
-    monkeypatch.setattr(common.time, "sleep", sleep)
+    no_sleep(monkeypatch, common.time)
 
 
 # ------------------------------------------------------------------------------------ presets claim

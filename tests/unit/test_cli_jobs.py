@@ -7,7 +7,7 @@ import json
 import pytest
 
 from services.cli import compress_cmds, jobs_cmds, tuning_cmds
-from tests.unit.cli_fakes import FakeApi, api, maas  # noqa: F401 (api is a fixture)
+from tests.unit.cli_fakes import FakeApi, api, maas, no_sleep  # noqa: F401 (api is a fixture)
 
 CREATED = "2026-12-06T10:00:00Z"
 
@@ -56,14 +56,7 @@ KINDS = [pytest.param(TUNE, id="tune"), pytest.param(COMPRESS, id="compress")]
 
 @pytest.fixture(autouse=True)
 def no_waiting(monkeypatch):
-    """--watch polls without sleeping; a watch that would never end fails instead of hanging."""
-    polls = []
-
-    def sleep(seconds: float) -> None:
-        polls.append(seconds)
-        if len(polls) > 20:
-            raise AssertionError("the watch did not end")
-    monkeypatch.setattr(jobs_cmds.time, "sleep", sleep)
+    no_sleep(monkeypatch, jobs_cmds.time, what="the watch")   # --watch
 
 
 def one_job(api: FakeApi, kind: Kind, doc: dict) -> None:

@@ -6,6 +6,7 @@ text that does not parse without one.
 import json
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import jsonschema
@@ -200,17 +201,25 @@ def test_the_mask_keeps_exactly_the_allowed_logits(engine):
 
 # -- the instance server: response_format in, JSON out; refusals are OpenAI 400s ---------------------
 
-@pytest.fixture(scope="module")
-def client(model_dir):
+@contextmanager
+def instance_server(model_dir: Path, *, max_model_len: int):
+    """The instance server in this process (TestClient), once its model answers /health."""
     from services.inference.server import create_app
 
-    app = create_app(model_dir=model_dir, served_model_name="tiny", max_model_len=512, max_num_seqs=4,
+    app = create_app(model_dir=model_dir, served_model_name="tiny", max_model_len=max_model_len, max_num_seqs=4,
                      threads=1, secret=None)
     with TestClient(app) as c:
         deadline = time.monotonic() + 120
         while c.get("/health").status_code != 200:
             assert time.monotonic() < deadline, "model not loaded"
             time.sleep(0.05)
+        c.engine = app.state.model.engine
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client(model_dir):
+    with instance_server(model_dir, max_model_len=512) as c:
         yield c
 
 

@@ -1,15 +1,14 @@
 """Tool calls under a grammar: a forced or opened call always names a tool and its arguments follow
 the tool's schema (a tiny random model, whose free text never contains a well-formed call)."""
 import json
-import time
 
 import jsonschema
 import pytest
-from fastapi.testclient import TestClient
 
 from contracts.openai import Tool
 from services.inference.grammar import ToolGrammar
 from tests.unit.test_inference_engine import build_sharp_tiny
+from tests.unit.test_inference_grammar import instance_server
 
 # Bounded arguments (an enum, a pattern), so that the random model's calls end within the budget.
 DELIVERY = {"type": "function", "function": {
@@ -27,17 +26,7 @@ NAMED = {"type": "function", "function": {"name": "get_delivery_date"}}
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    from services.inference.server import create_app
-
-    model_dir = build_sharp_tiny(tmp_path_factory.mktemp("tools") / "tiny")
-    app = create_app(model_dir=model_dir, served_model_name="tiny", max_model_len=1024, max_num_seqs=4,
-                     threads=1, secret=None)
-    with TestClient(app) as c:
-        deadline = time.monotonic() + 120
-        while c.get("/health").status_code != 200:
-            assert time.monotonic() < deadline, "model not loaded"
-            time.sleep(0.05)
-        c.engine = app.state.model.engine
+    with instance_server(build_sharp_tiny(tmp_path_factory.mktemp("tools") / "tiny"), max_model_len=1024) as c:
         yield c
 
 
