@@ -174,15 +174,15 @@ class RayExecutor:
                 answer = await loop.run_in_executor(self._threads, listener, kind, data)
                 if "question" in message:
                     await mailbox.answer.remote(message["question"], encode({"answer": answer}).decode())
-        except asyncio.CancelledError:
-            ray.cancel(task, force=True)     # the job was stopped: end its process on whichever node
-            raise
         finally:
             if ended.done():
                 ended.exception()   # read: an error is reported above, not as "never retrieved"
-            else:
+            # Stopped, cancelled or failed: end the task's process on whichever node, and the mailbox.
+            # Not once this driver is disconnected: Ray's calls would start a local Ray of their own.
+            elif ray.is_initialized():
                 ray.cancel(task, force=True)
-            ray.kill(mailbox)
+            if ray.is_initialized():
+                ray.kill(mailbox)
 
     @staticmethod
     def _lost(ended: asyncio.Future) -> WorkFailed:

@@ -294,12 +294,19 @@ class JobRunner:
             self.kind.executor.close()
 
     async def shutdown(self, *, grace_seconds: float) -> None:
-        """Stop claiming and ask every run to stop (``shutdown``); wait up to ``grace_seconds``."""
+        """Stop claiming and ask every run to stop (``shutdown``); wait up to ``grace_seconds``, then
+        cancel the runs still going and wait for them to end. No run outlives its runner: a cancelled
+        run's executor ends its process or Ray task while it still can (a run left behind once called
+        Ray after its cluster was gone), and its job, still leased, is re-queued by the watchdog."""
         self.draining = True
         for run in list(self.active.values()):
             run.request_stop("shutdown")
         if self.runs:
             await asyncio.wait(list(self.runs.values()), timeout=grace_seconds)
+        left = list(self.runs.values())
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
 
     # -- one run ------------------------------------------------------------------------------------
 
