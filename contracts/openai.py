@@ -118,7 +118,7 @@ ResponseFormat = Annotated[ResponseFormatText | ResponseFormatJsonObject | Respo
 # OpenAI and vLLM request fields that would change the answer and are not implemented: refused (400
 # naming the field) when they carry anything but their "no effect" value, rather than dropped.
 REFUSED_FIELDS: dict[str, str] = {
-    "functions": "use tools", "function_call": "use tool_choice", "logit_bias": "", "top_logprobs": "",
+    "functions": "use tools", "function_call": "use tool_choice", "logit_bias": "",
     "audio": "", "prediction": "", "web_search_options": "", "reasoning_effort": "", "verbosity": "",
     "min_tokens": "", "min_p": "", "stop_token_ids": "", "bad_words": "", "allowed_token_ids": "",
     "guided_json": "use response_format", "guided_regex": "", "guided_choice": "", "guided_grammar": "",
@@ -128,7 +128,7 @@ REFUSED_FIELDS: dict[str, str] = {
     "add_generation_prompt": "", "skip_special_tokens": "", "spaces_between_special_tokens": "",
 }
 # The value of a refused field that changes nothing (None always does).
-_NO_EFFECT: dict[str, Any] = {"top_logprobs": 0, "echo": False, "continue_final_message": False,
+_NO_EFFECT: dict[str, Any] = {"echo": False, "continue_final_message": False,
                               "include_stop_str_in_output": False, "min_tokens": 0, "min_p": 0.0,
                               "logit_bias": {}, "stop_token_ids": [], "bad_words": [], "chat_template_kwargs": {},
                               "add_generation_prompt": True, "skip_special_tokens": True,
@@ -161,6 +161,7 @@ class ChatCompletionRequest(BaseModel):
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, description="0-20, requires logprobs")
     user: str | None = None
     response_format: ResponseFormat | None = None
     # Accepted only with the one behaviour this server has: text in, text out.
@@ -170,7 +171,6 @@ class ChatCompletionRequest(BaseModel):
     functions: SkipJsonSchema[Any] = None
     function_call: SkipJsonSchema[Any] = None
     logit_bias: SkipJsonSchema[Any] = None
-    top_logprobs: SkipJsonSchema[Any] = None
     audio: SkipJsonSchema[Any] = None
     prediction: SkipJsonSchema[Any] = None
     web_search_options: SkipJsonSchema[Any] = None
@@ -207,11 +207,21 @@ class ChatCompletionRequest(BaseModel):
         hint = REFUSED_FIELDS[info.field_name]
         raise ValueError("is not supported by this server" + (f" ({hint})" if hint else ""))
 
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _one_length(cls, value, info):
+        # Two names for one limit (max_tokens is the older): either, or both when they agree.
+        other = info.data.get("max_tokens")
+        if value is not None and other is not None and value != other:
+            raise ValueError(f"max_completion_tokens ({value}) and max_tokens ({other}) differ: they are two "
+                             "names for the same limit, give one")
+        return value
+
     def resolved_max_tokens(self) -> int:
-        if self.max_tokens is not None:
-            return self.max_tokens
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens
+        if self.max_tokens is not None:
+            return self.max_tokens
         return API_DEFAULT_MAX_TOKENS
 
 
@@ -230,10 +240,26 @@ class AssistantMessage(BaseModel):
     tool_calls: list[ToolCall] = Field(default_factory=list)
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float = Field(description="natural log of the probability under the raw model distribution "
+                                       "(before temperature, penalties, top-k/top-p), as vLLM reports it")
+    bytes: list[int] | None = Field(None, description="the token's UTF-8 bytes (a token may hold part of a character)")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(default_factory=list, description="the most likely tokens, best first")
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length", "tool_calls", "abort"] | None
     stop_reason: str | int | None = None
 
@@ -268,7 +294,7 @@ class Delta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length", "tool_calls", "abort"] | None = None
     stop_reason: str | int | None = None
 
@@ -294,6 +320,33 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- tokenizer endpoints of an instance (vLLM's /tokenize and /detokenize) -----------------------------
+
+
+class TokenizeRequest(BaseModel):
+    """Either ``prompt`` (text, encoded as is) or ``messages`` (rendered as a chat call renders them)."""
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    tools: list[Tool] | None = None
+    add_special_tokens: bool = Field(True, description="prompt only: add the tokenizer's BOS/EOS as vLLM does")
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeRequest(BaseModel):
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
 
 
 # -- errors ----------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from services.inference.beam import Beam, BeamSearch
 from services.inference.grammar import Grammars, JsonGrammar, ToolGrammar
 from services.inference.kv_concat import ConcatBackend
 from services.inference.kv_gqa import GqaBackend
+from services.inference.logprobs import TokenLogprob, token_logprob
 from services.inference.model_files import context_length, eos_token_ids, plan_model
 from services.inference.params import InvalidParameter, SamplingParams
 from services.inference.providers import select_providers
@@ -46,6 +47,7 @@ class Choice:
     stop_reason: str | None = None
     completion_tokens: int = 0
     token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None   # one per generated token, when the request asked
 
 
 @dataclass
@@ -352,7 +354,8 @@ class Engine:
             for i, slot in enumerate(list(slots)):
                 seq = Sequence(i, slot, self._text_stream(params),
                                history.copy() if history is not None else None, rngs[i],
-                               self.grammars.matcher(params.grammar) if params.grammar is not None else None)
+                               self.grammars.matcher(params.grammar) if params.grammar is not None else None,
+                               logprobs=[] if params.logprobs else None)
                 request.seqs.append(seq)
                 self._advance(request, seq, logits)
         self._emit(request)
@@ -369,6 +372,8 @@ class Engine:
             x = seq.grammar.mask(x)
         token, logprob = choose_token(x, params, seq.rng, want_logprob=params.width > params.n)
         seq.cum_logprob += logprob
+        if seq.logprobs is not None:   # of the raw row: see services.inference.logprobs
+            seq.logprobs.append(token_logprob(row, token, params.top_logprobs))
         seq.append(token, params=params, eos_ids=self.eos_ids, room=self._room(seq.slot))
         if seq.finished and seq.slot is not None:
             self._free_slot(request, seq.slot)
@@ -464,5 +469,7 @@ def collect(updates: Iterator[Update], n: int, prompt_tokens: int) -> Completion
             if delta.finished:
                 choice.finish_reason, choice.stop_reason = delta.finish_reason, delta.stop_reason
                 choice.token_ids = delta.token_ids or []
+            if delta.logprobs is not None:
+                choice.logprobs = (choice.logprobs or []) + delta.logprobs
         prompt_tokens = update.prompt_tokens
     return Completion(sorted(choices.values(), key=lambda c: c.index), prompt_tokens)

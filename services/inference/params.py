@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.inference.logprobs import MAX_TOP_LOGPROBS
+
 
 class InvalidParameter(ValueError):
     """A request parameter is out of range or contradicts another one."""
@@ -37,7 +39,9 @@ class SamplingParams:
     use_beam_search: bool = False
     length_penalty: float = 1.0
     ignore_eos: bool = False
-    seed: int | None = None
+    seed: int | None = None              # a generator per request: same seed, same samples
+    logprobs: bool = False               # report each generated token's log-probability
+    top_logprobs: int = 0                # ... and this many most likely alternatives (0-20)
     # Text forced at the start of the completion (tool_choice "required"/named): part of the
     # output for parsing, not generated, not counted.
     forced_prefix: str = field(default="", repr=False)
@@ -84,6 +88,10 @@ class SamplingParams:
         _require(all(isinstance(s, str) and s for s in self.stop), "stop",
                  "stop must be a string or a list of non-empty strings")
         _require(self.n >= 1, "n", f"n must be at least 1, got {self.n}")
+        _require(isinstance(self.top_logprobs, int) and 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS,
+                 "top_logprobs", f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
+        _require(self.logprobs or not self.top_logprobs, "top_logprobs",
+                 "top_logprobs requires logprobs to be true")
         if self.best_of is not None:
             _require(self.best_of >= self.n, "best_of",
                      f"best_of must be greater than or equal to n, got best_of={self.best_of} and n={self.n}")
@@ -113,6 +121,8 @@ class SamplingParams:
                  "use_beam_search cannot be combined with response_format json_object/json_schema")
 
     def _validate_beam(self) -> None:
+        # Beams are re-ranked and forked at every step: their tokens' log-probabilities are not kept.
+        _require(not self.logprobs, "logprobs", "logprobs cannot be combined with use_beam_search")
         _require(self.n > 1, "n", "use_beam_search requires n greater than 1")
         _require(self.temperature == 0, "temperature",
                  f"use_beam_search requires temperature 0.0, got {self.temperature}")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.inference.grammar import Matcher
+from services.inference.logprobs import TokenLogprob
 from services.inference.params import SamplingParams
 from services.inference.sampling import TokenHistory
 from services.inference.textstream import TextStream
@@ -24,6 +25,7 @@ class ChoiceDelta:
     stop_reason: str | None = None       # the stop string that ended it, as vLLM reports
     completion_tokens: int = 0
     token_ids: list[int] | None = None   # all generated ids, on the finishing delta only
+    logprobs: list[TokenLogprob] | None = None   # of the tokens since the previous delta (when asked)
 
 
 @dataclass
@@ -43,6 +45,8 @@ class Sequence:
     history: TokenHistory | None
     rng: np.random.Generator | None
     grammar: Matcher | None = None     # the constraint its tokens follow (response_format, tool calls)
+    logprobs: list[TokenLogprob] | None = None   # one per token when the request asks for logprobs
+    logprobs_sent: int = 0
     tokens: list[int] = field(default_factory=list)
     pending: int | None = None         # generated but not yet fed to the model
     cum_logprob: float = 0.0
@@ -79,7 +83,14 @@ class Sequence:
             self.stream.flush()
 
     def delta(self, *, final_text: bool = False) -> ChoiceDelta:
-        return ChoiceDelta(index=self.index, text=self.stream.take(final=self.finished or final_text),
+        text = self.stream.take(final=self.finished or final_text)
+        logprobs = None
+        if self.logprobs is not None and (text or self.finished or final_text):
+            # They go out with the text they produced (text held back for a stop string or a split
+            # character waits, and so do its tokens' logprobs), the rest with the finish.
+            logprobs = self.logprobs[self.logprobs_sent:]
+            self.logprobs_sent = len(self.logprobs)
+        return ChoiceDelta(index=self.index, text=text,
                            finished=self.finished, finish_reason=self.finish_reason,
                            stop_reason=self.stream.stop_reason, completion_tokens=len(self.tokens),
-                           token_ids=list(self.tokens) if self.finished else None)
+                           token_ids=list(self.tokens) if self.finished else None, logprobs=logprobs)

@@ -3,6 +3,7 @@
     python -m services.inference.server --model-dir DIR --port P [--served-model-name NAME] [--max-model-len N]
 
 The deployer starts one such process per service instance; the gateway forwards users' calls to it.
+Besides ``/v1/chat/completions`` and ``/v1/models`` it offers vLLM's ``POST /tokenize`` and ``POST /detokenize``.
 Every call must carry the instance's secret (``MAAS_INSTANCE_SECRET``, see services.inference.auth);
 ``--no-auth`` runs a standalone server for local experiments. ``GET /health`` answers 503 until the
 model is loaded (an export on first use can take a while), then 200; if loading fails the process
@@ -32,9 +33,13 @@ from contracts.openai import (
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
+    DetokenizeRequest,
+    DetokenizeResponse,
     FunctionCall,
     ModelCard,
     ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
     ToolCall,
     Usage,
     error_body,
@@ -44,6 +49,7 @@ from services.inference.chat import encode, render_prompt
 from services.inference.cpu_priority import DEFAULT_COMPUTE_NICENESS
 from services.inference.engine import DEFAULT_MAX_NUM_SEQS, Engine, EngineError, UpdateStream
 from services.inference.grammar import JsonGrammar, ToolGrammar
+from services.inference.logprobs import TokenText
 from services.inference.params import InvalidParameter, SamplingParams
 from services.inference.tool_calls import Content, ToolCallParser, parse_tool_calls
 
@@ -83,6 +89,13 @@ class ModelState:
         self.engine: Engine | None = None
         self.error: str | None = None
         self.created = int(time.time())
+        self._token_text: TokenText | None = None
+
+    def token_text(self) -> TokenText:
+        """Token ids as logprobs show them, cached across requests (used on the event loop only)."""
+        if self._token_text is None:
+            self._token_text = TokenText(self.ready_engine().tokenizer)
+        return self._token_text
 
     def load(self) -> None:
         try:
@@ -116,7 +129,8 @@ def _sampling_params(req: ChatCompletionRequest, forced_prefix: str,
         top_k=req.top_k, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         repetition_penalty=req.repetition_penalty, stop=req.stop or (), n=req.n, best_of=req.best_of,
         use_beam_search=req.use_beam_search, length_penalty=req.length_penalty,
-        ignore_eos=req.ignore_eos, seed=req.seed, forced_prefix=forced_prefix, grammar=grammar)
+        ignore_eos=req.ignore_eos, seed=req.seed, logprobs=bool(req.logprobs), top_logprobs=req.top_logprobs or 0,
+        forced_prefix=forced_prefix, grammar=grammar)
 
 
 def _tool_call(call) -> ToolCall:
@@ -132,9 +146,6 @@ class ChatHandler:
         if req.model != state.name:
             raise OpenAIError(404, f"The model `{req.model}` does not exist.", type="not_found_error",
                               param="model", code="model_not_found")
-        if req.logprobs:
-            raise OpenAIError(400, "logprobs are not supported by this server", param="logprobs",
-                              code="unsupported_parameter")
         try:
             self.prompt = render_prompt(self.engine.tokenizer, req.messages, tools=req.tools,
                                         tool_choice=req.tool_choice)
@@ -161,6 +172,13 @@ class ChatHandler:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.updates: UpdateStream | None = None
+        self.token_text = state.token_text() if self.params.logprobs else None
+
+    def _logprobs(self, entries) -> dict | None:
+        """OpenAI's ``choices[i].logprobs`` for these tokens (None when the request did not ask)."""
+        if self.token_text is None or entries is None:
+            return None
+        return {"content": self.token_text.content(entries), "refusal": None}
 
     async def prepare(self) -> None:
         """Compile the request's grammar (response_format, tools) on a worker thread: a new schema
@@ -195,7 +213,8 @@ class ChatHandler:
                 if calls and finish == "stop":
                     finish = "tool_calls"
             choices.append(Choice(index=c.index, message=AssistantMessage(content=content, tool_calls=calls),
-                                  finish_reason=finish, stop_reason=c.stop_reason))
+                                  logprobs=self._logprobs(c.logprobs or []), finish_reason=finish,
+                                  stop_reason=c.stop_reason))
         usage = Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                       total_tokens=result.prompt_tokens + result.completion_tokens)
         return ChatCompletion(id=self.id, created=self.created, model=self.state.name, choices=choices,
@@ -209,8 +228,8 @@ class ChatHandler:
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
     @staticmethod
-    def _choice(index: int, delta: dict, finish: str | None = None, stop_reason=None) -> dict:
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish,
+    def _choice(index: int, delta: dict, finish: str | None = None, stop_reason=None, logprobs=None) -> dict:
+        return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish,
                 "stop_reason": stop_reason}
 
     async def stream(self) -> AsyncIterator[str]:
@@ -234,14 +253,19 @@ class ChatHandler:
             async for update in self.updates:
                 for d in update.choices:
                     tokens[d.index] = d.completion_tokens
+                    # The tokens' logprobs ride on the first chunk of their text, else on the finish.
+                    logprobs = self._logprobs(d.logprobs) if d.logprobs else None
                     for piece in self._pieces(d, parsers.get(d.index), held):
-                        yield self._chunk([self._choice(d.index, piece)])
+                        yield self._chunk([self._choice(d.index, piece, logprobs=logprobs)])
+                        logprobs = None
+                    if logprobs is not None and not d.finished:   # text a tool-call parser still holds
+                        yield self._chunk([self._choice(d.index, {}, logprobs=logprobs)])
                     if d.finished:
                         parser = parsers.get(d.index)
                         finish = d.finish_reason
                         if parser is not None and parser.calls and finish == "stop":
                             finish = "tool_calls"
-                        yield self._chunk([self._choice(d.index, {}, finish, d.stop_reason)])
+                        yield self._chunk([self._choice(d.index, {}, finish, d.stop_reason, logprobs)])
         except EngineError as exc:
             yield f"data: {json.dumps(error_body(str(exc), type='server_error'))}\n\n"
             yield "data: [DONE]\n\n"
@@ -294,6 +318,28 @@ class _EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.handler.cancel()
+
+
+async def _json_body(request: Request):
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise OpenAIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+
+
+def _parse(model, body):
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+def _engine_for(state: ModelState, model: str | None) -> Engine:
+    engine = state.ready_engine()
+    if model is not None and model != state.name:
+        raise OpenAIError(404, f"The model `{model}` does not exist.", type="not_found_error",
+                          param="model", code="model_not_found")
+    return engine
 
 
 def create_app(*, model_dir: Path, served_model_name: str | None = None, max_model_len: int | None = None,
@@ -360,20 +406,40 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise OpenAIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
-        try:
-            req = ChatCompletionRequest.model_validate(body)
-        except ValidationError as exc:
-            raise _validation_error(exc) from None
+        req = _parse(ChatCompletionRequest, await _json_body(request))
         handler = ChatHandler(state, req)
         await handler.prepare()
         if req.stream:
             handler.open()
             return _EventStream(handler)
         return JSONResponse(await handler.complete())
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        """vLLM's: the token ids of a text, or of messages rendered exactly as a chat call renders them."""
+        req = _parse(TokenizeRequest, await _json_body(request))
+        engine = _engine_for(state, req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise OpenAIError(400, "give either prompt or messages", param="prompt" if req.prompt is None
+                              else "messages", code="invalid_parameter")
+        try:
+            if req.prompt is not None:
+                ids = engine.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"]
+            else:
+                ids = encode(engine.tokenizer, render_prompt(engine.tokenizer, req.messages, tools=req.tools).text)
+        except InvalidParameter as exc:
+            raise _bad_request(exc) from None
+        return TokenizeResponse(count=len(ids), max_model_len=engine.max_model_len, tokens=ids).model_dump()
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        req = _parse(DetokenizeRequest, await _json_body(request))
+        engine = _engine_for(state, req.model)
+        bad = next((t for t in req.tokens if not 0 <= t < len(engine.tokenizer)), None)
+        if bad is not None:
+            raise OpenAIError(400, f"tokens: {bad} is not a token id of this model (0 to "
+                              f"{len(engine.tokenizer) - 1})", param="tokens", code="invalid_parameter")
+        return DetokenizeResponse(prompt=engine.tokenizer.decode(req.tokens)).model_dump()
 
     return app
 

@@ -114,11 +114,21 @@ def test_models_lists_the_served_name_and_no_local_path(server):
     assert models.data[0].root is None and str(server["model_dir"]) not in r.text
 
 
+def test_tokenize_and_detokenize_with_the_secret(server):
+    r = httpx.post(f"{server['url']}/tokenize", json={"model": NAME, "prompt": "Hello world"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == len(body["tokens"]) > 0 and body["max_model_len"] == MAX_LEN
+    r = httpx.post(f"{server['url']}/detokenize", json={"tokens": body["tokens"]}, headers=AUTH)
+    assert r.json() == {"prompt": "Hello world"}
+
+
 def test_every_call_without_the_instance_secret_is_refused(server):
     """Keys, quotas, QPS limits and moderation live in the gateway: a direct caller must not get in."""
     body = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": SECRET}):
-        for method, path in (("POST", "/v1/chat/completions"), ("GET", "/v1/models"), ("GET", "/docs"),
+        for method, path in (("POST", "/v1/chat/completions"), ("POST", "/tokenize"), ("POST", "/detokenize"),
+                             ("GET", "/v1/models"), ("GET", "/docs"),
                              ("GET", "/openapi.json"), ("GET", "/v1/nothing")):
             r = httpx.request(method, f"{server['url']}{path}", json=body if method == "POST" else None,
                               headers=headers, timeout=30)
@@ -230,7 +240,8 @@ async def test_concurrent_streams_are_batched_and_correct(server):
     (dict(messages=[{"role": "user", "content": "word " * 1500}]), 400, "messages"),
     (dict(messages=[]), 400, "messages"),
     (dict(messages=[{"role": "robot", "content": "x"}]), 400, "messages.0.role"),
-    (dict(logprobs=True), 400, "logprobs"),
+    (dict(logprobs=True, top_logprobs=21), 400, "top_logprobs"),
+    (dict(logprobs=True, use_beam_search=True, n=2, temperature=0), 400, "logprobs"),
     (dict(tool_choice="required"), 400, "tool_choice"),
     (dict(model="other-model"), 404, "model"),
 ])
