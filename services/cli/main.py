@@ -1,7 +1,6 @@
 """The ``maas`` command: start the platform, and operate it over HTTP (login, models, tuning, …)."""
 from __future__ import annotations
 
-import logging
 import os
 
 import typer
@@ -9,6 +8,7 @@ import typer
 from services.cli import (account_cmds, audit_cmds, auth_cmds, chat_cmds, compress_cmds, groups_cmds, keys_cmds,
                           models_cmds, notify_cmds, packages_cmds, platform_cmds, policies_cmds, pools_cmds,
                           services_cmds, storage_cmds, templates_cmds, tuning_cmds, users_cmds)
+from services.common.log_setup import configure_logging
 
 # No locals in tracebacks: they would print the bearer token.
 app = typer.Typer(help="OpenMaaS: self-hosted Model-as-a-Service.", no_args_is_help=True,
@@ -35,6 +35,8 @@ app.add_typer(audit_cmds.app, name="audit")
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("MAAS_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_logging(os.environ.get("MAAS_LOG_LEVEL", "info"))
+    except ValueError as exc:
+        raise SystemExit(f"MAAS_LOG_LEVEL: {exc}") from None
     app(prog_name="maas")

@@ -9,7 +9,7 @@ from rich.markup import escape
 from services.cli.client import CliError, Client, resolve
 from services.cli.common import client, command, confirm_delete, wait_until
 from services.cli.models_cmds import find as find_model
-from services.cli.output import JsonOption, console, emit, err_console, fields, status_text, table, when
+from services.cli.output import JsonOption, Markup, console, emit, err_console, fields, status_text, table, when
 
 app = typer.Typer(help="Model services: list, show, start, stop, scale, QPS, upgrade, call.", no_args_is_help=True)
 presets_app = typer.Typer(help="Preset services and their free quota.", no_args_is_help=True)
@@ -297,11 +297,35 @@ def presets_list(as_json: bool = JsonOption) -> None:
     """Preset services with your free quota."""
     with client() as c:
         data = c.get("/api/v1/preset-services")
-    emit(data, as_json=as_json, render=lambda d: table(
-        ["id", "name", "model", "status", "quota"],
-        [(s["id"], s["name"], s["model_name"], status_text(s["status"]),
-          f"{s['quota']['remaining']}/{s['quota']['granted']}" if s["quota"]["claimed"] else "not claimed")
-         for s in d["items"]], title="Preset services"))
+    emit(data, as_json=as_json, render=_render_presets)
+
+
+def preset_status(item: dict) -> str:
+    """The status cell: a preset still importing its weights shows how far it is."""
+    if item["status"] == "importing":
+        return Markup(f"[yellow]importing ({int(float(item.get('import_progress') or 0) * 100)}%)[/yellow]")
+    if item["status"] == "import_failed":
+        return Markup("[red]import failed[/red]")
+    return status_text(item["status"])
+
+
+def _render_presets(data: dict) -> None:
+    items = data["items"]
+    if not items:
+        console.print("No preset services: this platform's model square has no template with weights "
+                      "that ship with it.\n[dim]Deploy a model of your own instead: `maas models create`, "
+                      "then `maas deploy`.[/dim]", highlight=False)
+        return
+    table(["id", "name", "model", "status", "quota"],
+          [(s["id"], s["name"], s["model_name"], preset_status(s),
+            f"{s['quota']['remaining']}/{s['quota']['granted']}" if s["quota"]["claimed"] else "not claimed")
+           for s in items], title="Preset services")
+    for s in items:
+        if s["status"] == "importing":
+            console.print(f"[dim]{escape(s['name'])} is importing its weights (first start, about a minute); "
+                          "run `maas presets list` again to see it become ready.[/dim]", highlight=False)
+        elif s["status"] == "import_failed" and s.get("message"):
+            err_console.print(s["message"], highlight=False, markup=False)
 
 
 @command(presets_app)

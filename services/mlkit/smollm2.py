@@ -10,6 +10,7 @@ import importlib.util
 import json
 import site
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from services.mlkit.tiny import CHATML_TEMPLATE
@@ -63,24 +64,32 @@ def _fixed_tokenizer(gguf: Path):
     )
 
 
-def convert_to_hf(out_dir: Path, *, dtype: str = "float32") -> Path:
-    """De-quantize the bundled GGUF into an HF folder (safetensors) at ``out_dir``; returns it."""
+def convert_to_hf(out_dir: Path, *, dtype: str = "float32", on_step: Callable[[float], None] | None = None) -> Path:
+    """De-quantize the bundled GGUF into an HF folder (safetensors) at ``out_dir``; returns it.
+
+    ``on_step(fraction)``: called at a few milestones (0..1) so a caller can show progress."""
+    step = on_step or (lambda fraction: None)
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     gguf = gguf_path()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The milestones' fractions follow where the time goes: importing torch, reading the GGUF's
+    # vocabulary, de-quantizing the tensors (the longest), writing the folder.
+    step(0.15)
 
     tokenizer = _fixed_tokenizer(gguf)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     im_start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    step(0.35)
 
     from services.mlkit import MODEL_LOADING
 
     with MODEL_LOADING:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
                                                      dtype=getattr(torch, dtype))
+    step(0.95)
     model.config.bos_token_id = im_start
     model.config.eos_token_id = im_end
     model.config.pad_token_id = im_end
@@ -98,4 +107,5 @@ def convert_to_hf(out_dir: Path, *, dtype: str = "float32") -> Path:
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     if cfg.pop("_model_name_or_path", None) is not None:
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    step(1.0)
     return out_dir

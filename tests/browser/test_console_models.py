@@ -23,6 +23,9 @@ async def test_log_in_with_the_form_and_out_again(browser, running_platform):
     try:
         await page.goto(running_platform["url"] + "/")
         await expect(page).to_have_url(re.compile(r"/console/login"))
+        # Arriving through a redirect leaves no boot placeholder above the login card (nor later).
+        await expect(page.locator("input[name=username]")).to_be_visible()
+        await expect(page.locator(".boot")).to_have_count(0)
         await page.fill("input[name=username]", admin.username)
         await page.fill("input[name=password]", "wrong-password")
         await page.click("button[type=submit]")
@@ -31,6 +34,7 @@ async def test_log_in_with_the_form_and_out_again(browser, running_platform):
         await page.click("button[type=submit]")
         await expect(page).to_have_url(re.compile(r"/console/square$"))
         await expect(page.get_by_test_id("current-user")).to_have_text(admin.username)
+        await expect(page.locator(".boot")).to_have_count(0)
         assert await page.evaluate("localStorage.getItem('maas.token')")
         await page.screenshot(path=str(_shot("login-done")), full_page=False)
         await page.get_by_role("button", name="Log out").click()

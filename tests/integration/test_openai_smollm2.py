@@ -31,7 +31,7 @@ FORCED = {"type": "function", "function": {"name": "get_delivery_date"}}
 async def preset(api) -> dict:
     async def listed():
         items = (await api.get("/api/v1/preset-services")).json()["items"]
-        return next((p for p in items if p["name"] == PRESET), None)
+        return next((p for p in items if p["name"] == PRESET and p["available"]), None)   # imported
     found = await wait_for(listed, timeout=600)
     if not found["quota"]["claimed"]:
         assert (await api.post(f"/api/v1/preset-services/{found['id']}/claim")).status_code == 201

@@ -148,7 +148,7 @@ async def test_the_smollm2_preset_cannot_be_overrun_by_calls_in_flight_together(
     many are in flight at once: each used to pass the check before the others were billed."""
     async def listed():
         items = (await erin.console.get("/api/v1/preset-services")).json()["items"]
-        return next((p for p in items if p["name"] == "smollm2-135m-instruct"), None)
+        return next((p for p in items if p["name"] == "smollm2-135m-instruct" and p["available"]), None)
     smollm2 = await wait_for(listed, timeout=600)
     r = await erin.console.post(f"/api/v1/preset-services/{smollm2['id']}/claim")
     assert r.status_code == 201, r.text

@@ -7,9 +7,11 @@ from pymongo import ASCENDING
 from services.common.auth import Principal
 from services.common.context import Platform, get_component, get_platform
 from services.gateway.quotas.ledger import QuotaLedger
+from services.gateway.quotas.presets import preset_items, preset_templates
 from services.gateway.quotas.service import claim, quota_view
 from services.gateway.quotas.store import QUOTAS
 from services.iam.authorize import Authorized
+from services.readmodels.model_refs import preset_imports
 from services.readmodels.serving_refs import PRESET_TENANT, SERVICES
 
 router = APIRouter(prefix="/api/v1/preset-services", tags=["preset services"])
@@ -20,21 +22,13 @@ async def _ledger(gateway=Depends(get_component("gateway"))) -> QuotaLedger:
     return gateway.ledger
 
 
-@router.get("", summary="Preset services with my free quota")
+@router.get("", summary="Preset services with my free quota (also those still importing their weights)")
 async def list_presets(principal: Principal = Authorized("maas:presetServices:list"),
                        platform: Platform = Depends(get_platform), ledger: QuotaLedger = Depends(_ledger)):
     quotas = {d["service_id"]: d async for d in platform.mongo[QUOTAS].find({"user_id": principal.user_id})}
-    items = []
-    async for doc in platform.mongo[SERVICES].find({"tenant_id": PRESET_TENANT}).sort("name", ASCENDING):
-        model = doc.get("model") or {}
-        items.append({
-            "id": doc["_id"], "name": doc["name"], "model_name": model.get("model_name"),
-            "template_id": model.get("template_id"), "status": doc["status"],
-            "available": True,  # a stopped preset starts on its first call
-            "max_model_len": doc["max_model_len"], "content_moderation": True,
-            "api_base": f"/v1/infers/{doc['_id']}/v1", "call_model": doc["name"],
-            "quota": quota_view(quotas.get(doc["_id"]), ledger),
-        })
+    services = [doc async for doc in platform.mongo[SERVICES].find({"tenant_id": PRESET_TENANT}).sort("name", ASCENDING)]
+    items = preset_items(services=services, templates=preset_templates(), imports=await preset_imports(platform),
+                         quota=lambda service_id: quota_view(quotas.get(service_id), ledger))
     return {"items": items}
 
 

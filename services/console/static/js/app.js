@@ -162,4 +162,8 @@ function App() {
   <//><${Toasts} />`;
 }
 
-render(html`<${App} />`, document.getElementById('app'));
+// The boot placeholder goes first: Preact keeps DOM it did not render when the first render is empty (a
+// redirect), and the placeholder then stayed above the login card and the whole app until a reload.
+const root = document.getElementById('app');
+root.replaceChildren();
+render(html`<${App} />`, root);

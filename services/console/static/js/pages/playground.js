@@ -54,7 +54,8 @@ export function PlaygroundPage() {
   useEffect(() => { if (log.current) log.current.scrollTop = log.current.scrollHeight; }, [messages]);
 
   const running = (mine.data ? mine.data.items : []).filter((s) => s.status === 'running' || s.status === 'alarm');
-  const presetItems = presets.data ? presets.data.items : [];
+  // a preset still importing its weights (first start) cannot be called yet
+  const presetItems = presets.data ? presets.data.items.filter((s) => s.available !== false) : [];
   const preset = presetItems.find((s) => s.id === serviceId);
 
   const send = async (e) => {

@@ -190,6 +190,20 @@ function MyServices() {
   </div>`;
 }
 
+// A preset whose service does not exist yet: the platform is still importing its weights (first start).
+function PresetStatus({ service: s }) {
+  if (s.status === 'importing') {
+    const pct = Math.round((s.import_progress || 0) * 100);
+    return html`<span class="status status-busy" data-status="importing" title=${t('The platform imports the weights of its preset services on its first start; the service can be claimed and called once it is ready.')}>
+      <i></i>${t('Importing {pct}%', { pct })}</span>`;
+  }
+  if (s.status === 'import_failed') {
+    return html`<span class="status status-bad" data-status="import_failed" title=${s.message || ''}>
+      <i></i>${t('Import failed')}${s.message ? html`<span class="status-info">ⓘ</span>` : null}</span>`;
+  }
+  return html`<${StatusTag} status=${s.status} />`;
+}
+
 function PresetServices() {
   const { data, error, reload } = usePoll(() => get('/api/v1/preset-services'), [], 5000);
   const [calling, setCalling] = useState(null);
@@ -201,11 +215,11 @@ function PresetServices() {
         <thead><tr><th>${t('Name')}</th><th>${t('Model to deploy')}</th><th>${t('Status')}</th><th>${t('Context length')}</th>
           <th>${t('Free quota')}</th><th>${t('Operation')}</th></tr></thead>
         <tbody>${data.items.map((s) => html`<tr data-service=${s.name}>
-          <td>${s.name}</td><td>${s.model_name}</td><td><${StatusTag} status=${s.status} /></td><td>${s.max_model_len}</td>
+          <td>${s.name}</td><td>${s.model_name}</td><td><${PresetStatus} service=${s} /></td><td>${s.max_model_len}</td>
           <td>${s.quota.claimed ? `${fmtNumber(s.quota.remaining)} / ${fmtNumber(s.quota.granted)}` : `${fmtNumber(s.quota.granted)}`}</td>
           <td class="actions">
-            <${ActionButton} action="maas:presetServices:claim" class="link" data-action="claim" disabled=${s.quota.claimed || claim.busy} onClick=${() => claim.run(s)}>${s.quota.claimed ? t('Claimed') : t('Claim')}<//>
-            <button class="link" disabled=${!s.quota.claimed || s.quota.remaining <= 0} onClick=${() => navigate(`/console/playground?service=${s.id}`)}>${t('Try it')}</button>
+            <${ActionButton} action="maas:presetServices:claim" class="link" data-action="claim" disabled=${s.quota.claimed || claim.busy || s.available === false} onClick=${() => claim.run(s)}>${s.quota.claimed ? t('Claimed') : t('Claim')}<//>
+            <button class="link" disabled=${!s.quota.claimed || s.quota.remaining <= 0 || s.available === false} onClick=${() => navigate(`/console/playground?service=${s.id}`)}>${t('Try it')}</button>
             <button class="link" onClick=${() => setCalling(s)}>${t('Call')}</button>
           </td>
         </tr>`)}</tbody>

@@ -39,7 +39,8 @@ export function SolutionsPage() {
   const mine = usePoll(() => get('/api/v1/services', { limit: 200 }), []);
   const presets = usePoll(() => get('/api/v1/preset-services'), []);
   const running = (mine.data ? mine.data.items : []).filter((s) => s.status === 'running' || s.status === 'alarm');
-  const presetItems = presets.data ? presets.data.items : [];
+  // a preset still importing its weights (first start) cannot be called yet
+  const presetItems = presets.data ? presets.data.items.filter((s) => s.available !== false) : [];
   const [serviceId, setServiceId] = useState(params.get('service') || '');
   const service = [...running, ...presetItems].find((s) => s.id === serviceId);
   return html`<div>
