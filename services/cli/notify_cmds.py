@@ -42,11 +42,14 @@ def delete_topic(topic: str = typer.Argument(..., help="topic id or name"),
 @command(app)
 def subscribe(topic: str = typer.Argument(..., help="topic id or name"),
               endpoint: str = typer.Argument(..., help="http(s) URL receiving signed POST requests"),
-              description: str = typer.Option("", "--description"), as_json: bool = JsonOption) -> None:
+              description: str = typer.Option("", "--description"),
+              format: str = typer.Option("standard-webhooks", "--format",
+                                         help="standard-webhooks, or cloudevents (CloudEvents HTTP, structured)"),
+              as_json: bool = JsonOption) -> None:
     """Subscribe a webhook to a topic (it must confirm before it receives notifications)."""
     with client() as c:
         data = c.post(f"/api/v1/notification-topics/{topic}/subscriptions",
-                      {"protocol": "webhook", "endpoint": endpoint, "description": description})
+                      {"protocol": "webhook", "endpoint": endpoint, "description": description, "format": format})
     emit(data, as_json=as_json, render=lambda d: (
         console.print(f"subscription {d['id']} is {status_text(d['status'])}: the endpoint received a confirmation request"),
         console.print(f"signing secret (shown once): [bold]{d['secret']}[/bold]", highlight=False) if d.get("secret") else None))

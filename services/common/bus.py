@@ -8,6 +8,7 @@ from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 
 from contracts import Envelope
 from services.common import metrics
+from services.common.event_headers import cloudevents_headers
 from services.common.settings import Settings
 from services.common.telemetry import tracer_provider
 
@@ -27,12 +28,13 @@ def make_broker(settings: Settings) -> KafkaBroker:
 
 async def publish_envelope(broker: KafkaBroker, *, topic: str, envelope: Envelope,
                            headers: dict[str, Any] | None = None) -> None:
-    # Keyed by subject: every event of one aggregate lands on one partition, in order.
+    # Keyed by subject: every event of one aggregate lands on one partition, in order. The ce_*
+    # headers make the message a CloudEvent (Kafka binding, binary mode) without changing its value.
     await broker.publish(
         envelope.model_dump(mode="json"),
         topic=topic,
         key=envelope.subject.encode(),
-        headers={"event-type": envelope.type, **(headers or {})},
+        headers={"event-type": envelope.type, **cloudevents_headers(envelope, topic=topic), **(headers or {})},
     )
     metrics.count_published(topic=topic, event_type=envelope.type)
 

@@ -26,6 +26,7 @@ from standardwebhooks.webhooks import Webhook
 
 from contracts import new_id
 from services.common import metrics
+from services.notifier.cloudevents_format import CLOUDEVENTS, CLOUDEVENTS_CONTENT_TYPE, cloudevent
 from services.notifier.endpoints import AddressNotAllowed, EndpointRejected, HostNotFound
 from services.notifier.models import (DELIVERIES, SUBSCRIPTIONS, DeliveryKind, DeliveryStatus,
                                       SubscriptionStatus)
@@ -63,13 +64,14 @@ def encode_body(payload: dict) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 
 
-def signed_headers(*, secret: str, msg_id: str, body: str, at: datetime) -> dict[str, str]:
+def signed_headers(*, secret: str, msg_id: str, body: str, at: datetime,
+                   content_type: str = "application/json") -> dict[str, str]:
     """Standard Webhooks headers: receivers verify with any Standard Webhooks library and the secret."""
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(at.timestamp())),
         "webhook-signature": Webhook(secret).sign(msg_id=msg_id, timestamp=at, data=body),
-        "content-type": "application/json",
+        "content-type": content_type,
         "user-agent": USER_AGENT,
     }
 
@@ -118,13 +120,16 @@ class DeliveryWorker:
             await self._settle(doc, {"status": DeliveryStatus.cancelled})
             return "cancelled"
         now = datetime.now(UTC)
-        body = encode_body(doc["payload"])
+        if sub.get("format") == CLOUDEVENTS:
+            body, content_type = encode_body(cloudevent(doc)), CLOUDEVENTS_CONTENT_TYPE
+        else:
+            body, content_type = encode_body(doc["payload"]), "application/json"
         started = time.perf_counter()
         status_code, error = None, None
         try:
             # The endpoint rules are applied to the very connection (webhook_http), not checked beforehand.
             status_code = await self.http.post(sub["endpoint"], body=body.encode(), headers=signed_headers(
-                secret=sub["secret"], msg_id=doc["_id"], body=body, at=now))
+                secret=sub["secret"], msg_id=doc["_id"], body=body, at=now, content_type=content_type))
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}" + (" (redirects are not followed)" if 300 <= status_code < 400 else "")
         except (EndpointRejected, ConnectionFailed) as exc:

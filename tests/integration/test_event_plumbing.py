@@ -5,7 +5,8 @@ import asyncio
 import json
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from cloudevents.core.bindings import kafka as kafka_binding
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -53,6 +54,54 @@ async def test_state_and_event_commit_together_and_the_relay_publishes(running_p
         return doc and doc["published"]
     await wait_for(published, timeout=30)
     await platform.mongo[MODELS].delete_one({"_id": doc_id})
+
+
+async def test_events_on_kafka_are_cloudevents_and_their_value_is_still_the_envelope(running_platform):
+    """CloudEvents Kafka binding, binary mode: the SDK reads the event from the ce_* headers, and a
+    consumer of the envelope (the value) reads it as before."""
+    platform = running_platform["platform"]
+    topic = topic_name(platform.settings, TaskRecordChanged.topic)
+    consumer = AIOKafkaConsumer(bootstrap_servers=platform.settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in await wait_for(
+            lambda: _partitions(consumer, topic), timeout=30)]
+        consumer.assign(partitions)
+        await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)   # the end is fixed before the event goes out
+        task_id = new_id()
+        async with platform.uow() as uow:
+            env = uow.emit(TaskRecordChanged(task_id=task_id, task_kind="tuning", model_id="m", version_id="v",
+                                             status="running", removed=True),
+                           tenant_id="tenant-ce", subject=f"tasks/{task_id}")
+
+        async def received():
+            batch = await consumer.getmany(timeout_ms=500)
+            return next((rec for records in batch.values() for rec in records
+                         if dict(rec.headers).get("ce_id") == env.id.encode()), None)
+        record = await wait_for(received, timeout=30)
+    finally:
+        await consumer.stop()
+
+    event = kafka_binding.from_binary_event(
+        kafka_binding.KafkaMessage(headers=dict(record.headers), key=record.key, value=record.value))
+    assert event.get_specversion() == "1.0"
+    assert (event.get_id(), event.get_type(), event.get_source(), event.get_subject()) == (
+        env.id, "io.openmaas.TaskRecordChanged", f"/openmaas/{topic}", f"tasks/{task_id}")
+    assert event.get_time() == env.occurred_at and event.get_time().tzinfo is not None
+    assert event.get_datacontenttype() == "application/json"
+    assert (event.get_extension("tenantid"), event.get_extension("version")) == ("tenant-ce", str(env.version))
+    assert event.get_extension("partitionkey") == f"tasks/{task_id}"   # the Kafka key, as before
+    # The value is the envelope, unchanged: the CloudEvent's data, and what existing consumers parse.
+    assert Envelope.model_validate(event.get_data()) == env
+    assert Envelope.model_validate_json(record.value) == env
+    assert dict(record.headers)["event-type"] == b"TaskRecordChanged"
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str):
+    await consumer.topics()   # fetches the cluster's metadata
+    return sorted(consumer.partitions_for_topic(topic) or [])
 
 
 async def _version_in_creating(platform) -> tuple[str, str, str]:

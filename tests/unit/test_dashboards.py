@@ -237,7 +237,8 @@ def test_every_platform_metric_family_is_on_a_dashboard(boards) -> None:
     for board in boards.values():
         for _, expr in prometheus_expressions(board):
             queried |= promql_metrics(expr)[0]
-    families = {f.name for f in metrics.REGISTRY.collect() if f.name.startswith("maas_")} - {"maas_build_info"}
+    families = {f.name for f in metrics.REGISTRY.collect()
+                if f.name.startswith(("maas_", "gen_ai_"))} - {"maas_build_info"}
     missing = {f for f in families if not any(q == f or q.startswith(f + "_") for q in queried)}
     assert not missing, f"metrics on no dashboard: {sorted(missing)}"
 

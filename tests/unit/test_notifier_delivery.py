@@ -8,8 +8,10 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
+from cloudevents.core.bindings import http as http_binding
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from services.notifier.cloudevents_format import CLOUDEVENTS_CONTENT_TYPE, cloudevent
 from services.notifier.delivery import backoff_seconds, encode_body, signed_headers
 from services.notifier.endpoints import AddressNotAllowed, EndpointRejected, HostNotFound, check, check_syntax
 from services.notifier.webhook_http import ConnectionFailed, WebhookHttp
@@ -29,6 +31,21 @@ def test_deliveries_verify_with_a_standard_webhooks_library():
         Webhook(secret).verify(body.replace("completed", "failed"), headers)
     with pytest.raises(WebhookVerificationError):
         Webhook(new_secret()).verify(body, headers)
+
+
+def test_a_delivery_as_a_cloudevent_is_the_same_for_every_attempt_and_omits_no_attribute():
+    at = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    doc = {"_id": "msg_1", "topic_name": "alerts", "subject": "models/1", "payload": {
+        "type": "models.completed", "timestamp": at.isoformat(), "data": {"subject": "models/1", "kind": "completed"}}}
+    event = cloudevent(doc)
+    assert encode_body(event) == encode_body(cloudevent(doc))
+    parsed = http_binding.from_http_event(http_binding.HTTPMessage(
+        headers={"content-type": CLOUDEVENTS_CONTENT_TYPE}, body=encode_body(event).encode()))
+    assert (parsed.get_id(), parsed.get_type(), parsed.get_source(), parsed.get_subject(), parsed.get_time()) == (
+        "msg_1", "io.openmaas.models.completed", "/openmaas/notification-topics/alerts", "models/1", at)
+    assert parsed.get_data() == doc["payload"]["data"]
+    # A confirmation request is about no resource: no subject attribute at all.
+    assert "subject" not in cloudevent({**doc, "subject": None})
 
 
 def test_backoff_doubles_then_caps():

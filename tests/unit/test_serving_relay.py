@@ -7,9 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from contracts.openai import PROMPT_TOKENS_HEADER
+from opentelemetry.trace import NoOpTracer
+
+from contracts.openai import PROMPT_TOKENS_HEADER, ChatCompletionRequest
 from services.readmodels.serving_refs import InstanceRef, ServiceRef
 from services.gateway.inference.chat import ChatGateway
+from services.gateway.inference.genai_telemetry import ChatTelemetry
 from services.gateway.inference.moderation import BlocklistChecker, message_text
 from services.gateway.inference.routing import Router
 from services.gateway.inference.upstream import UpstreamBroken
@@ -54,12 +57,21 @@ class _CannedResponse:
         self.released = True
 
 
-async def _relay(stream_text: str, *, wants_usage: bool, checker=None, break_after: bool = False):
+def chat_telemetry(*, tracer=None, capture_content: bool = False, **request) -> ChatTelemetry:
+    """The GenAI span and metrics of one call (not recorded without a tracer)."""
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hello"}], "stream": True, **request}
+    return ChatTelemetry(request=ChatCompletionRequest.model_validate(body), model=SERVICE.name,
+                         messages=body["messages"], capture_content=capture_content,
+                         tracer=tracer or NoOpTracer())
+
+
+async def _relay(stream_text: str, *, wants_usage: bool, checker=None, break_after: bool = False, call=None):
     response = _CannedResponse(stream_text, break_after=break_after)
     gateway = ChatGateway(platform=SimpleNamespace(mongo=defaultdict(object)))
     gateway.router.acquire(INSTANCE)
     relayed = gateway._relayed(caller=CALLER, service=SERVICE, instance=INSTANCE, response=response, started=0.0,
-                               wants_usage=wants_usage, checker=checker, reservation=NO_RESERVATION)
+                               wants_usage=wants_usage, checker=checker, reservation=NO_RESERVATION,
+                               call=call or chat_telemetry())
     out = [part async for part in relayed.body_iterator]
     assert response.released
     events = [line[6:] for line in b"".join(out).decode().split("\n\n") if line.startswith("data: ")]

@@ -30,10 +30,11 @@ function AddSubscriptionDialog({ topics, onClose, onDone }) {
   const [topic, setTopic] = useState(topics[0] ? topics[0].name : '');
   const [endpoint, setEndpoint] = useState('');
   const [description, setDescription] = useState('');
+  const [format, setFormat] = useState('standard-webhooks');
   const [created, setCreated] = useState(null);
   const action = useAction(async () => {
     setCreated(await post(`/api/v1/notification-topics/${encodeURIComponent(topic)}/subscriptions`,
-      { protocol: 'webhook', endpoint, description }));
+      { protocol: 'webhook', endpoint, description, format }));
     onDone();
   });
   if (created) {
@@ -50,8 +51,10 @@ function AddSubscriptionDialog({ topics, onClose, onDone }) {
       <${Field} label=${t('Protocol')}><span>webhook (HTTP POST, Standard Webhooks)</span><//>
       <${Field} label=${t('Endpoint')} required error=${fieldError(action.error, 'endpoint')}>
         <input class="input" placeholder="https://example.com/hooks/maas" value=${endpoint} onInput=${(e) => setEndpoint(e.target.value)} /><//>
+      <${Field} label=${t('Format')} error=${fieldError(action.error, 'format')}><select class="input" value=${format} onChange=${(e) => setFormat(e.target.value)}>
+        <option value="standard-webhooks">Standard Webhooks</option><option value="cloudevents">CloudEvents (structured, signed)</option></select><//>
       <${Field} label=${t('Description')}><input class="input" value=${description} onInput=${(e) => setDescription(e.target.value)} /><//>
-      ${action.error && !fieldError(action.error, 'endpoint') ? html`<${ErrorBox} error=${action.error} />` : null}
+      ${action.error && !fieldError(action.error, 'endpoint') && !fieldError(action.error, 'format') ? html`<${ErrorBox} error=${action.error} />` : null}
     </div>
   <//>`;
 }
@@ -86,7 +89,7 @@ function SubscriptionsTab() {
     <${ErrorBox} error=${error || resend.error} />
     ${!data ? html`<${Spinner} />` : data.items.length === 0 ? html`<${Empty} />` : html`<table class="table">
       <thead><tr><th>${t('Topic')}</th><th>${t('Protocol')}</th><th>${t('Endpoint')}</th><th>${t('Status')}</th><th>${t('Created')}</th><th>${t('Operation')}</th></tr></thead>
-      <tbody>${data.items.map((s) => html`<tr><td>${s.topic_name}</td><td>${s.protocol}</td><td class="mono small">${s.endpoint}</td>
+      <tbody>${data.items.map((s) => html`<tr><td>${s.topic_name}</td><td>${s.protocol}${s.format === 'cloudevents' ? ' · CloudEvents' : ''}</td><td class="mono small">${s.endpoint}</td>
         <td><${StatusTag} status=${s.status} /></td><td>${fmtTime(s.created_at)}</td>
         <td class="actions">${s.status === 'unconfirmed' ? html`<button class="link" onClick=${() => resend.run(s)}>${t('Resend confirmation')}</button>` : null}
           <button class="link danger" onClick=${() => setDeleting(s)}>${t('Delete')}</button></td></tr>`)}</tbody></table>`}
