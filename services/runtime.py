@@ -149,7 +149,7 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
         await audit.ensure_retention(platform.mongo, days=settings.audit_retention_days)
         await reserve_platform_buckets(platform, {PlatformBucket(settings.system_bucket),
                                                   *(b for s in specs for b in s.buckets)})
-        topics = sorted({t for s in specs for t in s.topics()} | _published_topics())
+        topics = sorted({t for s in specs for t in s.topics()} | _published_topics() | {health.HEALTH_TOPIC})
         await ensure_topics(settings, topics)
         await platform.broker.start()
         tasks = [asyncio.create_task(platform.relay.run(), name="outbox-relay")]
@@ -171,7 +171,7 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
     app.state.platform = platform
     app.state.components = components
     app.state.services = [s.name for s in specs]
-    install_error_handlers(app)
+    install_error_handlers(app, retry_after=settings.unavailable_retry_after_seconds)
     document_errors(app)  # the OpenAPI document shows the 400/401/404/... bodies the handlers answer
     # No span per ASGI send/receive: a streamed chat answer would otherwise cost one span per chunk;
     # none for probes and the console's static files either (they would crowd out the traces).

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from services.cli.local_ray import LocalRayHead
+from services.common.log_setup import LEVELS, configure_logging, parse_level
 
 console = Console()
 
@@ -19,16 +20,31 @@ def _default_data_dir() -> Path:
     return Path(user_data_dir("openmaas"))
 
 
-def _serve(*, host: str, port: int, services: str) -> None:
+def _log_level(value: str) -> str:
+    try:
+        parse_level(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value.lower()
+
+
+LOG_LEVEL_OPTION = typer.Option("info", "--log-level", envvar="MAAS_LOG_LEVEL", callback=_log_level,
+                                help=f"{' | '.join(LEVELS)}: info shows state changes, warnings and errors; "
+                                     "debug adds the libraries' own lines (HTTP probes, Kafka, onnxruntime)")
+
+
+def _serve(*, host: str, port: int, services: str, log_level: str = "info") -> None:
     import uvicorn
 
     from services.common.http import server_config
     from services.common.settings import get_settings
     from services.runtime import build_app
 
+    configure_logging(log_level)
     get_settings.cache_clear()
     settings = get_settings()
-    uvicorn.Server(server_config(build_app(settings, services=services), host=host, port=port, log_level="info")).run()
+    uvicorn.Server(server_config(build_app(settings, services=services), host=host, port=port,
+                                 log_level=log_level)).run()
 
 
 async def _bootstrap_admin():
@@ -43,6 +59,36 @@ async def _bootstrap_admin():
         return await ensure_bootstrap_admin(platform)
     finally:
         platform.mongo.close()
+
+
+async def _preset_imports() -> list:
+    """The import state of the preset weights, read once for the start-up panel (empty on a first start)."""
+    from services.common.context import Platform
+    from services.common.settings import get_settings
+    from services.readmodels.model_refs import preset_imports
+
+    get_settings.cache_clear()
+    platform = Platform.connect(get_settings())
+    try:
+        return list((await preset_imports(platform)).values())
+    finally:
+        platform.mongo.close()
+
+
+def _show_presets(imports: list) -> None:
+    """One line: whether the preset service can be called yet (its weights import on a first start)."""
+    if imports and all(state.status == "ready" for state in imports):
+        names = ", ".join(sorted(state.template_id for state in imports))
+        console.print(f"Preset service {names}: ready (claim its free quota with `maas presets claim`)",
+                      soft_wrap=True, highlight=False, markup=False)
+        return
+    failed = sorted(state.template_id for state in imports if state.status == "failed")
+    if failed:
+        console.print(f"Preset service {', '.join(failed)}: its last weight import failed; importing again now "
+                      "— `maas presets list` shows progress", soft_wrap=True, highlight=False, markup=False)
+        return
+    console.print("Preset service: importing its weights in the background in the background (about a minute on a first start) "
+                  "— `maas presets list` shows progress", soft_wrap=True, highlight=False, markup=False)
 
 
 def _show_admin(admin, url: str) -> None:
@@ -65,19 +111,24 @@ def up(
     port: int = typer.Option(8000, help="API port"),
     ray: bool = typer.Option(False, "--ray", help="also start a one-node Ray cluster (this machine = the public "
                                                   "pool) and run job work on it, as on a real cluster"),
+    log_level: str = LOG_LEVEL_OPTION,
 ) -> None:
     """Start the embedded Kafka, MongoDB and S3 servers, then every service, in the foreground."""
+    from services.common import metrics
     from services.common.private_files import PRIVATE_UMASK, private_dir
     from services.embedded.servers import EmbeddedServers
 
     # Everything this process and its children write (weights, datasets, logs, traces, credentials)
     # is owner-only: one machine may have other users.
     os.umask(PRIVATE_UMASK)
+    configure_logging(log_level)
     data_dir = private_dir((data_dir or _default_data_dir()).expanduser().resolve())
     console.print(f"[bold]OpenMaaS[/bold] data dir: {data_dir}")
     servers = EmbeddedServers(data_dir)
     with console.status("starting embedded servers (S3, MongoDB, Kafka)…"):
         servers.start()
+    # A server that dies is restarted on its data and port; the services' clients reconnect by themselves.
+    servers.supervise(on_restart=lambda name: metrics.embedded_server_restarts.labels(server=name).inc())
     os.environ.update(servers.settings_env())
     os.environ.setdefault("MAAS_WORK_DIR", str(data_dir / "work"))
     private_dir(Path(os.environ["MAAS_WORK_DIR"]))
@@ -92,8 +143,9 @@ def up(
             console.print(f"  {name}={value}" if "SECRET" not in name else f"  {name}=***")
         url = f"http://{host}:{port}"
         _show_admin(asyncio.run(_bootstrap_admin()), url)
+        _show_presets(asyncio.run(_preset_imports()))
         console.print(f"API and console: [bold]{url}[/bold]   OpenAPI: {url}/docs   (Ctrl-C stops everything)")
-        _serve(host=host, port=port, services="all")
+        _serve(host=host, port=port, services="all", log_level=log_level)
     finally:
         if head is not None:
             with console.status("stopping the Ray cluster…"):
@@ -109,9 +161,10 @@ def serve(
                                                "notifier, observability, console"),
     host: str = typer.Option("0.0.0.0", envvar="MAAS_API_HOST"),
     port: int = typer.Option(8000, envvar="MAAS_API_PORT"),
+    log_level: str = LOG_LEVEL_OPTION,
 ) -> None:
     """Run services against external servers configured by MAAS_* variables (production)."""
-    _serve(host=host, port=port, services=services)
+    _serve(host=host, port=port, services=services, log_level=log_level)
 
 
 def bootstrap_admin() -> None:

@@ -15,6 +15,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
+from services.common import unavailable
+
 
 class ErrorDetail(BaseModel):
     field: str
@@ -116,7 +118,24 @@ def describe_validation_error(err: dict) -> tuple[str, str]:
     return field, f"{field}: {msg}"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def unavailable_response(path: str, dependency: str, *, retry_after: int) -> JSONResponse:
+    """503 with Retry-After: a backing server is down; the body names it, in the API's error shape."""
+    body = error_body(path, 503, "service_unavailable", unavailable.message(dependency))
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(retry_after)})
+
+
+def install_error_handlers(app: FastAPI, *, retry_after: int = 5) -> None:
+    """``retry_after``: seconds a client is told to wait when a backing server is unavailable."""
+    outages = unavailable.OutageLog()
+
+    async def _unavailable(request: Request, exc: Exception):
+        dependency = unavailable.dependency_of(exc) or unavailable.OBJECT_STORE   # one of ERRORS: never None
+        outages.note(dependency, exc, path=request.url.path)
+        return unavailable_response(request.url.path, dependency, retry_after=retry_after)
+
+    for error_class in unavailable.ERRORS:
+        app.add_exception_handler(error_class, _unavailable)
+
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         # exc.body(), not error_body(): a subclass may add to it (a dataset's bad lines as details).
@@ -146,6 +165,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
+        dependency = unavailable.dependency_of(exc)
+        if dependency is not None:   # raised from a connection error (or in a middleware): not our fault
+            outages.note(dependency, exc, path=request.url.path)
+            return unavailable_response(request.url.path, dependency, retry_after=retry_after)
         # Our fault: the traceback goes to the log (Starlette re-raises it after this answer), the
         # client gets a JSON body of its API's shape instead of a plain-text "Internal Server Error".
         return JSONResponse(error_body(request.url.path, 500, "internal_error", "internal server error"),

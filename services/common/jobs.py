@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymongo import ASCENDING, ReturnDocument
 
 from contracts.events import TaskRecordChanged
+from contracts.timestamps import instants, rfc3339
 from services.common.objectstore import ObjectPath
 
 
@@ -96,19 +97,21 @@ class JobLogs:
     def __init__(self, *, jobs: str, logs: str):
         self.jobs, self.logs = jobs, logs
 
-    async def append(self, platform, *, job_id: str, tenant_id: str, lines: list[str]) -> None:
-        """Number the lines from the job's counter (several writers never reuse a number) and store them."""
+    async def append(self, platform, *, job_id: str, tenant_id: str, lines: list[str], session=None) -> None:
+        """Number the lines from the job's counter (several writers never reuse a number) and store them.
+        ``session``: a unit of work's, so that lines about a change commit with it (a reader who sees a
+        job's end then sees its last lines too)."""
         if not lines:
             return
         doc = await platform.mongo[self.jobs].find_one_and_update(
             {"_id": job_id}, {"$inc": {"log_seq": len(lines)}}, projection={"log_seq": 1},
-            return_document=ReturnDocument.AFTER)
+            return_document=ReturnDocument.AFTER, session=session)
         if doc is None:
             return  # the job was deleted: its logs go with it
         first, at = doc["log_seq"] - len(lines) + 1, now()
         await platform.mongo[self.logs].insert_many(
             [{"job_id": job_id, "tenant_id": tenant_id, "seq": first + i, "at": at, "line": line}
-             for i, line in enumerate(lines)], ordered=False)
+             for i, line in enumerate(lines)], ordered=False, session=session)
 
     async def page(self, platform, *, tenant_id: str, job_id: str, search: str | None, offset: int,
                    limit: int) -> dict:
@@ -120,7 +123,7 @@ class JobLogs:
         total = await platform.mongo[self.logs].count_documents(query)
         cursor = platform.mongo[self.logs].find(query, {"_id": 0, "seq": 1, "at": 1, "line": 1}) \
             .sort("seq", ASCENDING).skip(offset).limit(limit)
-        return {"total": total, "items": [d async for d in cursor]}
+        return {"total": total, "items": [instants(d) async for d in cursor]}
 
     @staticmethod
     def download_name(job: dict) -> str:
@@ -128,7 +131,7 @@ class JobLogs:
 
     async def render(self, platform, *, job_id: str) -> str:
         cursor = platform.mongo[self.logs].find({"job_id": job_id}, {"line": 1, "at": 1}).sort("seq", ASCENDING)
-        return "".join([f"{d['at'].isoformat()} {d['line']}\n" async for d in cursor])
+        return "".join([f"{rfc3339(d['at'])} {d['line']}\n" async for d in cursor])
 
     @staticmethod
     def permanent_path(job: dict) -> ObjectPath:

@@ -13,7 +13,7 @@ How each family is fed:
   scrape hooks (``on_scrape``) that the hosting service registers; each is re-run at most every
   ``every`` seconds, so a scrape never costs more than a few cached queries.
 - tokens and instance utilisation: helpers other services call (``record_tokens``,
-  ``set_instance_utilisation``).
+  ``set_instance_utilisation``); the OpenTelemetry GenAI metrics (``gen_ai_*``): ``record_genai_call``.
 """
 from __future__ import annotations
 
@@ -74,6 +74,31 @@ instance_utilisation = Gauge("maas_instance_utilisation_ratio",
                              "Share of an inference instance's capacity in use (0..1)",
                              ["service", "instance"], registry=REGISTRY)
 
+# ---- OpenTelemetry GenAI semantic conventions (fed by services/gateway/inference/genai_telemetry.py)
+# Named as OpenTelemetry's Prometheus exporter names the semconv instruments (dots become underscores,
+# the unit "s" a "_seconds" suffix), with the semconv's advised bucket boundaries. The gateway is the
+# GenAI server its callers talk to (gen_ai.server.*); toward the model instance it is a client, and the
+# token usage the instance reports is recorded under the one token metric the semconv defines
+# (gen_ai.client.token.usage). Labels: gen_ai_operation_name, gen_ai_provider_name,
+# gen_ai_request_model (a service name: bounded like maas_tokens' service label), and error_type.
+_GENAI_LABELS = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"]
+genai_token_usage = Histogram(
+    "gen_ai_client_token_usage", "GenAI: tokens used per call (gen_ai_token_type input or output)",
+    [*_GENAI_LABELS, "gen_ai_token_type"], registry=REGISTRY,
+    buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864))
+genai_request_duration = Histogram(
+    "gen_ai_server_request_duration_seconds", "GenAI: time from a call reaching a model to its answer's end",
+    [*_GENAI_LABELS, "error_type"], registry=REGISTRY,
+    buckets=(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92))
+genai_time_to_first_token = Histogram(
+    "gen_ai_server_time_to_first_token_seconds", "GenAI: time to the first streamed chunk of an answer",
+    _GENAI_LABELS, registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0))
+genai_time_per_output_token = Histogram(
+    "gen_ai_server_time_per_output_token_seconds", "GenAI: time per output token after the first (streams)",
+    _GENAI_LABELS, registry=REGISTRY,
+    buckets=(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5))
+
 # ---- webhook notifications
 webhook_deliveries = Counter("maas_webhook_deliveries", "Webhook delivery attempts (outcome succeeded/retry/dead)",
                              ["kind", "outcome"], registry=REGISTRY)
@@ -83,6 +108,10 @@ webhook_queue = Gauge("maas_webhook_deliveries_queued", "Webhook deliveries by s
                       ["status"], registry=REGISTRY)
 
 
+# ---- the embedded servers of `maas up` (services/embedded/servers.py supervises them)
+embedded_server_restarts = Counter("maas_embedded_server_restarts", "Embedded servers (s3, mongo, kafka) restarted "
+                                   "after their process died", ["server"], registry=REGISTRY)
+
 # ------------------------------------------------------------------------------------ helpers
 
 def record_tokens(*, service: str, model: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
@@ -91,6 +120,22 @@ def record_tokens(*, service: str, model: str, prompt_tokens: int = 0, completio
         tokens.labels(service=service, model=model, kind="prompt").inc(prompt_tokens)
     if completion_tokens:
         tokens.labels(service=service, model=model, kind="completion").inc(completion_tokens)
+
+
+def record_genai_call(*, operation: str, provider: str, model: str, seconds: float, input_tokens: int = 0,
+                      output_tokens: int = 0, first_token_seconds: float | None = None,
+                      error_type: str | None = None) -> None:
+    """The GenAI semconv metrics of one call (token usage only of calls that used tokens)."""
+    labels = {"gen_ai_operation_name": operation, "gen_ai_provider_name": provider, "gen_ai_request_model": model}
+    genai_request_duration.labels(**labels, error_type=error_type or "").observe(seconds)
+    for kind, count in (("input", input_tokens), ("output", output_tokens)):
+        if count:
+            genai_token_usage.labels(**labels, gen_ai_token_type=kind).observe(count)
+    if first_token_seconds is not None:
+        genai_time_to_first_token.labels(**labels).observe(first_token_seconds)
+        if output_tokens > 1:
+            genai_time_per_output_token.labels(**labels).observe(
+                max(0.0, seconds - first_token_seconds) / (output_tokens - 1))
 
 
 def set_instance_utilisation(*, service: str, instance: str, ratio: float) -> None:

@@ -15,7 +15,12 @@ IndexSpec = tuple[str, list[tuple[str, int]], dict]
 
 class Mongo:
     def __init__(self, settings: Settings):
-        self.client = AsyncIOMotorClient(settings.mongo_url, tz_aware=True, uuidRepresentation="standard")
+        # Bounded waits: while MongoDB is down a call fails within seconds (answered 503 by
+        # services.common.unavailable) instead of pymongo's 30 s.
+        self.client = AsyncIOMotorClient(
+            settings.mongo_url, tz_aware=True, uuidRepresentation="standard",
+            serverSelectionTimeoutMS=int(settings.mongo_server_selection_timeout_seconds * 1000),
+            connectTimeoutMS=int(settings.mongo_connect_timeout_seconds * 1000))
         self.db: AsyncIOMotorDatabase = self.client[settings.mongo_db]
 
     def __getitem__(self, name: str):

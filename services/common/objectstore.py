@@ -9,6 +9,7 @@ import asyncio
 import contextvars
 import functools
 import io
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,6 +17,8 @@ from pathlib import Path
 from collections.abc import AsyncIterator, Iterator
 from typing import BinaryIO
 
+import certifi
+import urllib3
 from minio import Minio
 from minio.error import S3Error
 
@@ -76,6 +79,18 @@ class ObjectInfo:
     is_dir: bool
 
 
+def s3_http_client(settings: Settings) -> urllib3.PoolManager:
+    """minio's own pool, with bounded connect time and retries (its defaults: 5 min, 5 retries), so a
+    call fails within seconds while S3 is down (answered 503, services.common.unavailable)."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=settings.s3_connect_timeout_seconds, read=settings.s3_read_timeout_seconds),
+        maxsize=settings.s3_io_threads,   # one connection per S3 thread (minio's default pool has 10)
+        cert_reqs="CERT_REQUIRED", ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        retries=urllib3.Retry(total=settings.s3_max_retries, backoff_factor=0.2,
+                              status_forcelist=[500, 502, 503, 504]),
+    )
+
+
 class ObjectStore:
     def __init__(self, settings: Settings, *, client: Minio | None = None):
         self.client = client or Minio(
@@ -84,6 +99,7 @@ class ObjectStore:
             secret_key=settings.s3_secret_key,
             secure=settings.s3_secure,
             region=settings.s3_region,
+            http_client=s3_http_client(settings),
         )
         self._threads = ThreadPoolExecutor(max_workers=settings.s3_io_threads, thread_name_prefix="s3")
 

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     # MongoDB
     mongo_url: str = "mongodb://127.0.0.1:27017/?directConnection=true"
     mongo_db: str = "maas"
+    # A call that needs MongoDB while it is down fails after this long with 503 (pymongo's default is
+    # 30 s). Short enough for a client to see the answer, long enough for a loaded 2-core machine.
+    mongo_server_selection_timeout_seconds: float = Field(5.0, gt=0, description=(
+        "how long a MongoDB call waits for a reachable server before it fails (503)"))
+    mongo_connect_timeout_seconds: float = Field(5.0, gt=0, description="TCP connect timeout to MongoDB")
 
     # S3 / MinIO
     s3_endpoint: str = "127.0.0.1:9000"
@@ -37,6 +42,17 @@ class Settings(BaseSettings):
     # other to_thread call, e.g. password hashing, waits on).
     s3_io_threads: int = Field(32, ge=1)
     system_bucket: str = "maas-system"
+    # minio's defaults (5 min connect, 5 retries) made a call hang while S3 was down: connect fast and
+    # retry a little; reads keep a long timeout (a large object's parts can take a while to answer).
+    s3_connect_timeout_seconds: float = Field(5.0, gt=0, description="TCP connect timeout to S3")
+    s3_read_timeout_seconds: float = Field(300.0, gt=0, description="longest wait for one read from S3")
+    s3_max_retries: int = Field(2, ge=0, le=10, description="retries of a failed S3 request (connection errors, 5xx)")
+
+    # Readiness (/healthz) and the 503 answers while a backing server is down.
+    health_timeout_seconds: float = Field(3.0, gt=0, le=30, description=(
+        "how long /healthz waits for each backing server (checked together) before calling it down"))
+    unavailable_retry_after_seconds: int = Field(5, ge=1, description=(
+        "Retry-After of a 503 answered because a backing server is unavailable"))
 
     # HTTP
     api_host: str = "127.0.0.1"

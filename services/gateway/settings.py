@@ -37,6 +37,9 @@ class GatewaySettings(BaseSettings):
     usage_flush_seconds: float = Field(1.0, gt=0)
     moderation_blocklist: str = Field("", description="extra blocked terms, comma separated")
     moderation_cache_seconds: float = Field(5.0, ge=0)
+    telemetry_capture_content: bool = Field(False, description=(
+        "put the messages and answers of chat calls on their traces (gen_ai.input.messages, "
+        "gen_ai.output.messages); off by default: prompts are the callers' data and traces are not tenant-scoped"))
 
 
 @lru_cache

@@ -6,6 +6,7 @@ from services.gateway.keys import limits as key_limits
 from services.gateway.keys import service as keys
 from services.gateway.quotas import api as quotas_api
 from services.gateway.quotas import metering
+from services.gateway.quotas import ratelimit
 from services.gateway.quotas import service as quotas
 from services.gateway.storage import api as storage_api
 from services.iam import store as iam_store
@@ -22,7 +23,7 @@ GATEWAY = ServiceSpec(
     hot_routers=[openai_api.router],
     indexes=identity.INDEXES + sessions.INDEXES + login_throttle.INDEXES + keys.INDEXES + key_limits.INDEXES
     + quotas.INDEXES + metering.INDEXES + iam_store.INDEXES + pool_models.INDEXES + pool_ledger.INDEXES
-    + pool_usage.INDEXES,
+    + pool_usage.INDEXES + ratelimit.INDEXES,
     background=[chat.run_gateway],
     component=chat.build_gateway,
 )

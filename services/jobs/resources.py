@@ -16,6 +16,7 @@ from typing import Any
 from pymongo import DESCENDING
 
 from contracts.notifications import NotificationRuleChanged
+from contracts.timestamps import instants
 from services.common.context import Platform, transact
 from services.pools import ledger
 from services.common.errors import ApiError, bad_request, conflict, not_found
@@ -104,7 +105,7 @@ def job_view(doc: dict) -> dict:
     view = {k: v for k, v in doc.items() if k not in ("_id", "tenant_id", "run", "log_seq")}
     view["id"] = doc["_id"]
     view["worker_id"] = run.get("worker_id")
-    return view
+    return instants(view)
 
 
 async def check_output_name(platform: Platform, *, jobs: str, tenant_id: str, name: str) -> None:
@@ -152,8 +153,8 @@ async def get_job(platform: Platform, kind: JobResource, *, tenant_id: str, job_
     view = kind.view(await job_or_404(platform, kind, tenant_id=tenant_id, job_id=job_id))
     # A waiting job's place in its pool's queue and what it waits for (written by the runners).
     entry = await platform.mongo[ledger.QUEUE].find_one({"_id": f"{kind.jobs}:{job_id}"})
-    view["queue"] = ({"pool": entry["pool"], "position": entry["position"], "reason": entry["reason"],
-                      "since": entry["since"]} if entry else None)
+    view["queue"] = instants({"pool": entry["pool"], "position": entry["position"], "reason": entry["reason"],
+                              "since": entry["since"]} if entry else None)
     return view
 
 

@@ -13,6 +13,7 @@ only a wake-up call (the job document is the truth) and an idle runner also poll
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -320,7 +321,8 @@ class JobRunner:
                       loop=asyncio.get_running_loop(), placement=placement)
             self.active[job["_id"]] = run
             heartbeat = asyncio.create_task(self._heartbeat(run))
-            flusher = asyncio.create_task(self._flush_forever(run))
+            flushing = asyncio.Event()   # set: the flusher ends after the flush it is in (never mid-write)
+            flusher = asyncio.create_task(self._flush_forever(run, flushing))
             try:
                 outcome = await self.kind.execute(run)
             except Exception as exc:
@@ -329,20 +331,27 @@ class JobRunner:
                     log.exception("%s job %s failed", self.kind.name, job["_id"])
             finally:
                 heartbeat.cancel()
-                flusher.cancel()
+                flushing.set()
                 await asyncio.gather(heartbeat, flusher, return_exceptions=True)
             if outcome.kind == "failed":
                 run.say(f"ERROR {outcome.message}")
+            with run.lock:
+                pending = list(run.lines)
+
             async def end(uow) -> str | None:
                 line = await self.kind.record_end(uow, run, outcome)
                 # The run's resources go back to its pool with its end (tidy_pools frees them if not).
                 await ledger.release(uow, key=f"{self.kind.jobs}:{run.job_id}", run_id=run_id)
+                # Its last lines (the ERROR, what the end did) commit with the end: whoever sees the
+                # job ended finds them in its log (they were written after it, and read too early).
+                await self.kind.logs.append(self.platform, job_id=run.job_id, tenant_id=run.tenant_id,
+                                            lines=pending + ([f"[maas] {line}"] if line else []), session=uow.session)
                 return line
 
             try:
-                line = await transact(self.platform, end)
-                if line:
-                    run.say(line)
+                await transact(self.platform, end)
+                with run.lock:
+                    del run.lines[:len(pending)]   # written; whatever came after them is flushed below
             except Exception:
                 log.exception("recording the end of %s job %s failed", self.kind.name, job["_id"])
             await self.flush(run)
@@ -367,9 +376,14 @@ class JobRunner:
 
     # -- logs and progress ----------------------------------------------------------------------
 
-    async def _flush_forever(self, run: Run) -> None:
-        while True:
-            await asyncio.sleep(self.settings.log_flush_seconds)
+    async def _flush_forever(self, run: Run, done: asyncio.Event) -> None:
+        """Flush every ``log_flush_seconds`` until ``done``. Not cancelled: a flush cancelled mid-write
+        had taken its lines from the run, and they reached the log only later, if at all."""
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), timeout=self.settings.log_flush_seconds)
+            if done.is_set():
+                return   # what is left is written with the run's end
             try:
                 await self.flush(run)
             except Exception:

@@ -29,11 +29,17 @@ async def recover_expired(platform: Platform, kind: Recoverable) -> int:
     """Handle every running job of ``kind`` whose lease has expired; the number handled."""
     at, handled = now(), 0
     async for job in platform.mongo[kind.jobs].find({"status": "running", "run.lease_until": {"$lt": at}}):
-        message = await transact(platform, lambda uow, job=job: kind.recover(uow, job, at))
+        async def recover(uow, job=job) -> str | None:
+            message = await kind.recover(uow, job, at)
+            if message is not None:   # the line commits with the change it tells of
+                await kind.logs.append(platform, job_id=job["_id"], tenant_id=job["tenant_id"],
+                                       lines=[f"[maas] {message}"], session=uow.session)
+            return message
+
+        message = await transact(platform, recover)
         if message is not None:
             handled += 1
             log.warning("%s job %s: %s", kind.name, job["_id"], message)
-            await kind.logs.append(platform, job_id=job["_id"], tenant_id=job["tenant_id"], lines=[f"[maas] {message}"])
     return handled
 
 

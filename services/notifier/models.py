@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -10,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventKind
+from contracts.timestamps import Timestamp
 from services.common.mongo import IndexSpec
 from services.common.validation import ResourceName, limited_text
 
@@ -62,10 +62,20 @@ class TopicCreate(BaseModel):
     description: limited_text(256) = ""
 
 
+# How a webhook request is shaped: the Standard Webhooks body, or a CloudEvent in the CloudEvents
+# HTTP binding's structured mode (services/notifier/cloudevents_format.py). Both are signed alike.
+WebhookFormat = Literal["standard-webhooks", "cloudevents"]
+STANDARD_WEBHOOKS = "standard-webhooks"
+
+
 class SubscriptionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     protocol: Literal["webhook"] = "webhook"
     endpoint: str = Field(description="http(s) URL that receives signed POST requests")
+    format: WebhookFormat = Field(STANDARD_WEBHOOKS, description=(
+        "'standard-webhooks' (default): the notification JSON; 'cloudevents': a CloudEvent in structured "
+        "mode (application/cloudevents+json) with the notification as its data. Standard Webhooks "
+        "signature headers either way"))
     description: limited_text(256) = ""
 
 
@@ -99,7 +109,7 @@ class TopicView(BaseModel):
     name: str
     description: str
     subscription_count: int = 0
-    created_at: datetime
+    created_at: Timestamp
 
 
 class SubscriptionView(BaseModel):
@@ -108,10 +118,11 @@ class SubscriptionView(BaseModel):
     topic_name: str
     protocol: str
     endpoint: str
+    format: WebhookFormat = STANDARD_WEBHOOKS
     description: str
     status: SubscriptionStatus
-    confirmed_at: datetime | None = None
-    created_at: datetime
+    confirmed_at: Timestamp | None = None
+    created_at: Timestamp
     secret: str | None = Field(None, description="signing secret (whsec_...); shown once, at creation")
 
 
@@ -121,11 +132,11 @@ class RuleView(BaseModel):
     subject: str
     events: list[str]
     source: str
-    created_at: datetime
+    created_at: Timestamp
 
 
 class AttemptView(BaseModel):
-    at: datetime
+    at: Timestamp
     status_code: int | None = None
     error: str | None = None
     duration_ms: float
@@ -142,11 +153,11 @@ class DeliveryView(BaseModel):
     subject: str | None = None
     status: DeliveryStatus
     attempts: int
-    next_attempt_at: datetime | None = None
+    next_attempt_at: Timestamp | None = None
     last_error: str | None = None
     last_status_code: int | None = None
-    delivered_at: datetime | None = None
-    created_at: datetime
+    delivered_at: Timestamp | None = None
+    created_at: Timestamp
     attempt_log: list[AttemptView] = []
     payload: dict[str, Any] | None = None
 
@@ -158,7 +169,8 @@ def topic_view(doc: dict, subscription_count: int = 0) -> TopicView:
 
 def subscription_view(doc: dict, *, secret: str | None = None) -> SubscriptionView:
     return SubscriptionView(id=doc["_id"], topic_id=doc["topic_id"], topic_name=doc["topic_name"],
-                            protocol=doc["protocol"], endpoint=doc["endpoint"], description=doc.get("description", ""),
+                            protocol=doc["protocol"], endpoint=doc["endpoint"],
+                            format=doc.get("format", STANDARD_WEBHOOKS), description=doc.get("description", ""),
                             status=doc["status"], confirmed_at=doc.get("confirmed_at"), created_at=doc["created_at"],
                             secret=secret)
 

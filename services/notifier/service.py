@@ -15,6 +15,7 @@ from pymongo.errors import DuplicateKeyError
 
 from contracts import Envelope, new_id
 from contracts.notifications import EVENT_KIND_LABELS, NotificationRuleChanged
+from contracts.timestamps import rfc3339
 from services.common.context import Platform, transact
 from services.common.errors import ApiError, bad_request, conflict, not_found
 from services.notifier import delivery
@@ -101,7 +102,7 @@ async def delete_topic(platform: Platform, *, tenant_id: str, topic: str) -> Non
 # ------------------------------------------------------------------------------------ subscriptions
 
 def _confirmation_payload(sub: dict, *, token: str, confirm_url: str) -> dict:
-    return {"type": CONFIRMATION_TYPE, "timestamp": _now().isoformat(), "data": {
+    return {"type": CONFIRMATION_TYPE, "timestamp": rfc3339(_now()), "data": {
         "subscription_id": sub["_id"], "topic": sub["topic_name"], "token": token, "confirm_url": confirm_url,
         "message": ("You are receiving this because this endpoint was subscribed to an OpenMaaS notification "
                     "topic. To receive notifications, POST {\"token\": \"<token>\"} to confirm_url."),
@@ -140,7 +141,8 @@ async def create_subscription(platform: Platform, *, tenant_id: str, topic: str,
                        field="endpoint")
     secret = new_secret()
     sub = {"_id": new_id(), "tenant_id": tenant_id, "topic_id": topic_doc["_id"], "topic_name": topic_doc["name"],
-           "protocol": request.protocol, "endpoint": endpoint, "description": request.description,
+           "protocol": request.protocol, "endpoint": endpoint, "format": request.format,
+           "description": request.description,
            "secret": secret, "status": SubscriptionStatus.unconfirmed, "confirmed_at": None, "created_at": _now()}
     async with platform.uow() as uow:
         await uow.collection(SUBSCRIPTIONS).insert_one(sub, session=uow.session)
@@ -265,11 +267,11 @@ async def apply_rule_event(uow, *, tenant_id: str, event: NotificationRuleChange
 
 def notification_payload(envelope: Envelope, *, kind: str, topic_name: str, subscription_id: str) -> dict:
     resource = resource_of(envelope.subject)
-    return {"type": f"{resource}.{kind}", "timestamp": envelope.occurred_at.isoformat(), "data": {
+    return {"type": f"{resource}.{kind}", "timestamp": rfc3339(envelope.occurred_at), "data": {
         "event_id": envelope.id, "event_type": envelope.type, "kind": kind, "kind_label": EVENT_KIND_LABELS.get(kind),
         "subject": envelope.subject, "resource": resource,
         "resource_id": envelope.subject.split("/", 1)[1] if "/" in envelope.subject else None,
-        "topic": topic_name, "subscription_id": subscription_id, "occurred_at": envelope.occurred_at.isoformat(),
+        "topic": topic_name, "subscription_id": subscription_id, "occurred_at": rfc3339(envelope.occurred_at),
         "detail": envelope.data,
     }}
 

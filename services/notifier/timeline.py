@@ -15,6 +15,7 @@ from pymongo import ASCENDING, DESCENDING
 
 from contracts import Envelope
 from contracts.notifications import EVENT_KIND_LABELS
+from contracts.timestamps import Timestamp
 from services.common.mongo import IndexSpec
 from services.notifier.kinds import resource_of
 
@@ -40,7 +41,7 @@ class TimelineEvent(BaseModel):
     kind_label: str | None = None
     subject: str
     message: str | None = None
-    occurred_at: datetime
+    occurred_at: Timestamp
     data: dict[str, Any]
 
 

@@ -1,12 +1,12 @@
 """Resource pool documents and their API shapes."""
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING
 
+from contracts.timestamps import Timestamp
 from services.common.cluster import PUBLIC_POOL
 from services.common.mongo import IndexSpec
 
@@ -55,7 +55,7 @@ class AllocationView(BaseModel):
     kind: str
     job_id: str
     resources: ResourcesView
-    since: datetime
+    since: Timestamp
 
 
 class QueuedView(BaseModel):
@@ -70,7 +70,7 @@ class PoolView(BaseModel):
     name: str
     type: str                          # public | dedicated
     description: str = ""
-    created_at: datetime | None = None
+    created_at: Timestamp | None = None
     cluster: str                       # local | ray
     nodes: int
     capacity: ResourcesView

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING
 
 from contracts import new_id
+from contracts.timestamps import instants
 from services.common.cluster import PUBLIC_POOL, Resources
 from services.common.jobs import now
 from services.common.mongo import IndexSpec
@@ -98,10 +99,10 @@ async def grant(platform, *, request: PackageGrant, granted_by: str) -> dict:
 
 
 def package_view(doc: dict) -> dict:
-    return {"id": doc["_id"], "name": doc["name"], "cpu_hours": doc["cpu_hours"],
+    return instants({"id": doc["_id"], "name": doc["name"], "cpu_hours": doc["cpu_hours"],
             "accelerator_hours": doc["accelerator_hours"], "cpu_hours_left": round(doc["cpu_hours_left"], 6),
             "accelerator_hours_left": round(doc["accelerator_hours_left"], 6), "granted_at": doc["granted_at"],
-            "expires_at": doc["expires_at"]}
+            "expires_at": doc["expires_at"]})
 
 
 async def packages_of(platform, *, tenant_id: str) -> list[dict]:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, DESCENDING
 
+from contracts.timestamps import Timestamp
 from services.common.mongo import IndexSpec
 from services.common.validation import Description100, ResourceName
 
@@ -66,8 +67,8 @@ class TaskRecordView(BaseModel):
     status: str
     message: str | None = None
     checks: list[dict] = []
-    created_at: object
-    updated_at: object
+    created_at: Timestamp
+    updated_at: Timestamp
 
 
 class VersionView(BaseModel):
@@ -82,8 +83,8 @@ class VersionView(BaseModel):
     storage_uri: str | None  # the platform's copy (None until imported)
     validate_weights: bool
     base_version: int | None = None
-    created_at: object
-    updated_at: object
+    created_at: Timestamp
+    updated_at: Timestamp
     tasks: list[TaskRecordView] | None = None
 
 
@@ -97,8 +98,8 @@ class ModelView(BaseModel):
     quantization: str | None = None
     version_count: int
     latest_version: int
-    created_at: object
-    updated_at: object
+    created_at: Timestamp
+    updated_at: Timestamp
     versions: list[VersionView] | None = None
 
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
+from contracts.timestamps import Timestamp
 from services.common.cluster import Resources
 from services.common.mongo import IndexSpec
 from services.pools.models import PoolChoice
@@ -156,8 +156,8 @@ class InstanceView(BaseModel):
     version_id: str
     version_number: int | None = Field(None, description="the model version it serves (V<n>); absent on old instances")
     url: str | None = None
-    started_at: datetime | None = None
-    ready_at: datetime | None = None
+    started_at: Timestamp | None = None
+    ready_at: Timestamp | None = None
     message: str | None = None
 
 
@@ -186,12 +186,12 @@ class ServiceView(BaseModel):
     content_moderation: bool
     notification: dict
     auto_stop: dict
-    stop_at: datetime | None = None
+    stop_at: Timestamp | None = None
     operation: str | None = None
     api_base: str                 # base URL path for the OpenAI SDK (per-service)
     call_model: str               # the `model` value to send
-    created_at: datetime
-    updated_at: datetime
+    created_at: Timestamp
+    updated_at: Timestamp
     instances: list[InstanceView] | None = None
 
 

@@ -8,6 +8,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
+from contracts.timestamps import Timestamp, instants
 from services.common.cluster import Resources
 from services.common.mongo import IndexSpec
 from services.common.jobs import PermanentLog, SourceModel
@@ -191,22 +192,22 @@ class CheckpointView(BaseModel):
     format: str            # huggingface | lora (an adapter: converted by merging into the base)
     path: str              # the usable weights (HF folder or adapter)
     state_path: str        # optimizer / scheduler / RNG / data position, for resuming
-    created_at: object
+    created_at: Timestamp
 
 
 def job_view(doc: dict) -> dict:
     """The job as the API shows it, with its checkpoints."""
     view = resources.job_view(doc)
     view["checkpoints"] = [checkpoint_view(c) for c in doc.get("checkpoints", [])]
-    return view
+    return instants(view)
 
 
 def checkpoint_view(c: dict) -> dict:
     return CheckpointView(iteration=c["iteration"], format=c["format"], path=c["uri"], state_path=c["state_uri"],
-                          created_at=c["created_at"]).model_dump()
+                          created_at=c["created_at"]).model_dump(mode="json")
 
 
 def conversion_view(doc: dict) -> dict:
     view = {k: v for k, v in doc.items() if k not in ("_id", "tenant_id")}
     view["id"] = doc["_id"]
-    return view
+    return instants(view)

@@ -307,3 +307,55 @@ def test_uploads_in_flight_are_not_listed(embedded_servers: EmbeddedServers) -> 
     (embedded_servers.s3_dir / "staging-check" / "seg" / ".tmp.0123abcd").write_bytes(b"partial")
     names = [o.object_name for o in client.list_objects("staging-check", prefix="seg/", recursive=True)]
     assert names == ["seg/00000000000000000001"]
+
+
+async def test_a_killed_server_is_restarted_on_its_data_and_port_and_clients_carry_on(tmp_path: Path) -> None:
+    """``maas up`` supervises its servers: kill -9 of any of them, and it is back on the same port with
+    the same data, while a client opened before the kill (motor, aiokafka, minio) works again."""
+    from motor.motor_asyncio import AsyncIOMotorClient
+
+    servers = EmbeddedServers(tmp_path / "stack")
+    restarted: list[str] = []
+    try:
+        await asyncio.to_thread(servers.start)
+        ports = dict(servers.ports)
+        servers.supervise(interval=0.2, on_restart=restarted.append)
+        mongo = AsyncIOMotorClient(servers.mongo_url, serverSelectionTimeoutMS=30_000)
+        await mongo.maas.docs.insert_one({"_id": "before", "v": 1})
+        _s3_put_get(servers, "maas-kept", "obj.txt", b"kept")
+        topic = f"maas.kept.{_uid()}"
+        await _create_topic(servers.kafka_bootstrap, topic)
+        await _produce(servers.kafka_bootstrap, topic, [b"before"])
+
+        for i, name in enumerate(("mongo", "kafka", "s3")):
+            old_pid = servers.pids()[name]
+            psutil.Process(old_pid).kill()
+
+            async def back(count=i + 1):
+                while len(restarted) < count:
+                    await asyncio.sleep(0.2)
+            await asyncio.wait_for(back(), timeout=90)
+            assert restarted[-1] == name and servers.pids()[name] != old_pid
+            assert servers.running and servers.ports == ports
+
+        # The client of before the kills reconnects by itself and finds the data; new writes work.
+        assert (await mongo.maas.docs.find_one({"_id": "before"}))["v"] == 1
+        await mongo.maas.docs.insert_one({"_id": "after", "v": 2})
+        mongo.close()
+        assert _s3_put_get(servers, "maas-kept", "obj.txt", None) == b"kept"
+        await _produce(servers.kafka_bootstrap, topic, [b"after"])
+        reader = AIOKafkaConsumer(bootstrap_servers=servers.kafka_bootstrap, auto_offset_reset="earliest",
+                                  enable_auto_commit=False)
+        await reader.start()
+        try:
+            tp = TopicPartition(topic, 0)
+            reader.assign([tp])
+            await reader.seek_to_beginning(tp)
+            assert await _consume(reader, 2) == [b"before", b"after"]
+        finally:
+            await reader.stop()
+        assert restarted == ["mongo", "kafka", "s3"]
+    finally:
+        pids = list(servers.pids().values())
+        await asyncio.to_thread(servers.stop)
+    assert _child_pids_alive(pids) == []

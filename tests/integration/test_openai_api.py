@@ -9,7 +9,11 @@ import httpx
 import jsonschema
 import openai
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
+
+from services.common.telemetry import tracer_provider
 
 from tests.integration.conftest import wait_for
 from tests.integration.test_serving_api import api_key, deploy, serving_tmp, tiny_model, tiny_service  # noqa: F401
@@ -88,6 +92,49 @@ async def test_streaming_with_and_without_usage(client, service):
     stream = await client.chat.completions.create(model=service["name"], messages=HI, max_tokens=6, stream=True)
     chunks = [c async for c in stream]
     assert all(c.usage is None for c in chunks) and all(c.choices for c in chunks)
+
+
+async def test_a_chat_trace_carries_the_genai_attributes_with_the_calls_token_counts(running_platform, client,
+                                                                                    service, monkeypatch):
+    exporter = InMemorySpanExporter()
+    tracer_provider(running_platform["platform"].settings, extra_processors=[SimpleSpanProcessor(exporter)])
+
+    async def genai_span(response_id: str):
+        async def found():
+            return [s for s in exporter.get_finished_spans() if s.attributes.get("gen_ai.response.id") == response_id]
+        (span,) = await wait_for(found, timeout=10)
+        return span
+
+    answer = await client.chat.completions.create(model=service["name"], messages=HI, max_tokens=5,
+                                                  temperature=0.5, top_p=0.8)
+    span = await genai_span(answer.id)
+    assert span.name == f"chat {service['name']}" and span.kind.name == "CLIENT"
+    attrs = span.attributes
+    assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.provider.name"] == "openmaas"
+    assert attrs["gen_ai.request.model"] == service["name"] and attrs["gen_ai.response.model"] == answer.model
+    assert (attrs["gen_ai.request.temperature"], attrs["gen_ai.request.top_p"],
+            attrs["gen_ai.request.max_tokens"]) == (0.5, 0.8, 5)
+    assert attrs["gen_ai.usage.input_tokens"] == answer.usage.prompt_tokens
+    assert attrs["gen_ai.usage.output_tokens"] == answer.usage.completion_tokens
+    assert list(attrs["gen_ai.response.finish_reasons"]) == [answer.choices[0].finish_reason]
+    assert "gen_ai.input.messages" not in attrs and "gen_ai.output.messages" not in attrs
+    # It is a child of the HTTP server span of the same call.
+    server = [s for s in exporter.get_finished_spans() if s.context.span_id == span.parent.span_id]
+    assert server and server[0].kind.name == "SERVER"
+
+    # A stream, with the operator's setting on: time to first token and the messages too.
+    gateway = running_platform["app"].state.components["gateway"]
+    monkeypatch.setattr(gateway.settings, "telemetry_capture_content", True)
+    stream = await client.chat.completions.create(model=service["name"], messages=HI, max_tokens=4, stream=True,
+                                                  stream_options={"include_usage": True})
+    chunks = [c async for c in stream]
+    span = await genai_span(chunks[0].id)
+    assert span.attributes["gen_ai.usage.input_tokens"] == chunks[-1].usage.prompt_tokens
+    assert span.attributes["gen_ai.usage.output_tokens"] == chunks[-1].usage.completion_tokens == 4
+    assert span.attributes["gen_ai.response.time_to_first_chunk"] >= 0
+    assert json.loads(span.attributes["gen_ai.input.messages"])[1]["parts"][0]["content"] == "hello"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert json.loads(span.attributes["gen_ai.output.messages"])[0]["parts"][0]["content"] == text
 
 
 async def test_n_greater_than_one(client, service):
@@ -184,7 +231,80 @@ async def test_structured_outputs_and_constrained_tool_calls(client, service):
 async def test_models_lists_running_services(unified, client, service):
     names = [m.id async for m in unified.models.list()]
     assert service["name"] in names
-    assert [m.id async for m in client.models.list()] == [service["name"]]
+    models = [m async for m in client.models.list()]
+    assert [m.id for m in models] == [service["name"]]
+    assert models[0].model_extra["max_model_len"] > 0   # as vLLM lists it
+
+
+def _answer_ids(tokenizer, content) -> list[int]:
+    """The generated token ids, from each logprob entry's exact bytes (byte-level BPE vocabulary)."""
+    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+    chars = bytes_to_unicode()
+    return tokenizer.convert_tokens_to_ids(["".join(chars[b] for b in entry.bytes) for entry in content])
+
+
+async def test_logprobs_sum_to_the_loglikelihood_streamed_and_not(client, unified, service, serving_tmp):
+    """Issue 17 item 3, in OpenAI's shape through the gateway; the numbers against an independent forward
+    pass (transformers, over prompt + answer) of the same tiny model the service was deployed from."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from contracts.openai import ChatMessage
+    from services.inference.chat import encode, render_prompt
+
+    kwargs = dict(model=service["name"], messages=HI, max_tokens=10, temperature=0, logprobs=True,
+                  top_logprobs=4, extra_body={"ignore_eos": True})
+    response = await client.chat.completions.create(**kwargs)
+    choice = response.choices[0]
+    content = choice.logprobs.content
+    assert len(content) == response.usage.completion_tokens == 10
+    for entry in content:
+        values = [t.logprob for t in entry.top_logprobs]
+        assert len(values) == 4 and values == sorted(values, reverse=True)
+        assert (entry.token, entry.logprob) in [(t.token, t.logprob) for t in entry.top_logprobs]
+
+    folder = serving_tmp / "tiny-serving-0"   # what tests.integration.test_serving_api.tiny_model uploaded
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    prompt = encode(tokenizer, render_prompt(tokenizer, [ChatMessage.model_validate(m) for m in HI]).text)
+    assert len(prompt) == response.usage.prompt_tokens
+    answer = _answer_ids(tokenizer, content)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([prompt + answer])).logits[0].double(), -1)
+    expected = float(sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(answer)))
+    assert sum(e.logprob for e in content) == pytest.approx(expected, abs=1e-3)
+
+    chunks = [c async for c in await unified.chat.completions.create(**kwargs, stream=True)]
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content or []]
+    assert [e.model_dump() for e in streamed] == [e.model_dump() for e in content]
+    error = await _expect(client.chat.completions.create(model=service["name"], messages=HI, logprobs=True,
+                                                         top_logprobs=21), openai.BadRequestError, 400)
+    assert error.body["param"] == "top_logprobs"
+
+
+async def test_the_small_fields_apps_send(client, unified, service):
+    """Issue 17 item 6: max_completion_tokens, seed, and fields OpenAI servers accept and ignore."""
+    name = service["name"]
+    response = await client.chat.completions.create(model=name, messages=HI, max_completion_tokens=5,
+                                                    extra_body={"ignore_eos": True})
+    assert response.usage.completion_tokens == 5 and response.choices[0].finish_reason == "length"
+    error = await _expect(client.chat.completions.create(model=name, messages=HI, max_tokens=4,
+                                                         max_completion_tokens=5), openai.BadRequestError, 400)
+    assert error.body["param"] == "max_completion_tokens"
+
+    async def sample(seed: int, c) -> str:
+        answer = await c.chat.completions.create(model=name, messages=HI, max_tokens=12, temperature=1.0, seed=seed,
+                                                 extra_body={"ignore_eos": True})
+        return answer.choices[0].message.content
+
+    first = await sample(11, client)
+    assert await sample(11, unified) == first
+    assert len({await sample(s, client) for s in range(4)}) > 1
+
+    response = await unified.chat.completions.create(model=name, messages=HI, max_tokens=3, user="end-user-1",
+                                                     service_tier="auto", metadata={"app": "tests"}, store=False)
+    assert response.choices[0].message.content is not None
 
 
 async def test_usage_is_visible_per_key_and_per_service(api, client, service, key):
@@ -351,7 +471,8 @@ async def test_over_the_qps_limit_is_429_with_retry_after(api, running_platform,
 async def _preset(api) -> dict:
     async def ready():
         items = (await api.get("/api/v1/preset-services")).json()["items"]
-        return next((p for p in items if p["name"] == "smollm2-135m-instruct"), None)
+        # listed at once while its weights import; usable once its service exists
+        return next((p for p in items if p["name"] == "smollm2-135m-instruct" and p["available"]), None)
     return await wait_for(ready, timeout=300)
 
 

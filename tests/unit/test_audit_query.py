@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from mongomock_motor import AsyncMongoMockClient
 
+from contracts.timestamps import rfc3339
 from services.common.auth import Principal
 from services.common.errors import ApiError
 from services.gateway.accounts.audit_api import CSV_COLUMNS, audit_query, csv_line, record_view
@@ -81,5 +82,5 @@ def test_csv_cells_a_spreadsheet_would_run_are_quoted_as_text():
     view = record_view(doc)
     row = next(csv.reader(io.StringIO(csv_line(view[c] for c in CSV_COLUMNS))))
     assert row[CSV_COLUMNS.index("username")] == "'=HYPERLINK(\"http://evil\")"
-    assert row[CSV_COLUMNS.index("at")] == NOW.isoformat() and row[CSV_COLUMNS.index("status")] == "201"
+    assert row[CSV_COLUMNS.index("at")] == rfc3339(NOW) and row[CSV_COLUMNS.index("status")] == "201"
     assert row[CSV_COLUMNS.index("account_id")] == "t-a"

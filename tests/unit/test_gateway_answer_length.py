@@ -29,10 +29,13 @@ async def _sent(body: dict, *, service: ServiceRef = SERVICE, interactive: bool)
     async def resolve(caller, *, service_id, model):
         return service
 
-    async def complete(caller, service, payload, reservation):
+    async def complete(caller, service, payload, reservation, call):
         sent.update(payload)
         return "answered"
-    gateway.resolve, gateway._complete = resolve, complete
+    class Unlimited:   # the shared QPS limit lives in MongoDB (tests/integration/test_qps_limiter.py)
+        async def acquire(self, key, qps):
+            return None
+    gateway.resolve, gateway._complete, gateway.limiter = resolve, complete, Unlimited()
     assert await gateway.chat(CALLER, body, service_id="svc", interactive=interactive) == "answered"
     return sent
 

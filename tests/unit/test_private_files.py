@@ -58,6 +58,9 @@ class _FakeServers:
     def start(self):
         pass
 
+    def supervise(self, *, on_restart):
+        pass
+
     def stop(self):
         pass
 
@@ -81,6 +84,9 @@ def test_maas_up_makes_everything_it_writes_owner_only(tmp_path, monkeypatch, op
     async def no_admin():
         return None
 
+    async def no_presets():
+        return []
+
     written = {}
 
     def serve(**_):   # stands in for the platform: it writes a file, as the services do
@@ -91,10 +97,11 @@ def test_maas_up_makes_everything_it_writes_owner_only(tmp_path, monkeypatch, op
 
     monkeypatch.setattr(servers, "EmbeddedServers", _FakeServers)
     monkeypatch.setattr(platform_cmds, "_bootstrap_admin", no_admin)
+    monkeypatch.setattr(platform_cmds, "_preset_imports", no_presets)
     monkeypatch.setattr(platform_cmds, "_serve", serve)
     monkeypatch.delenv("MAAS_WORK_DIR", raising=False)
     data_dir = tmp_path / "home" / "data"
-    platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000, ray=False)
+    platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000, ray=False, log_level="info")
     assert written["umask"] == 0o077
     assert _mode(data_dir) == 0o700 and _mode(data_dir / "work") == 0o700
     assert _mode(data_dir / "work" / "telemetry") == 0o700
@@ -125,15 +132,19 @@ def test_maas_up_ray_runs_the_platform_on_its_own_ray_head(tmp_path, monkeypatch
     async def no_admin():
         return None
 
+    async def no_presets():
+        return []
+
     seen = {}
     monkeypatch.setattr(servers, "EmbeddedServers", _FakeServers)
     monkeypatch.setattr(platform_cmds, "LocalRayHead", _FakeHead)
     monkeypatch.setattr(platform_cmds, "_bootstrap_admin", no_admin)
+    monkeypatch.setattr(platform_cmds, "_preset_imports", no_presets)
     monkeypatch.setattr(platform_cmds, "_serve", lambda **_: seen.update(
         address=os.environ.get("MAAS_RAY_ADDRESS"), token=os.environ.get("RAY_AUTH_TOKEN_PATH")))
     for name in ("MAAS_WORK_DIR", "MAAS_RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(name, raising=False)
     data_dir = tmp_path / "data"
-    platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000, ray=True)
+    platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000, ray=True, log_level="info")
     assert seen == {"address": "127.0.0.1:6390", "token": str(data_dir / "ray" / "auth_token")}
     assert _FakeHead.started and _FakeHead.stopped      # stopped with the platform

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import StreamingResponse
 from pymongo import DESCENDING
 
+from contracts.timestamps import rfc3339
 from services.common.audit import AUDIT
 from services.common.auth import Principal
 from services.common.context import Platform, get_platform
@@ -77,7 +78,7 @@ def audit_query(*, principal: Principal, retention_days: int, account: str | Non
 
 
 def record_view(doc: dict) -> dict:
-    return {"id": doc["_id"], "at": doc["at"], "account_id": doc.get("tenant_id"), "user_id": doc.get("user_id"),
+    return {"id": doc["_id"], "at": rfc3339(doc["at"]), "account_id": doc.get("tenant_id"), "user_id": doc.get("user_id"),
             "username": doc.get("username"), "action": doc.get("action"), "resource": doc.get("resource"),
             "method": doc.get("method"), "status": doc.get("status"), "client": doc.get("client")}
 
@@ -85,7 +86,7 @@ def record_view(doc: dict) -> dict:
 def _cell(value) -> str:
     if value is None:
         return ""
-    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    text = rfc3339(value) if isinstance(value, datetime) else str(value)
     # A spreadsheet runs a cell that starts with one of these as a formula; a username tried at login
     # is anyone's text.
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

@@ -15,6 +15,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from contracts import new_id
+from contracts.timestamps import rfc3339
 from services.common.auth import ACTIVE, TOKENS, USERS, Principal
 from services.common.context import Platform, transact
 from services.common.errors import ApiError, bad_request, conflict, not_found
@@ -47,13 +48,17 @@ def _forget_keys_of(digests: list[str]) -> None:
         keys.callers().forget(digest)
 
 
+def _instant(value):
+    return None if value is None else rfc3339(value)
+
+
 # ------------------------------------------------------------------------------------ users
 
 def user_view(doc: dict, groups: dict[str, str]) -> dict:
     group_ids = [g for g in doc.get("group_ids", []) if g in groups]
     return {"id": doc["_id"], "username": doc["username"], "account_role": doc.get("account_role", ADMIN),
             "status": doc.get("status", ACTIVE), "platform_admin": doc.get("role") == "admin",
-            "groups": [{"id": g, "name": groups[g]} for g in group_ids], "created_at": doc.get("created_at")}
+            "groups": [{"id": g, "name": groups[g]} for g in group_ids], "created_at": _instant(doc.get("created_at"))}
 
 
 async def _group_names(platform: Platform, tenant_id: str) -> dict[str, str]:
@@ -207,7 +212,8 @@ def _system_view(name: str) -> dict:
 
 def _custom_view(doc: dict) -> dict:
     return {"id": doc["_id"], "name": doc["name"], "type": "custom", "description": doc.get("description", ""),
-            "document": doc["document"], "created_at": doc.get("created_at"), "updated_at": doc.get("updated_at")}
+            "document": doc["document"], "created_at": _instant(doc.get("created_at")),
+            "updated_at": _instant(doc.get("updated_at"))}
 
 
 def parsed(document: str):
@@ -345,7 +351,7 @@ async def _group_view(platform: Platform, doc: dict, *, members: bool) -> dict:
     view = {"id": doc["_id"], "name": doc["name"], "description": doc.get("description", ""),
             "policies": [{"id": p, "name": names[p], "type": "system" if p in SYSTEM_POLICIES else "custom"}
                          for p in doc.get("policy_ids", []) if p in names],
-            "created_at": doc.get("created_at")}
+            "created_at": _instant(doc.get("created_at"))}
     people = [{"id": u["_id"], "username": u["username"]} async for u in platform.mongo[USERS].find(
         {"tenant_id": doc["tenant_id"], "group_ids": doc["_id"]}, {"username": 1}).sort("username", ASCENDING)]
     view["member_count"] = len(people)

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pymongo import ASCENDING, DESCENDING
 
 from contracts import new_id
+from contracts.timestamps import instants, rfc3339
 from services.common.auth import TOKENS, Principal, bearer_token, hash_token, new_token, session_expiry
 from services.common.context import Platform, get_platform, transact
 from services.common.errors import ApiError, not_found
@@ -70,7 +71,7 @@ async def start_session(platform: Platform, *, user: dict, name: str, request: R
 def token_answer(token: str, doc: dict) -> dict:
     expires_in = int((doc["expires_at"] - datetime.now(UTC)).total_seconds())
     return {"token": token, "token_type": "bearer", "username": doc["username"], "tenant_id": doc["tenant_id"],
-            "session_id": doc["session_id"], "expires_at": doc["expires_at"], "expires_in": max(0, expires_in)}
+            "session_id": doc["session_id"], "expires_at": rfc3339(doc["expires_at"]), "expires_in": max(0, expires_in)}
 
 
 async def refresh_session(platform: Platform, *, token: str, request: Request) -> dict:
@@ -110,10 +111,10 @@ def _session_filter(*, user_id: str, session_id: str) -> dict:
 
 
 def session_view(doc: dict, *, current_digest: str, settings) -> dict:
-    return {"id": _session_id(doc), "name": doc.get("name", "login"), "created_at": doc["created_at"],
-            "last_seen_at": doc.get("last_seen_at"), "expires_at": session_expiry(doc, settings),
-            "client": doc.get("client"), "user_agent": doc.get("user_agent", ""),
-            "current": doc["_id"] == current_digest}
+    return instants({"id": _session_id(doc), "name": doc.get("name", "login"), "created_at": doc["created_at"],
+                     "last_seen_at": doc.get("last_seen_at"), "expires_at": session_expiry(doc, settings),
+                     "client": doc.get("client"), "user_agent": doc.get("user_agent", ""),
+                     "current": doc["_id"] == current_digest})
 
 
 async def list_sessions(platform: Platform, *, user_id: str, current_token: str, offset: int, limit: int) -> dict:

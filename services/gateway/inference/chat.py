@@ -31,6 +31,7 @@ from contracts.openai import PROMPT_TOKENS_HEADER, ChatCompletionRequest, intera
 from contracts.serving import PresetServiceWakeRequested
 from services.common.context import Platform, get_component
 from services.readmodels.serving_refs import InstanceRef, ServiceRef
+from services.gateway.inference.genai_telemetry import ChatTelemetry
 from services.gateway.inference.moderation import Moderation, message_text
 from services.gateway.inference.routing import Router
 from services.gateway.inference.upstream import (
@@ -47,7 +48,8 @@ from services.gateway.oai_errors import OpenAIError, invalid
 from services.gateway.quotas import calls as quota_calls
 from services.gateway.quotas.ledger import NO_RESERVATION, QuotaLedger, Reservation
 from services.gateway.quotas.metering import UsageRecorder
-from services.gateway.quotas.ratelimit import QpsLimiter
+from services.gateway.quotas.presets import pending_message, pending_preset
+from services.gateway.quotas.ratelimit import QPS_BUCKETS, SharedQpsLimiter
 from services.gateway.quotas.store import QUOTAS, QuotaStore
 from services.gateway.settings import GatewaySettings, gateway_settings
 from services.gateway.views import keep_fresh
@@ -69,7 +71,7 @@ class ChatGateway:
         self.platform = platform
         self.settings = settings or gateway_settings()
         self.router = Router(platform, refresh=self.settings.routing_refresh_seconds)
-        self.limiter = QpsLimiter()
+        self.limiter = SharedQpsLimiter(platform.mongo[QPS_BUCKETS])   # one budget across gateway replicas
         self.ledger = QuotaLedger(QuotaStore(platform.mongo[QUOTAS]), chunk=self.settings.quota_chunk_tokens,
                                   lease_seconds=self.settings.quota_lease_seconds,
                                   idle_release=self.settings.quota_idle_release_seconds)
@@ -94,6 +96,7 @@ class ChatGateway:
         if service_id is not None:
             service = await self.router.service(service_id)
             if service is None:
+                await self._raise_if_pending_preset(service_id)
                 raise OpenAIError(404, f"The service '{service_id}' does not exist.", code="service_not_found")
             if not service.preset and service.tenant_id != caller.tenant_id:
                 # Another account's service answers as one that does not exist: nothing tells it does.
@@ -108,10 +111,20 @@ class ChatGateway:
                           param="model", code="missing_required_parameter")
         service = await self.router.service_by_name(tenant_id=caller.tenant_id, name=model)
         if service is None:
+            await self._raise_if_pending_preset(model)
             raise OpenAIError(404, f"The model '{model}' does not exist or you do not have access to it.",
                               param="model", code="model_not_found")
         keys.check_allowed(caller, service)
         return service
+
+    async def _raise_if_pending_preset(self, ident: str) -> None:
+        """A preset whose service does not exist yet is importing its weights: say so, not "does not exist"."""
+        pending = await pending_preset(self.platform, ident)
+        if pending is not None:
+            template, state = pending
+            message = pending_message(template.id, state)
+            raise OpenAIError(503, message[0].upper() + message[1:], code="preset_not_ready",
+                              retry_after=None if state.status == "failed" else (5 if state.status == "ready" else 30))
 
     async def ensure_callable(self, caller: Caller, service: ServiceRef) -> ServiceRef:
         if service.callable:
@@ -218,12 +231,15 @@ class ChatGateway:
                 self.meter.call(service=service, instance_id="-", ok=False, latency_ms=0, rejected=True)
             raise
         payload = {**body, "model": service.name}
+        call = ChatTelemetry(request=request, model=service.name, messages=body.get("messages"),
+                             capture_content=self.settings.telemetry_capture_content)
         try:
             if body.get("stream"):
-                return await self._stream(caller, service, body, payload, reservation)
-            return await self._complete(caller, service, payload, reservation)
-        except BaseException:
+                return await self._stream(caller, service, body, payload, reservation, call)
+            return await self._complete(caller, service, payload, reservation, call)
+        except BaseException as exc:
             reservation.release()   # no answer (a settled reservation is not touched again)
+            call.fail(exc)          # an ended call (the answer came) is not touched again either
             raise
 
     async def _send(self, service: ServiceRef, payload: dict) -> tuple[InstanceRef, UpstreamResponse]:
@@ -274,9 +290,10 @@ class ChatGateway:
                         headers={"X-MaaS-Instance": instance.id})
 
     async def _complete(self, caller: Caller, service: ServiceRef, payload: dict,
-                        reservation: Reservation) -> Response:
+                        reservation: Reservation, call: ChatTelemetry) -> Response:
         started = time.monotonic()
         instance, response = await self._send(service, payload)
+        call.instance(instance.url)
         try:
             body = await response.read()
         except UpstreamBroken as exc:
@@ -286,6 +303,7 @@ class ChatGateway:
             self.router.release(instance)
         if response.status != 200:
             reservation.release()   # the instance refused the call: nothing generated
+            call.end(error_type=str(response.status))
             return self._upstream_error(service, instance, body, response.status, started)
         data = json.loads(body)
         usage = data.get("usage")
@@ -298,6 +316,14 @@ class ChatGateway:
         blocked = service.content_moderation and await self._output_blocked(data)
         self.meter.call(service=service, instance_id=instance.id, ok=not blocked, latency_ms=latency,
                         prompt_tokens=prompt, completion_tokens=completion)
+        choices = [c for c in data.get("choices") or [] if isinstance(c, dict)]
+        call.end(input_tokens=prompt, output_tokens=completion, response_id=data.get("id"),
+                 response_model=data.get("model"),
+                 finish_reasons={c.get("index", i): c["finish_reason"] for i, c in enumerate(choices)
+                                 if isinstance(c.get("finish_reason"), str)},
+                 texts={c.get("index", i): (c.get("message") or {}).get("content") or ""
+                        for i, c in enumerate(choices)} if call.capture_content else None,
+                 error_type="content_filter" if blocked else None)
         if blocked:
             raise OpenAIError(400, "The answer was blocked by content moderation: the output contains "
                               "non-compliant content.", code="content_filter")
@@ -312,11 +338,12 @@ class ChatGateway:
         return False
 
     async def _stream(self, caller: Caller, service: ServiceRef, body: dict, payload: dict,
-                      reservation: Reservation) -> Response:
+                      reservation: Reservation, call: ChatTelemetry) -> Response:
         started = time.monotonic()
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         instance, response = await self._send(service, payload)
+        call.instance(instance.url)
         if response.status != 200:
             try:
                 error_body = await response.read()
@@ -326,19 +353,21 @@ class ChatGateway:
                 response.release()
                 self.router.release(instance)
             reservation.release()   # the instance refused the call: nothing generated
+            call.end(error_type=str(response.status))
             return self._upstream_error(service, instance, error_body, response.status, started)
         checker = await self.moderation.checker() if service.content_moderation else None
         return self._relayed(caller=caller, service=service, instance=instance, response=response, started=started,
-                             wants_usage=wants_usage, checker=checker, reservation=reservation)
+                             wants_usage=wants_usage, checker=checker, reservation=reservation, call=call)
 
     def _relayed(self, *, caller: Caller, service: ServiceRef, instance: InstanceRef, response: UpstreamResponse,
-                 started: float, wants_usage: bool, checker, reservation: Reservation) -> _RelayedStream:
-        stream = _SseRelay(wants_usage=wants_usage, checker=checker,
+                 started: float, wants_usage: bool, checker, reservation: Reservation,
+                 call: ChatTelemetry) -> _RelayedStream:
+        stream = _SseRelay(wants_usage=wants_usage, checker=checker, keep_texts=call.capture_content,
                            prompt_tokens=_header_count(response.headers.get(PROMPT_TOKENS_HEADER)))
 
         def finish() -> None:
             self._finish_stream(caller=caller, service=service, instance=instance, response=response, stream=stream,
-                                reservation=reservation, started=started)
+                                reservation=reservation, started=started, call=call)
         return _RelayedStream(
             self._relay(instance=instance, response=response, stream=stream, finish=finish), on_close=finish,
             media_type="text/event-stream",
@@ -363,7 +392,7 @@ class ChatGateway:
                 if stream.ended:
                     return
         except UpstreamBroken as exc:
-            stream.ok = False
+            stream.ok, stream.error_type = False, "upstream_error"
             log.warning("stream from instance %s broke: %s", instance.id, exc)
             error = {"error": {"message": "The model service stopped answering mid-stream.",
                                "type": "server_error", "param": None, "code": "upstream_error"}}
@@ -373,7 +402,7 @@ class ChatGateway:
 
     def _finish_stream(self, *, caller: Caller, service: ServiceRef, instance: InstanceRef,
                        response: UpstreamResponse, stream: _SseRelay, reservation: Reservation,
-                       started: float) -> None:
+                       started: float, call: ChatTelemetry) -> None:
         """Once, however the stream ended (done, upstream broken, client gone, never started)."""
         if stream.finished:
             return
@@ -394,6 +423,10 @@ class ChatGateway:
                         latency_ms=(now - started) * 1000,
                         ttft_ms=(stream.first_at - started) * 1000 if stream.first_at else None,
                         prompt_tokens=prompt, completion_tokens=completion)
+        call.end(input_tokens=prompt, output_tokens=completion, response_id=stream.response_id,
+                 response_model=stream.response_model, finish_reasons=stream.finish_reasons,
+                 first_token_at=stream.first_at, texts=stream.texts if call.capture_content else None,
+                 error_type=None if stream.ok else stream.error_type)
 
 
 class _RelayedStream(StreamingResponse):
@@ -418,13 +451,15 @@ class _RelayedStream(StreamingResponse):
 class _SseRelay:
     """What the gateway does to each line of an instance's SSE stream.
 
-    Notes the usage and the first token's time, drops the usage chunk the client did not ask for,
+    Notes the usage, the first token's time, the answer's id, model and finish reasons (and its text
+    when moderation or the operator's telemetry setting needs it), drops the usage chunk the client did not ask for,
     checks the answer against content moderation (ending the stream with ``content_filter`` on a
     match) and otherwise passes every event through as it came.
     """
 
-    def __init__(self, *, wants_usage: bool, checker, prompt_tokens: int = 0):
+    def __init__(self, *, wants_usage: bool, checker, prompt_tokens: int = 0, keep_texts: bool = False):
         self.wants_usage, self.checker = wants_usage, checker
+        self.keep_texts = keep_texts or checker is not None
         self.prompt_tokens = prompt_tokens   # as the instance announced it before the first chunk
         self.finished = False
         self.window = getattr(checker, "window", 0)
@@ -433,7 +468,11 @@ class _SseRelay:
         self.usage: dict | None = None
         self.streamed = 0
         self.ok = True
+        self.error_type = "upstream_error"   # why the stream failed, when it did
         self.ended = False
+        self.response_id: str | None = None
+        self.response_model: str | None = None
+        self.finish_reasons: dict[int, str] = {}
 
     def line(self, line: bytes) -> bytes | None:
         if not line:
@@ -454,18 +493,24 @@ class _SseRelay:
             return line + b"\n\n"
         if chunk.get("usage"):
             self.usage = chunk["usage"]
+        if self.response_id is None:
+            self.response_id, self.response_model = chunk.get("id"), chunk.get("model")
         choices = chunk.get("choices") or []
         for choice in choices:
             delta = choice.get("delta") or {}
             piece = delta.get("content")
+            index = choice.get("index", 0)
+            if isinstance(choice.get("finish_reason"), str):
+                self.finish_reasons[index] = choice["finish_reason"]
             if piece or delta.get("tool_calls"):
                 self.streamed += 1
-            if self.checker is not None and isinstance(piece, str) and piece:
-                index = choice.get("index", 0)
+            if self.keep_texts and isinstance(piece, str) and piece:
                 self.texts[index] += piece
+            if self.checker is not None and isinstance(piece, str) and piece:
                 tail = self.texts[index][-(self.window + len(piece)):]
                 if self.checker.check(tail).blocked:
-                    self.ok, self.ended = False, True
+                    self.ok, self.ended, self.error_type = False, True, "content_filter"
+                    self.finish_reasons[index] = "content_filter"
                     return _filtered_chunk(chunk, index) + b"data: [DONE]\n\n"
         if not self.wants_usage and "usage" in chunk:
             if not choices:

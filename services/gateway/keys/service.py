@@ -19,6 +19,7 @@ from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 from contracts import new_id
+from contracts.timestamps import instants
 from services.common.auth import ACTIVE, USER_FIELDS, USERS, Principal, hash_token, principal_of
 from services.common.context import Platform, transact
 from services.common.errors import ApiError, not_found
@@ -78,11 +79,11 @@ async def create_key(platform: Platform, *, principal: Principal, description: s
 
 def _view(doc: dict) -> dict:
     expires_at = doc.get("expires_at")
-    return {"id": doc["key_id"], "masked_key": doc["masked"], "description": doc.get("description", ""),
+    return instants({"id": doc["key_id"], "masked_key": doc["masked"], "description": doc.get("description", ""),
             "created_at": doc["created_at"], "last_used_at": doc.get("last_used_at"), "expires_at": expires_at,
             "expired": expires_at is not None and expires_at <= datetime.now(UTC),
             "allowed_models": doc.get("allowed_models"), "rpm_limit": doc.get("rpm_limit"),
-            "tpm_limit": doc.get("tpm_limit")}
+            "tpm_limit": doc.get("tpm_limit")})
 
 
 async def list_keys(platform: Platform, *, principal: Principal) -> list[dict]:

@@ -18,6 +18,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 from pymongo import ASCENDING, UpdateOne
 
+from contracts.timestamps import rfc3339
 from services.common.auth import Principal
 from services.common.context import Platform, get_platform
 from services.common.errors import not_found
@@ -180,7 +181,7 @@ async def service_metrics(platform: Platform, *, service_id: str, minutes: int) 
             per_instance[d["instance_id"]].append(d)
     return {
         "service_id": service_id, "minutes": minutes, "totals": _summarize(overall),
-        "series": [{"minute": d["minute"], **_summarize([d])} for d in overall],
+        "series": [{"minute": rfc3339(d["minute"]), **_summarize([d])} for d in overall],
         "instances": {iid: _summarize(rows) for iid, rows in per_instance.items()},
     }
 

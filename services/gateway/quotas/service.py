@@ -12,11 +12,13 @@ from datetime import UTC, datetime
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
+from contracts.timestamps import instants
 from services.common.context import Platform
 from services.common.errors import ApiError, not_found
 from services.common.mongo import IndexSpec
 from services.readmodels.serving_refs import PRESET_TENANT, find_service_by_name, get_service
 from services.gateway.quotas.ledger import QuotaLedger
+from services.gateway.quotas.presets import pending_message, pending_preset
 from services.gateway.quotas.store import QUOTAS, quota_id
 from services.gateway.settings import gateway_settings
 
@@ -26,6 +28,8 @@ INDEXES: list[IndexSpec] = [(QUOTAS, [("user_id", ASCENDING)], {})]
 async def claim(platform: Platform, *, user_id: str, tenant_id: str, service_id: str) -> dict:
     service = await get_service(platform, service_id) or await find_service_by_name(
         platform, tenant_id=PRESET_TENANT, name=service_id)   # by id or by name
+    if service is None and (pending := await pending_preset(platform, service_id)) is not None:
+        raise ApiError(409, "preset_not_ready", pending_message(pending[0].id, pending[1]), field="service_id")
     if service is None or not service.preset:
         raise not_found("preset service", service_id)
     service_id = service.id
@@ -54,4 +58,4 @@ def quota_view(doc: dict | None, ledger: QuotaLedger | None) -> dict:
     granted = int(doc["granted"])
     # remaining: not used yet; part of it may be held for calls in progress (reserved) for a moment.
     return {"claimed": True, "granted": granted, "used": used, "reserved": reserved,
-            "remaining": max(0, granted - used), "claimed_at": doc.get("claimed_at")}
+            "remaining": max(0, granted - used), "claimed_at": instants(doc.get("claimed_at"))}
