@@ -14,7 +14,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from faststream import AckPolicy
 
 from contracts import Envelope
-from services.common import audit, health, metrics, outbox
+from services.common import asyncapi, audit, health, metrics, outbox
 from services.common.bus import ensure_topics, topic_name
 from services.common.context import Platform
 from services.common.errors import install_error_handlers
@@ -54,6 +54,12 @@ def _discover() -> dict[str, ServiceSpec]:
 
 
 SERVICES: dict[str, ServiceSpec] = _discover()
+VERSION = "0.1.0"
+
+
+def event_catalogue() -> dict:
+    """The AsyncAPI document of every service's events, whatever this process hosts (contracts/asyncapi.json)."""
+    return asyncapi.build_document(SERVICES.values(), version=VERSION)
 
 
 def select_services(names: str) -> list[ServiceSpec]:
@@ -166,7 +172,7 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
             await platform.broker.stop()
             platform.mongo.close()
 
-    app = FastAPI(title="OpenMaaS", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="OpenMaaS", version=VERSION, lifespan=lifespan,
                   description="Self-hosted Model-as-a-Service: console REST API under /api/v1.")
     app.state.platform = platform
     app.state.components = components
@@ -184,6 +190,7 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
     for router in [r for spec in specs for r in spec.hot_routers]:
         app.include_router(router)
     app.include_router(health.router)  # every process answers /healthz, whatever it hosts
+    app.include_router(asyncapi.router(event_catalogue()))   # /asyncapi.json beside /docs, likewise
     for spec in specs:
         for router in spec.routers:
             app.include_router(router)

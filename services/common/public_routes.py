@@ -14,6 +14,7 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("GET", "/healthz"),                # readiness probes of orchestrators and load balancers
     # The API's own documentation.
     ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc"),
+    ("GET", "/asyncapi.json"), ("GET", "/asyncapi"),   # the event catalogue (services/common/asyncapi.py)
     # The console's page and static assets; the page itself logs in through /api/v1/auth/login.
     ("GET", "/"), ("GET", "/favicon.ico"), ("GET", "/console"), ("GET", "/console/assets/{path:path}"),
     ("GET", "/console/{page:path}"),

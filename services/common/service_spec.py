@@ -51,6 +51,9 @@ class ServiceSpec:
     # background tasks receive that object instead of the platform, and its routes reach it with
     # ``services.common.context.get_component(name)``. Nothing keeps it in a module-level registry.
     component: Callable[[Any], Any] | None = None
+    # The event types its code emits (``uow.emit``), for the event catalogue (services/common/asyncapi.py);
+    # tests/unit/test_asyncapi.py fails when the code emits one its service does not declare, or the reverse.
+    publishes: list[type[EventData]] = field(default_factory=list)
 
     def topics(self) -> set[str]:
         return {c.topic for c in self.consumers}

@@ -1,4 +1,4 @@
-from contracts.serving import SERVING_TOPIC
+from contracts.serving import SERVING_TOPIC, InstanceChanged, ServiceStatusReported
 from services.common.service_spec import Consumer, ServiceSpec
 from services.deployer import handlers, runtime
 from services.deployer.models import INDEXES
@@ -9,4 +9,5 @@ DEPLOYER = ServiceSpec(
     consumers=[Consumer(group="deployer", topic=SERVING_TOPIC, handlers=handlers.HANDLERS)],
     background=[runtime.run_deployer],
     component=runtime.build_reconciler,
+    publishes=[InstanceChanged, ServiceStatusReported],
 )

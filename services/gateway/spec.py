@@ -1,3 +1,4 @@
+from contracts.serving import PresetServiceWakeRequested
 from services.common.service_spec import ServiceSpec
 from services.gateway.accounts import audit_api, credentials, iam_api, identity, login_throttle, sessions
 from services.gateway.inference import chat, moderation, openai_api, playground
@@ -26,4 +27,5 @@ GATEWAY = ServiceSpec(
     + pool_usage.INDEXES + ratelimit.INDEXES,
     background=[chat.run_gateway],
     component=chat.build_gateway,
+    publishes=[PresetServiceWakeRequested],
 )

@@ -1,4 +1,6 @@
-from contracts.events import REGISTRY_TOPIC, TASKS_TOPIC
+from contracts.events import (REGISTRY_TOPIC, TASKS_TOPIC, ModelArtifactRejected, ModelCreated, ModelDeleted,
+                             ModelVersionCreated, ModelVersionStatusChanged, WeightValidationCompleted,
+                             WeightValidationRequested)
 from services.common.service_spec import Consumer, ServiceSpec
 from services.registry import api, handlers, presets, validation_jobs
 from services.common.service_spec import PlatformBucket
@@ -17,6 +19,9 @@ REGISTRY = ServiceSpec(
     ],
     background=[presets.import_all_presets, validation_jobs.watch_leases],
     uses_models=True,
+    # WeightValidationCompleted: a validation whose worker died too often fails in the lease watcher.
+    publishes=[ModelCreated, ModelVersionCreated, ModelDeleted, ModelVersionStatusChanged, ModelArtifactRejected,
+               WeightValidationRequested, WeightValidationCompleted],
 )
 
 # The weight validation worker scales separately from the API (it loads models): each process is
@@ -29,4 +34,5 @@ REGISTRY_WORKER = ServiceSpec(
     consumers=[Consumer(group="registry-weights", topic=REGISTRY_TOPIC, handlers=validation_jobs.HANDLERS)],
     background=[validation_jobs.run_worker],
     component=validation_jobs.build_runner,
+    publishes=[WeightValidationCompleted],
 )

@@ -1,4 +1,8 @@
-from contracts.serving import DEPLOYER_TOPIC, GATEWAY_TOPIC
+from contracts.events import TaskRecordChanged
+from contracts.notifications import NotificationRuleChanged
+from contracts.serving import (DEPLOYER_TOPIC, GATEWAY_TOPIC, ServiceDeleted, ServiceDeployRequested,
+                               ServiceModerationChanged, ServiceQpsChanged, ServiceScaled, ServiceStarted,
+                               ServiceStatusChanged, ServiceStopped, ServiceUpgraded)
 from services.common.service_spec import Consumer, ServiceSpec
 from services.serving import api, background, handlers
 from services.serving.models import INDEXES, READ_INDEXES
@@ -12,4 +16,7 @@ SERVING = ServiceSpec(
         for topic in (DEPLOYER_TOPIC, GATEWAY_TOPIC)
     ],
     background=[background.serving_sweeper],
+    publishes=[ServiceDeployRequested, ServiceStarted, ServiceStopped, ServiceDeleted, ServiceScaled, ServiceQpsChanged,
+               ServiceUpgraded, ServiceModerationChanged, ServiceStatusChanged, TaskRecordChanged,
+               NotificationRuleChanged],
 )

@@ -1,5 +1,7 @@
-from contracts.events import REGISTRY_TOPIC
-from contracts.tuning import TUNING_TOPIC
+from contracts.events import REGISTRY_TOPIC, ModelArtifactProduced, TaskRecordChanged
+from contracts.notifications import NotificationRuleChanged
+from contracts.tuning import (TUNING_TOPIC, CheckpointConversionRequested, CheckpointSaved, TuneCompleted, TuneDeleted,
+                              TuneFailed, TuneHangSuspected, TuneProgress, TuneRequested, TuneStarted, TuneStopped)
 from services.common.service_spec import Consumer, ServiceSpec
 from services.tuning import api, handlers, watchdog, worker
 from services.common.service_spec import PlatformBucket
@@ -17,6 +19,9 @@ TUNING = ServiceSpec(
             k: v for k, v in handlers.HANDLERS.items() if k.topic == REGISTRY_TOPIC}),
     ],
     background=[watchdog.watch_leases],
+    # TuneFailed/TuneRequested also when the lease watcher fails or re-queues a job whose worker died.
+    publishes=[TuneRequested, TuneStopped, TuneDeleted, TuneFailed, TuneHangSuspected, CheckpointConversionRequested,
+               ModelArtifactProduced, TaskRecordChanged, NotificationRuleChanged],
 )
 
 # The training worker scales on its own: each process is one more member of its consumer group.
@@ -28,4 +33,6 @@ TUNING_WORKER = ServiceSpec(
     background=[worker.run_worker],
     uses_models=True,
     component=worker.build_worker,
+    publishes=[TuneStarted, TuneProgress, CheckpointSaved, TuneCompleted, TuneFailed, TuneStopped, TuneRequested,
+               ModelArtifactProduced, TaskRecordChanged],
 )
