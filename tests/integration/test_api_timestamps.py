@@ -14,6 +14,7 @@ from contracts import new_id
 from contracts.timestamps import RFC3339_MS
 from services.mlkit.tiny import build_tiny_model
 from tests.integration.conftest import wait_for
+from tests.integration.test_tuning_jobs import create_model, upload_model
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +36,8 @@ def _instants(value, where: str):
 async def _made_things(api, tmp_path_factory) -> None:
     bucket = (await api.get("/api/v1/auth/me")).json()["default_bucket"]
     name = f"stamps-{new_id()[:6]}"
-    folder = build_tiny_model(tmp_path_factory.mktemp("stamps") / name)
-    for f in sorted(folder.iterdir()):
-        assert (await api.put(f"/api/v1/storage/objects/{bucket}/{name}/{f.name}", content=f.read_bytes())).status_code == 201
-    r = await api.post("/api/v1/models", json={"name": name, "template_id": "qwen2-custom",
-                                               "weights_path": f"{bucket}/{name}"})
-    assert r.status_code == 201, r.text
-    model = r.json()
+    path = await upload_model(api, build_tiny_model(tmp_path_factory.mktemp("stamps") / name), f"{bucket}/{name}")
+    model = await create_model(api, name=name, path=path)
     assert (await api.post("/api/v1/api-keys", json={"description": "stamps"})).status_code == 201
     r = await api.post("/api/v1/users", json={"username": f"stamps-{new_id()[:6]}", "password": "tenant-password-1"})
     assert r.status_code == 201, r.text

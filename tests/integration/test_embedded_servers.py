@@ -77,6 +77,19 @@ async def _consume(consumer: AIOKafkaConsumer, n: int, timeout: float = 40) -> l
     return out
 
 
+async def _read_from_start(bootstrap: str, topic: str, n: int) -> list[bytes]:
+    """The first ``n`` records of partition 0, read without a group."""
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
+    await reader.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        reader.assign([tp])
+        await reader.seek_to_beginning(tp)
+        return await _consume(reader, n)
+    finally:
+        await reader.stop()
+
+
 def _child_pids_alive(pids: list[int]) -> list[int]:
     alive = []
     for pid in pids:
@@ -253,16 +266,7 @@ async def test_stop_start_keeps_data(tmp_path: Path) -> None:
         finally:
             await consumer.stop()
 
-        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                  enable_auto_commit=False)
-        await reader.start()
-        try:
-            tp = TopicPartition(topic, 0)
-            reader.assign([tp])
-            await reader.seek_to_beginning(tp)
-            assert await _consume(reader, 3) == [b"m0", b"m1", b"m2"]
-        finally:
-            await reader.stop()
+        assert await _read_from_start(bootstrap, topic, 3) == [b"m0", b"m1", b"m2"]
     finally:
         pids = list(servers.pids().values())
         await asyncio.to_thread(servers.stop)
@@ -344,16 +348,7 @@ async def test_a_killed_server_is_restarted_on_its_data_and_port_and_clients_car
         mongo.close()
         assert _s3_put_get(servers, "maas-kept", "obj.txt", None) == b"kept"
         await _produce(servers.kafka_bootstrap, topic, [b"after"])
-        reader = AIOKafkaConsumer(bootstrap_servers=servers.kafka_bootstrap, auto_offset_reset="earliest",
-                                  enable_auto_commit=False)
-        await reader.start()
-        try:
-            tp = TopicPartition(topic, 0)
-            reader.assign([tp])
-            await reader.seek_to_beginning(tp)
-            assert await _consume(reader, 2) == [b"before", b"after"]
-        finally:
-            await reader.stop()
+        assert await _read_from_start(servers.kafka_bootstrap, topic, 2) == [b"before", b"after"]
         assert restarted == ["mongo", "kafka", "s3"]
     finally:
         pids = list(servers.pids().values())

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli.main import app
-from services.common.log_setup import CHATTY_LIBRARIES, configure_logging, parse_level
+from services.common.log_setup import CHATTY_LIBRARIES, RepeatFilter, configure_logging, parse_level
 
 
 @pytest.fixture
@@ -53,3 +53,26 @@ def test_an_unknown_level_is_refused_with_the_choices():
     result = CliRunner().invoke(app, ["up", "--log-level", "loud"])
     assert result.exit_code == 2
     assert "is not one of debug, info, warning, error" in result.output
+
+
+def test_a_repeated_warning_is_said_once_a_minute_with_how_often_it_repeated():
+    clock = [0.0]
+    repeats = RepeatFilter(window=60, clock=lambda: clock[0])
+
+    def record(msg: str, level=logging.ERROR, name="aiokafka.conn") -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, msg, ("127.0.0.1:9092",), None)
+
+    kept = []
+    for second in range(130):   # a reconnect loop: ten failures a second for 130 s
+        clock[0] = float(second)
+        for _ in range(10):
+            r = record("Unable connect to node %s")
+            if repeats.filter(r):
+                kept.append(r.getMessage())
+    assert kept == ["Unable connect to node 127.0.0.1:9092",
+                    "Unable connect to node 127.0.0.1:9092 [599 more like this in the last 60 s]",
+                    "Unable connect to node 127.0.0.1:9092 [599 more like this in the last 60 s]"]
+    # Other messages, other loggers and anything below a warning are not held back.
+    assert repeats.filter(record("Another failure %s"))
+    assert repeats.filter(record("Unable connect to node %s", name="services.common.outbox"))
+    assert all(repeats.filter(record("connected to %s", level=logging.INFO)) for _ in range(3))
