@@ -308,6 +308,117 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+# -- legacy completions (/v1/completions) ----------------------------------------------------------
+
+# Fields of OpenAI's and vLLM's completions API that would change the answer and are not implemented.
+COMPLETION_REFUSED_FIELDS: dict[str, str] = {
+    "suffix": "insertion after a suffix is not implemented", "logit_bias": "", "min_tokens": "", "min_p": "",
+    "stop_token_ids": "", "bad_words": "", "allowed_token_ids": "", "guided_json": "", "guided_regex": "",
+    "guided_choice": "", "guided_grammar": "", "guided_decoding_backend": "", "structured_outputs": "",
+    "response_format": "", "include_stop_str_in_output": "", "prompt_logprobs": "use echo with logprobs",
+    "truncate_prompt_tokens": "", "use_beam_search": "", "skip_special_tokens": "",
+    "spaces_between_special_tokens": "", "prompt_embeds": "",
+}
+_COMPLETION_NO_EFFECT: dict[str, Any] = {"suffix": "", "include_stop_str_in_output": False, "min_tokens": 0,
+                                         "min_p": 0.0, "logit_bias": {}, "stop_token_ids": [], "bad_words": [],
+                                         "use_beam_search": False, "skip_special_tokens": True,
+                                         "spaces_between_special_tokens": True}
+# OpenAI's bound for the legacy ``logprobs`` (the number of alternatives per token).
+MAX_COMPLETION_LOGPROBS = 5
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's legacy completions: ``prompt`` is a string, a list of strings, a list of token ids or a list
+    of lists of token ids (one answer, or ``n``, per prompt). ``max_tokens`` 0 with ``echo`` scores the prompt
+    only (how evaluation harnesses compute a loglikelihood)."""
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    prompt: str | list[str] | list[int] | list[list[int]]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, description="default 16; 0 only with echo")
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: str | list[str] | None = None
+    n: int = 1
+    best_of: int | None = None
+    ignore_eos: bool = False
+    seed: int | None = None
+    echo: bool = Field(False, description="the answer starts with the prompt (and its tokens' logprobs)")
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS,
+                                 description="each token's logprob and this many most likely alternatives")
+    user: str | None = None
+    suffix: SkipJsonSchema[Any] = None
+    logit_bias: SkipJsonSchema[Any] = None
+    min_tokens: SkipJsonSchema[Any] = None
+    min_p: SkipJsonSchema[Any] = None
+    stop_token_ids: SkipJsonSchema[Any] = None
+    bad_words: SkipJsonSchema[Any] = None
+    allowed_token_ids: SkipJsonSchema[Any] = None
+    guided_json: SkipJsonSchema[Any] = None
+    guided_regex: SkipJsonSchema[Any] = None
+    guided_choice: SkipJsonSchema[Any] = None
+    guided_grammar: SkipJsonSchema[Any] = None
+    guided_decoding_backend: SkipJsonSchema[Any] = None
+    structured_outputs: SkipJsonSchema[Any] = None
+    response_format: SkipJsonSchema[Any] = None
+    include_stop_str_in_output: SkipJsonSchema[Any] = None
+    prompt_logprobs: SkipJsonSchema[Any] = None
+    truncate_prompt_tokens: SkipJsonSchema[Any] = None
+    use_beam_search: SkipJsonSchema[Any] = None
+    skip_special_tokens: SkipJsonSchema[Any] = None
+    spaces_between_special_tokens: SkipJsonSchema[Any] = None
+    prompt_embeds: SkipJsonSchema[Any] = None
+
+    @field_validator(*COMPLETION_REFUSED_FIELDS)
+    @classmethod
+    def _refuse(cls, value, info):
+        name = info.field_name
+        if value is None or (name in _COMPLETION_NO_EFFECT and value == _COMPLETION_NO_EFFECT[name]):
+            return None
+        hint = COMPLETION_REFUSED_FIELDS[name]
+        raise ValueError("is not supported by this server" + (f" ({hint})" if hint else ""))
+
+    def resolved_max_tokens(self) -> int:
+        return API_DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens
+
+    def prompt_count(self) -> int:
+        """How many prompts the call sends (each gets ``n`` answers)."""
+        if isinstance(self.prompt, list) and self.prompt and not isinstance(self.prompt[0], int):
+            return len(self.prompt)
+        return 1
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy shape: parallel lists, one entry per token (a prompt's first token has no logprob)."""
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int] = Field(description="where each token starts in the choice's text")
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length", "abort"] | None = None
+    stop_reason: str | int | None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

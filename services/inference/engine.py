@@ -54,6 +54,7 @@ class Choice:
 class Completion:
     choices: list[Choice]
     prompt_tokens: int
+    prompt_logprobs: list[TokenLogprob | None] | None = None   # when the request asked (params.prompt_logprobs)
 
     @property
     def completion_tokens(self) -> int:
@@ -78,6 +79,7 @@ class _Request:
     seqs: list[Sequence] = field(default_factory=list)
     beam: BeamSearch | None = None
     cancelled: bool = False
+    prompt_logprobs: list[TokenLogprob | None] | None = None   # computed at the prefill, sent with the first update
 
     @property
     def streams(self) -> bool:
@@ -256,6 +258,11 @@ class Engine:
     def generate(self, prompt_ids, params: SamplingParams) -> Completion:
         return collect(self.stream(prompt_ids, params), params.n, len(prompt_ids))
 
+    def prompt_logprobs(self, token_ids, top: int = 0) -> list[TokenLogprob | None]:
+        """Each token's log-probability given the tokens before it (None for the first), with the ``top``
+        most likely alternatives, under the raw distribution (blocking; scheduled like any request)."""
+        return self.generate(token_ids, SamplingParams(max_tokens=0, prompt_logprobs=top)).prompt_logprobs
+
     def open(self, prompt_ids, params: SamplingParams) -> UpdateStream:
         """Submit a request now and read its updates later, from asyncio code (call it on the loop).
 
@@ -340,7 +347,13 @@ class Engine:
 
     def _start(self, request: _Request) -> None:
         params, slots = request.params, request.slots
-        logits = self.backend.prefill(slots[0], request.prompt)
+        logits = self._prefill(request)
+        if params.max_tokens == 0:   # the prompt only scored: nothing to generate
+            self._release(request)
+            choices = [ChoiceDelta(index=i, text="", finished=True, finish_reason="length", token_ids=[],
+                                   logprobs=[] if params.logprobs else None) for i in range(params.n)]
+            self._sink(request, Update(choices, len(request.prompt), finished=True))
+            return
         history = TokenHistory(self.vocab_size, request.prompt) if params.penalised else None
         if params.use_beam_search:
             root = Beam([], 0.0, self._text_stream(params), history)
@@ -361,6 +374,38 @@ class Engine:
         self._emit(request)
         if not request.done:
             self._running.append(request)
+
+    def _prefill(self, request: _Request) -> np.ndarray:
+        """Run the prompt into the request's first slot; its last position's logits. With
+        ``prompt_logprobs`` also score every prompt token (request.prompt_logprobs)."""
+        slot, prompt, top = request.slots[0], request.prompt, request.params.prompt_logprobs
+        if top is None:
+            return self.backend.prefill(slot, prompt)
+        scored: list[TokenLogprob | None] = [None]
+
+        def score(start: int, rows: np.ndarray) -> None:
+            for i, row in enumerate(rows):   # the row of position p predicts token p + 1
+                if start + i + 1 < len(prompt):
+                    scored.append(token_logprob(row, int(prompt[start + i + 1]), top))
+
+        if self.backend.all_logits:
+            logits = self.backend.prefill(slot, prompt, on_logits=score)
+        else:
+            # The graph's LM head sees the last position only: step the prompt through the decode
+            # path, one token at a time (slower, same numbers).
+            logits = self.backend.prefill(slot, prompt[:1])
+            for pos in range(1, len(prompt)):
+                score(pos - 1, logits[None, :])
+                logits = self.backend.decode([slot], [int(prompt[pos])])[0]
+        request.prompt_logprobs = scored
+        return logits
+
+    @staticmethod
+    def _sink(request: _Request, update: Update) -> None:
+        """Hand the request an update; the prompt's logprobs ride on the first one."""
+        if request.prompt_logprobs is not None:
+            update.prompt_logprobs, request.prompt_logprobs = request.prompt_logprobs, None
+        request.sink(update)
 
     def _text_stream(self, params: SamplingParams) -> TextStream:
         return TextStream(self._detokenizer, stop=params.stop, prefix=params.forced_prefix)
@@ -410,11 +455,11 @@ class Engine:
         n_prompt = len(request.prompt)
         if request.done:
             self._release(request)
-            request.sink(Update(self._final_choices(request), n_prompt, finished=True))
+            self._sink(request, Update(self._final_choices(request), n_prompt, finished=True))
         elif request.streams:
             deltas = self._stream_deltas(request)
             if deltas:
-                request.sink(Update(deltas, n_prompt))
+                self._sink(request, Update(deltas, n_prompt))
 
     @staticmethod
     def _stream_deltas(request: _Request) -> list[ChoiceDelta]:
@@ -461,7 +506,10 @@ class Engine:
 def collect(updates: Iterator[Update], n: int, prompt_tokens: int) -> Completion:
     """Fold a request's updates into the full completion."""
     choices = {i: Choice(index=i) for i in range(n)}
+    prompt_logprobs = None
     for update in updates:
+        if update.prompt_logprobs is not None:
+            prompt_logprobs = update.prompt_logprobs
         for delta in update.choices:
             choice = choices.setdefault(delta.index, Choice(index=delta.index))
             choice.text += delta.text
@@ -472,4 +520,4 @@ def collect(updates: Iterator[Update], n: int, prompt_tokens: int) -> Completion
             if delta.logprobs is not None:
                 choice.logprobs = (choice.logprobs or []) + delta.logprobs
         prompt_tokens = update.prompt_tokens
-    return Completion(sorted(choices.values(), key=lambda c: c.index), prompt_tokens)
+    return Completion(sorted(choices.values(), key=lambda c: c.index), prompt_tokens, prompt_logprobs)

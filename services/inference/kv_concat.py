@@ -61,7 +61,7 @@ class ConcatBackend:
 
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list):
+    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list, every: bool = False):
         io = self.session.io_binding()
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", mask)
@@ -75,6 +75,8 @@ class ConcatBackend:
         self.session.run_with_iobinding(io)
         outs = io.get_outputs()
         logits = outs[0].numpy()
+        if every:
+            return logits.astype(np.float32, copy=False), outs[1:]
         return logits[:, -1, :].astype(np.float32, copy=False), outs[1:]
 
     def _host_kv(self, slot: int, batch_host: list[np.ndarray] | None) -> list[np.ndarray]:
@@ -114,7 +116,11 @@ class ConcatBackend:
 
     # -- backend API ----------------------------------------------------------------------------
 
-    def prefill(self, slot: int, token_ids: np.ndarray) -> np.ndarray:
+    # These graphs return the logits of every position they are given.
+    all_logits = True
+
+    def prefill(self, slot: int, token_ids: np.ndarray, on_logits=None) -> np.ndarray:
+        """Run the prompt into ``slot``; logits of the last position (``on_logits(0, rows)``: of all)."""
         ids = np.asarray(token_ids, dtype=np.int64)[None, :]
         n = ids.shape[1]
         if n > self.max_len:
@@ -122,7 +128,10 @@ class ConcatBackend:
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self._kv_dtype)
         logits, present = self._run(ids, np.ones((1, n), dtype=np.int64),
                                     np.arange(n, dtype=np.int64)[None, :],
-                                    [self._ortvalue(empty)] * (2 * self.num_layers))
+                                    [self._ortvalue(empty)] * (2 * self.num_layers), every=on_logits is not None)
+        if on_logits is not None:
+            on_logits(0, logits[0])
+            logits = logits[:, -1, :]
         self._detach(slot)
         self._alone[slot] = [v.numpy()[0] for v in present]
         self.lengths[slot] = n

@@ -74,6 +74,8 @@ class GqaBackend:
         self._maps = [m for k, v in maps for m in (k[1], v[1])]
         self.lengths = np.zeros(max_slots, dtype=np.int64)
         self._bindings: dict[tuple[int, int], object] = {}
+        # Whether ``prefill`` can report every position's logits (not when the LM head is pruned).
+        self.all_logits = not self._pruned_head()
 
     # -- binding -----------------------------------------------------------------------------
 
@@ -92,7 +94,9 @@ class GqaBackend:
             self._bindings[key] = io
         return io
 
-    def _run(self, row0: int, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def _run(self, row0: int, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+             every: bool = False) -> np.ndarray:
+        """Logits of the last position of each row, (rows, V); ``every``: of all positions, (rows, S, V)."""
         io = self._binding(row0, ids.shape[0])
         io.bind_cpu_input(self._ids_name, ids)
         io.bind_cpu_input(self._mask_name, mask)
@@ -105,6 +109,8 @@ class GqaBackend:
         io.bind_output(self._logits_name, "cpu", 0, self._logits_dtype, list(logits.shape),
                        logits.ctypes.data)
         self.session.run_with_iobinding(io)
+        if every:
+            return logits.astype(np.float32, copy=False)
         return logits[:, -1, :].astype(np.float32, copy=False)
 
     def _pruned_head(self) -> bool:
@@ -115,16 +121,24 @@ class GqaBackend:
 
     # -- backend API ---------------------------------------------------------------------------
 
-    def prefill(self, slot: int, token_ids: np.ndarray) -> np.ndarray:
-        """Run the prompt into ``slot`` (replacing what it held); logits of the last position."""
+    def prefill(self, slot: int, token_ids: np.ndarray, on_logits=None) -> np.ndarray:
+        """Run the prompt into ``slot`` (replacing what it held); logits of the last position.
+
+        ``on_logits(start, rows)``: called with the logits of every position, chunk by chunk (only
+        where ``all_logits``), so a long prompt never holds (length, vocabulary) floats at once."""
         ids = np.asarray(token_ids, dtype=np.int64)[None, :]
         n = ids.shape[1]
         if n > self.max_len:
             raise ValueError(f"prompt of {n} tokens exceeds the KV buffer of {self.max_len}")
+        if on_logits is not None and not self.all_logits:
+            raise ValueError("this graph computes the last position's logits only")
         for start in range(0, n, self.prefill_chunk):
             end = min(n, start + self.prefill_chunk)
             logits = self._run(slot, ids[:, start:end], np.ones((1, end), dtype=np.int64),
-                               np.arange(start, end, dtype=np.int64)[None, :])
+                               np.arange(start, end, dtype=np.int64)[None, :], every=on_logits is not None)
+            if on_logits is not None:
+                on_logits(start, logits[0])
+                logits = logits[:, -1, :]
         self.lengths[slot] = n
         return logits[0]
 

@@ -42,6 +42,10 @@ class SamplingParams:
     seed: int | None = None              # a generator per request: same seed, same samples
     logprobs: bool = False               # report each generated token's log-probability
     top_logprobs: int = 0                # ... and this many most likely alternatives (0-20)
+    # The prompt's own tokens' log-probabilities (each given the tokens before it) with this many
+    # alternatives; None: not computed. With it max_tokens may be 0: the prompt is only scored
+    # (/v1/completions echo, how evaluation harnesses score a loglikelihood).
+    prompt_logprobs: int | None = None
     # Text forced at the start of the completion (tool_choice "required"/named): part of the
     # output for parsing, not generated, not counted.
     forced_prefix: str = field(default="", repr=False)
@@ -73,8 +77,17 @@ class SamplingParams:
                 or self.repetition_penalty != 1)
 
     def validate(self) -> None:
-        _require(isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens",
-                 f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.prompt_logprobs is None:
+            _require(isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens",
+                     f"max_tokens must be at least 1, got {self.max_tokens}")
+        else:
+            _require(isinstance(self.max_tokens, int) and self.max_tokens >= 0, "max_tokens",
+                     f"max_tokens must be at least 0, got {self.max_tokens}")
+            _require(isinstance(self.prompt_logprobs, int) and 0 <= self.prompt_logprobs <= MAX_TOP_LOGPROBS,
+                     "prompt_logprobs", f"prompt_logprobs must be in [0, {MAX_TOP_LOGPROBS}], "
+                     f"got {self.prompt_logprobs}")
+            _require(not self.use_beam_search, "use_beam_search",
+                     "prompt logprobs cannot be combined with use_beam_search")
         _require(0 <= self.temperature <= 2, "temperature",
                  f"temperature must be in [0, 2], got {self.temperature}")
         _require(0 < self.top_p <= 1, "top_p", f"top_p must be in (0, 1], got {self.top_p}")

@@ -35,6 +35,9 @@ class Update:
     prompt_tokens: int
     finished: bool = False
     error: str | None = None
+    # On a request's first update when it asked for them: one per prompt token, None for the first
+    # (nothing precedes it).
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass

@@ -3,7 +3,7 @@
     python -m services.inference.server --model-dir DIR --port P [--served-model-name NAME] [--max-model-len N]
 
 The deployer starts one such process per service instance; the gateway forwards users' calls to it.
-Besides ``/v1/chat/completions`` and ``/v1/models`` it offers vLLM's ``POST /tokenize`` and ``POST /detokenize``.
+Besides ``/v1/chat/completions``, ``/v1/completions`` (the legacy API) and ``/v1/models`` it offers vLLM's ``POST /tokenize`` and ``POST /detokenize``.
 Every call must carry the instance's secret (``MAAS_INSTANCE_SECRET``, see services.inference.auth);
 ``--no-auth`` runs a standalone server for local experiments. ``GET /health`` answers 503 until the
 model is loaded (an export on first use can take a while), then 200; if loading fails the process
@@ -33,6 +33,9 @@ from contracts.openai import (
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
     DetokenizeRequest,
     DetokenizeResponse,
     FunctionCall,
@@ -46,6 +49,7 @@ from contracts.openai import (
 )
 from services.inference.auth import SECRET_ENV, InstanceSecret, RequireInstanceSecret
 from services.inference.chat import encode, render_prompt
+from services.inference.completions import LegacyLogprobs, parse_prompts
 from services.inference.cpu_priority import DEFAULT_COMPUTE_NICENESS
 from services.inference.engine import DEFAULT_MAX_NUM_SEQS, Engine, EngineError, UpdateStream
 from services.inference.grammar import JsonGrammar, ToolGrammar
@@ -173,6 +177,10 @@ class ChatHandler:
         self.created = int(time.time())
         self.updates: UpdateStream | None = None
         self.token_text = state.token_text() if self.params.logprobs else None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.ids)
 
     def _logprobs(self, entries) -> dict | None:
         """OpenAI's ``choices[i].logprobs`` for these tokens (None when the request did not ask)."""
@@ -303,14 +311,132 @@ class ChatHandler:
         return out
 
 
+class CompletionHandler:
+    """One /v1/completions request (OpenAI's legacy API): every prompt is one engine request with ``n``
+    choices; choice ``i * n + j`` is prompt i's j-th. Validated up front so errors are 400s."""
+
+    def __init__(self, state: ModelState, req: CompletionRequest):
+        self.state, self.req = state, req
+        self.engine = _engine_for(state, req.model)
+        max_tokens = req.resolved_max_tokens()
+        want = req.logprobs is not None
+        try:
+            self.prompts = parse_prompts(req.prompt, self.engine.tokenizer)
+            if max_tokens == 0 and not req.echo:
+                raise InvalidParameter("max_tokens", "max_tokens must be at least 1 (0 only with echo: the "
+                                                     "answer is then the prompt, scored with logprobs)")
+            # With echo the prompt's tokens are scored too; max_tokens 0 scores them only.
+            prompt_logprobs = (req.logprobs or 0) if req.echo and (want or max_tokens == 0) else None
+            self.params = SamplingParams(
+                max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+                repetition_penalty=req.repetition_penalty, stop=req.stop or (), n=req.n, best_of=req.best_of,
+                ignore_eos=req.ignore_eos, seed=req.seed, logprobs=want, top_logprobs=req.logprobs or 0,
+                prompt_logprobs=prompt_logprobs)
+            for prompt in self.prompts:
+                self.engine.check(prompt.ids, self.params)
+        except InvalidParameter as exc:
+            if exc.param == "messages":   # the engine's name for the prompt in chat calls
+                exc = InvalidParameter("prompt", exc.message.replace("messages", "prompt"), code=exc.code)
+            raise _bad_request(exc) from None
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.token_text = state.token_text() if want else None
+        self.updates: list[UpdateStream] = []
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p.ids) for p in self.prompts)
+
+    def _legacy(self) -> LegacyLogprobs | None:
+        return LegacyLogprobs(self.token_text, self.req.logprobs) if self.token_text is not None else None
+
+    def open(self) -> None:
+        """Submit every prompt now (the engine batches them); they are read in order."""
+        if not self.updates:
+            self.updates = [self.engine.open(p.ids, self.params) for p in self.prompts]
+
+    def cancel(self) -> None:
+        for updates in self.updates:
+            updates.cancel()
+
+    async def complete(self) -> dict:
+        try:
+            results = await asyncio.gather(*(self.engine.agenerate(p.ids, self.params) for p in self.prompts))
+        except EngineError as exc:
+            raise OpenAIError(500, str(exc), type="server_error") from None
+        n, choices = self.params.n, []
+        for i, (prompt, result) in enumerate(zip(self.prompts, results)):
+            for c in result.choices:
+                text, logprobs, legacy = c.text, None, self._legacy()
+                if self.req.echo:
+                    text = prompt.text + text
+                if legacy is not None:
+                    head = legacy.piece(result.prompt_logprobs, prompt.ids) if self.req.echo else None
+                    tail = legacy.piece(c.logprobs or [])
+                    logprobs = tail if head is None else {k: head[k] + tail[k] for k in head}
+                choices.append(CompletionChoice(index=i * n + c.index, text=text, logprobs=logprobs,
+                                                finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+        completion = sum(r.completion_tokens for r in results)
+        usage = Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
+                      total_tokens=self.prompt_tokens + completion)
+        return Completion(id=self.id, created=self.created, model=self.state.name, choices=choices,
+                          usage=usage).model_dump(mode="json")
+
+    def _chunk(self, choices: list[dict], *, usage: dict | None = None) -> str:
+        body = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.state.name,
+                "choices": choices}
+        if self.req.stream_options and self.req.stream_options.include_usage:
+            body["usage"] = usage
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    @staticmethod
+    def _choice(index: int, text: str, logprobs=None, finish=None, stop_reason=None) -> dict:
+        return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish,
+                "stop_reason": stop_reason}
+
+    async def stream(self) -> AsyncIterator[str]:
+        n, completion = self.params.n, 0
+        try:
+            self.open()
+            for i, (prompt, updates) in enumerate(zip(self.prompts, self.updates)):
+                legacy = {j: self._legacy() for j in range(n)}
+                echoed = not self.req.echo
+                tokens = {j: 0 for j in range(n)}
+                async for update in updates:
+                    if not echoed:   # the prompt goes first, with its logprobs (they come on the first update)
+                        echoed = True
+                        for j in range(n):
+                            lp = (legacy[j].piece(update.prompt_logprobs, prompt.ids)
+                                  if legacy[j] is not None else None)
+                            yield self._chunk([self._choice(i * n + j, prompt.text, lp)])
+                    for d in update.choices:
+                        tokens[d.index] = d.completion_tokens
+                        lp = legacy[d.index].piece(d.logprobs or []) if legacy[d.index] is not None else None
+                        if d.text or d.finished:
+                            yield self._chunk([self._choice(i * n + d.index, d.text, lp,
+                                                            d.finish_reason if d.finished else None,
+                                                            d.stop_reason if d.finished else None)])
+                completion += sum(tokens.values())
+        except EngineError as exc:
+            yield f"data: {json.dumps(error_body(str(exc), type='server_error'))}\n\n"
+            yield "data: [DONE]\n\n"
+            return
+        if self.req.stream_options and self.req.stream_options.include_usage:
+            usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                     "total_tokens": self.prompt_tokens + completion}
+            yield self._chunk([], usage=usage)
+        yield "data: [DONE]\n\n"
+
+
 class _EventStream(StreamingResponse):
     """A streamed chat completion whose engine request ends with the response, however it ends
     (a client gone before the first chunk never reads the stream, so the stream cannot cancel it)."""
 
-    def __init__(self, handler: ChatHandler):
+    def __init__(self, handler: ChatHandler | CompletionHandler):
         super().__init__(handler.stream(), media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                  PROMPT_TOKENS_HEADER: str(len(handler.ids))})
+                                  PROMPT_TOKENS_HEADER: str(handler.prompt_tokens)})
         self.handler = handler
 
     async def __call__(self, scope, receive, send) -> None:
@@ -409,6 +535,15 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
         req = _parse(ChatCompletionRequest, await _json_body(request))
         handler = ChatHandler(state, req)
         await handler.prepare()
+        if req.stream:
+            handler.open()
+            return _EventStream(handler)
+        return JSONResponse(await handler.complete())
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req = _parse(CompletionRequest, await _json_body(request))
+        handler = CompletionHandler(state, req)
         if req.stream:
             handler.open()
             return _EventStream(handler)

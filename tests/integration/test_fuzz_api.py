@@ -76,6 +76,9 @@ RULES_BEYOND_THE_SCHEMA = {
     # The OpenAI body is the contract's schema; table 11-1's ranges and message rules are the gateway's.
     "/v1/chat/completions": "parameter ranges of table 11-1 and message rules",
     "/v1/infers/{service_id}/v1/chat/completions": "parameter ranges of table 11-1 and message rules",
+    "/v1/completions": "parameter ranges as for chat; a prompt is not empty; echo for max_tokens 0",
+    "/v1/infers/{service_id}/v1/completions": "parameter ranges as for chat; a prompt is not empty; echo for "
+                                              "max_tokens 0",
 }
 ACCEPTED_WITH_RULES = ["2xx", 400, 401, 403, 404, 409, 429]
 # These end the session the fuzzer calls with (every later call would be a 401): tests/integration/

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from services.common.telemetry import tracer_provider
 
 from tests.integration.conftest import wait_for
-from tests.integration.test_serving_api import api_key, deploy, serving_tmp, tiny_model, tiny_service  # noqa: F401
+from tests.integration.test_serving_api import (api_key, deploy, serving_tmp, tiny_model,  # noqa: F401
+                                                tiny_model_folder, tiny_service)
 
 pytestmark = pytest.mark.integration
 
@@ -264,7 +265,7 @@ async def test_logprobs_sum_to_the_loglikelihood_streamed_and_not(client, unifie
         assert len(values) == 4 and values == sorted(values, reverse=True)
         assert (entry.token, entry.logprob) in [(t.token, t.logprob) for t in entry.top_logprobs]
 
-    folder = serving_tmp / "tiny-serving-0"   # what tests.integration.test_serving_api.tiny_model uploaded
+    folder = tiny_model_folder(serving_tmp)   # the files the service's model was made from
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prompt = encode(tokenizer, render_prompt(tokenizer, [ChatMessage.model_validate(m) for m in HI]).text)
     assert len(prompt) == response.usage.prompt_tokens
@@ -387,7 +388,7 @@ async def test_errors_before_any_route_have_the_openai_shape_too(running_platfor
         assert "request body exceeds" in error.message and error.body["param"] == "body"
     url = running_platform["url"]
     async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as raw:
-        unknown = await raw.post(f"{url}/v1/completions", json={"model": service["name"], "prompt": "hi"})
+        unknown = await raw.post(f"{url}/v1/edits", json={"model": service["name"], "input": "hi"})
         wrong_method = await raw.get(f"{url}/v1/chat/completions")
     for r, status, code in ((unknown, 404, "not_found"), (wrong_method, 405, "method_not_allowed")):
         assert r.status_code == status and r.json()["error"]["code"] == code, r.text

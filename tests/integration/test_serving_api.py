@@ -42,6 +42,13 @@ async def tiny_model(api, tmp_root: Path, *, name: str = "tiny-serving", seed: i
     return _MADE[key]
 
 
+def tiny_model_folder(tmp_root: Path, *, name: str = "tiny-serving", seed: int = 0) -> Path:
+    """The files ``tiny_model`` uploaded for ``name``: the same bytes (it is seeded), built again here
+    when another module made the model first from a folder of its own."""
+    folder = tmp_root / f"{name}-{seed}"
+    return folder if folder.is_dir() else build_tiny_model(folder, seed=seed)
+
+
 async def add_version(api, tmp_root: Path, model: dict, *, seed: int) -> int:
     bucket = (await api.get("/api/v1/auth/me")).json()["default_bucket"]
     folder = build_tiny_model(tmp_root / f"{model['name']}-v{seed}", seed=seed)

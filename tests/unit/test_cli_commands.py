@@ -1,6 +1,7 @@
 """The `maas` command tree: the platform commands unchanged, every client command present, completion."""
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 
@@ -74,6 +75,8 @@ def test_json_output_option_on_listing_commands():
 def test_module_entry_point_and_shell_completion():
     out = subprocess.run([sys.executable, "-m", "services.cli", "--help"], capture_output=True, text=True, check=True)
     assert "models" in out.stdout and "tune" in out.stdout
-    script = subprocess.run([sys.executable, "-m", "services.cli", "--show-completion", "bash"],
+    # Typer's --show-completion is a flag: it finds the shell among the process's parents, so it runs
+    # under bash here (started from a process whose parent is no shell, e.g. init, it finds none).
+    script = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m services.cli --show-completion"],
                             capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
     assert script.returncode == 0 and "complete" in script.stdout and "_MAAS_COMPLETE" in script.stdout.upper()

@@ -29,7 +29,7 @@ async def _sent(body: dict, *, service: ServiceRef = SERVICE, interactive: bool)
     async def resolve(caller, *, service_id, model):
         return service
 
-    async def complete(caller, service, payload, reservation, call):
+    async def complete(caller, service, payload, reservation, call, endpoint):
         sent.update(payload)
         return "answered"
     class Unlimited:   # the shared QPS limit lives in MongoDB (tests/integration/test_qps_limiter.py)

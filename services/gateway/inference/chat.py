@@ -1,4 +1,6 @@
-"""One chat call through the gateway: resolve the service, check, limit, route, relay, meter.
+"""One chat (or legacy completions) call through the gateway: resolve the service, check, limit, route,
+relay, meter. What differs between the two endpoints is services.gateway.inference.endpoints'; the path
+here is the same for both.
 
 Order of checks (each rejection is an OpenAI-style error and meters nothing):
 1. the service (404 unknown or another account's), the parameters (400) and the template's max
@@ -7,7 +9,8 @@ Order of checks (each rejection is an OpenAI-style error and meters nothing):
    when that does not fit) and settles with its true usage when it ends, however it ends;
 3. the service's state (409 not running, 503 deploying; a preset that is not running is started
    and waited for: a cold start);
-4. content moderation of the input (400 ``content_filter``);
+4. content moderation of the input (400 ``content_filter``; a completions prompt given as token ids
+   is decoded by an instance of the service first: the gateway has no tokenizer);
 5. the service's QPS limit (429 with Retry-After).
 The API key's own limits come first: the services it may call (403, with the service lookup) and its
 requests and tokens per minute (429 with Retry-After, keys/limits.py) before the free quota.
@@ -27,12 +30,13 @@ from fastapi import Depends
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
-from contracts.openai import PROMPT_TOKENS_HEADER, ChatCompletionRequest, interactive_max_tokens
+from contracts.openai import PROMPT_TOKENS_HEADER, interactive_max_tokens
 from contracts.serving import PresetServiceWakeRequested
 from services.common.context import Platform, get_component
 from services.readmodels.serving_refs import InstanceRef, ServiceRef
+from services.gateway.inference.endpoints import CHAT, COMPLETIONS, Endpoint
 from services.gateway.inference.genai_telemetry import ChatTelemetry
-from services.gateway.inference.moderation import Moderation, message_text
+from services.gateway.inference.moderation import Moderation
 from services.gateway.inference.routing import Router
 from services.gateway.inference.upstream import (
     InstanceUnreachable,
@@ -163,12 +167,12 @@ class ChatGateway:
     # ------------------------------------------------------------------------------------ checks
 
     @staticmethod
-    def _check_body(body) -> ChatCompletionRequest:
+    def _check_body(body, endpoint: Endpoint):
         """Types and required fields (contracts.openai); ranges are the engine's to check."""
         if not isinstance(body, dict):
             raise invalid("the request body must be a JSON object", code="invalid_request")
         try:
-            return ChatCompletionRequest.model_validate({**body, "model": body.get("model") or "-"})
+            return endpoint.request.model_validate({**body, "model": body.get("model") or "-"})
         except ValidationError as exc:
             error = exc.errors()[0]
             param = ".".join(str(p) for p in error.get("loc", ())) or None
@@ -186,13 +190,33 @@ class ChatGateway:
                                   f"'{service.name}' ({service.max_model_len} tokens).", param=param,
                                   code="context_length_exceeded")
 
-    async def _moderate_input(self, body: dict, service: ServiceRef) -> None:
+    async def _moderate_input(self, body: dict, service: ServiceRef, endpoint: Endpoint) -> None:
         if not service.content_moderation:
             return
-        verdict = (await self.moderation.checker()).check(message_text(body["messages"]))
+        text, token_prompts = endpoint.input_text(body)
+        if token_prompts:   # the gateway has no tokenizer: an instance of the service decodes them
+            text = "\n".join([text, *[await self._detokenize(service, ids) for ids in token_prompts]])
+        verdict = (await self.moderation.checker()).check(text)
         if verdict.blocked:
             raise OpenAIError(400, "The request was blocked by content moderation: the input contains "
-                              "non-compliant content.", param="messages", code="content_filter")
+                              "non-compliant content.", param=endpoint.input_param, code="content_filter")
+
+    async def _detokenize(self, service: ServiceRef, ids: list[int]) -> str:
+        instance, response = await self._send(service, {"tokens": ids}, "/detokenize")
+        try:
+            body = await response.read()
+        except UpstreamBroken as exc:
+            raise OpenAIError(502, f"The model service failed to answer: {exc}", code="upstream_error") from None
+        finally:
+            response.release()
+            self.router.release(instance)
+        if response.status == 400:   # a token id the model does not have: the instance names it
+            raise OpenAIError(400, json.loads(body)["error"]["message"].replace("tokens:", "prompt:"),
+                              param="prompt", code="invalid_parameter")
+        if response.status != 200:
+            raise OpenAIError(502, "The model service failed to decode the prompt's token ids.",
+                              code="upstream_error")
+        return json.loads(body)["prompt"]
 
     async def _limit(self, caller: Caller, service: ServiceRef) -> None:
         # A preset service is shared by every tenant: its QPS limit applies to each user separately.
@@ -209,9 +233,17 @@ class ChatGateway:
                    interactive: bool = False) -> Response:
         """``interactive``: a person chatting (the playground): without max_tokens the answer may be
         as long as contracts.openai.interactive_max_tokens, not the API's default of 16 tokens."""
-        request = self._check_body(body)
+        return await self.call(CHAT, caller, body, service_id=service_id, interactive=interactive)
+
+    async def completions(self, caller: Caller, body, *, service_id: str | None = None) -> Response:
+        """OpenAI's legacy ``/v1/completions``: the same checks, limits, metering and moderation as chat."""
+        return await self.call(COMPLETIONS, caller, body, service_id=service_id)
+
+    async def call(self, endpoint: Endpoint, caller: Caller, body, *, service_id: str | None = None,
+                   interactive: bool = False) -> Response:
+        request = self._check_body(body, endpoint)
         service = await self.resolve(caller, service_id=service_id, model=body.get("model"))
-        if interactive and request.max_tokens is None and request.max_completion_tokens is None:
+        if interactive and request.max_tokens is None and getattr(request, "max_completion_tokens", None) is None:
             default = interactive_max_tokens(service.max_model_len)
             body = {**body, "max_tokens": default}
             request = request.model_copy(update={"max_tokens": default})
@@ -221,9 +253,9 @@ class ChatGateway:
             await self.key_limits.admit(caller)   # the key's own requests/tokens per minute
             if service.preset:  # before a cold start: a caller without quota must not wake the preset
                 reservation = await quota_calls.reserve(self.ledger, user_id=caller.user_id, service=service,
-                                                        bound=quota_calls.call_bound(body, request, service))
+                                                        bound=endpoint.bound(body, request, service))
             service = await self.ensure_callable(caller, service)
-            await self._moderate_input(body, service)
+            await self._moderate_input(body, service, endpoint)
             await self._limit(caller, service)
         except BaseException as exc:
             reservation.release()
@@ -231,19 +263,19 @@ class ChatGateway:
                 self.meter.call(service=service, instance_id="-", ok=False, latency_ms=0, rejected=True)
             raise
         payload = {**body, "model": service.name}
-        call = ChatTelemetry(request=request, model=service.name, messages=body.get("messages"),
-                             capture_content=self.settings.telemetry_capture_content)
+        call = ChatTelemetry(request=request, model=service.name, messages=endpoint.input_messages(body),
+                             capture_content=self.settings.telemetry_capture_content, operation=endpoint.operation)
         try:
             if body.get("stream"):
-                return await self._stream(caller, service, body, payload, reservation, call)
-            return await self._complete(caller, service, payload, reservation, call)
+                return await self._stream(caller, service, body, payload, reservation, call, endpoint)
+            return await self._complete(caller, service, payload, reservation, call, endpoint)
         except BaseException as exc:
             reservation.release()   # no answer (a settled reservation is not touched again)
             call.fail(exc)          # an ended call (the answer came) is not touched again either
             raise
 
-    async def _send(self, service: ServiceRef, payload: dict) -> tuple[InstanceRef, UpstreamResponse]:
-        """Send to the least busy ready instance; on a refused connection try the next one."""
+    async def _send(self, service: ServiceRef, payload: dict, path: str) -> tuple[InstanceRef, UpstreamResponse]:
+        """Send to ``path`` of the least busy ready instance; on a refused connection try the next one."""
         content = json.dumps(payload, ensure_ascii=False).encode()
         instances = await self.router.instances(service.id)
         tried: set[str] = set()
@@ -259,7 +291,7 @@ class ChatGateway:
                                   code="no_ready_instance", retry_after=1)
             self.router.acquire(instance)
             try:
-                return instance, await self.upstream.post_json(f"{instance.url}/v1/chat/completions", content,
+                return instance, await self.upstream.post_json(f"{instance.url}{path}", content,
                                                                secret=instance.secret)
             except InstanceUnreachable:
                 self.router.release(instance)
@@ -290,9 +322,9 @@ class ChatGateway:
                         headers={"X-MaaS-Instance": instance.id})
 
     async def _complete(self, caller: Caller, service: ServiceRef, payload: dict,
-                        reservation: Reservation, call: ChatTelemetry) -> Response:
+                        reservation: Reservation, call: ChatTelemetry, endpoint: Endpoint) -> Response:
         started = time.monotonic()
-        instance, response = await self._send(service, payload)
+        instance, response = await self._send(service, payload, endpoint.path)
         call.instance(instance.url)
         try:
             body = await response.read()
@@ -313,7 +345,7 @@ class ChatGateway:
         self.meter.usage(caller=caller, service=service, prompt_tokens=prompt, completion_tokens=completion)
         self.key_limits.spent(caller, prompt + completion)
         reservation.settle(prompt + completion)
-        blocked = service.content_moderation and await self._output_blocked(data)
+        blocked = service.content_moderation and await self._output_blocked(data, endpoint)
         self.meter.call(service=service, instance_id=instance.id, ok=not blocked, latency_ms=latency,
                         prompt_tokens=prompt, completion_tokens=completion)
         choices = [c for c in data.get("choices") or [] if isinstance(c, dict)]
@@ -321,7 +353,7 @@ class ChatGateway:
                  response_model=data.get("model"),
                  finish_reasons={c.get("index", i): c["finish_reason"] for i, c in enumerate(choices)
                                  if isinstance(c.get("finish_reason"), str)},
-                 texts={c.get("index", i): (c.get("message") or {}).get("content") or ""
+                 texts={c.get("index", i): endpoint.answer_text(c) or ""
                         for i, c in enumerate(choices)} if call.capture_content else None,
                  error_type="content_filter" if blocked else None)
         if blocked:
@@ -329,20 +361,20 @@ class ChatGateway:
                               "non-compliant content.", code="content_filter")
         return Response(body, media_type="application/json", headers={"X-MaaS-Instance": instance.id})
 
-    async def _output_blocked(self, data: dict) -> bool:
+    async def _output_blocked(self, data: dict, endpoint: Endpoint) -> bool:
         checker = await self.moderation.checker()
         for choice in data.get("choices") or []:
-            content = ((choice or {}).get("message") or {}).get("content")
+            content = endpoint.answer_text(choice or {})
             if isinstance(content, str) and checker.check(content).blocked:
                 return True
         return False
 
     async def _stream(self, caller: Caller, service: ServiceRef, body: dict, payload: dict,
-                      reservation: Reservation, call: ChatTelemetry) -> Response:
+                      reservation: Reservation, call: ChatTelemetry, endpoint: Endpoint) -> Response:
         started = time.monotonic()
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        instance, response = await self._send(service, payload)
+        instance, response = await self._send(service, payload, endpoint.path)
         call.instance(instance.url)
         if response.status != 200:
             try:
@@ -357,13 +389,15 @@ class ChatGateway:
             return self._upstream_error(service, instance, error_body, response.status, started)
         checker = await self.moderation.checker() if service.content_moderation else None
         return self._relayed(caller=caller, service=service, instance=instance, response=response, started=started,
-                             wants_usage=wants_usage, checker=checker, reservation=reservation, call=call)
+                             wants_usage=wants_usage, checker=checker, reservation=reservation, call=call,
+                             endpoint=endpoint)
 
     def _relayed(self, *, caller: Caller, service: ServiceRef, instance: InstanceRef, response: UpstreamResponse,
                  started: float, wants_usage: bool, checker, reservation: Reservation,
-                 call: ChatTelemetry) -> _RelayedStream:
+                 call: ChatTelemetry, endpoint: Endpoint = CHAT) -> _RelayedStream:
         stream = _SseRelay(wants_usage=wants_usage, checker=checker, keep_texts=call.capture_content,
-                           prompt_tokens=_header_count(response.headers.get(PROMPT_TOKENS_HEADER)))
+                           prompt_tokens=_header_count(response.headers.get(PROMPT_TOKENS_HEADER)),
+                           endpoint=endpoint)
 
         def finish() -> None:
             self._finish_stream(caller=caller, service=service, instance=instance, response=response, stream=stream,
@@ -457,8 +491,10 @@ class _SseRelay:
     match) and otherwise passes every event through as it came.
     """
 
-    def __init__(self, *, wants_usage: bool, checker, prompt_tokens: int = 0, keep_texts: bool = False):
+    def __init__(self, *, wants_usage: bool, checker, prompt_tokens: int = 0, keep_texts: bool = False,
+                 endpoint: Endpoint = CHAT):
         self.wants_usage, self.checker = wants_usage, checker
+        self.endpoint = endpoint
         self.keep_texts = keep_texts or checker is not None
         self.prompt_tokens = prompt_tokens   # as the instance announced it before the first chunk
         self.finished = False
@@ -498,7 +534,7 @@ class _SseRelay:
         choices = chunk.get("choices") or []
         for choice in choices:
             delta = choice.get("delta") or {}
-            piece = delta.get("content")
+            piece = self.endpoint.piece_text(choice)
             index = choice.get("index", 0)
             if isinstance(choice.get("finish_reason"), str):
                 self.finish_reasons[index] = choice["finish_reason"]

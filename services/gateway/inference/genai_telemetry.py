@@ -3,7 +3,8 @@
 The span ``chat {model}`` (kind CLIENT: the gateway calls a model instance over HTTP; its parent is the
 HTTP server span of ``/v1/chat/completions``) runs from sending the call to the end of the answer,
 streamed or not. Attributes, as the GenAI semconv names them:
-- ``gen_ai.operation.name`` "chat", ``gen_ai.provider.name`` "openmaas" (the current name of what
+- ``gen_ai.operation.name`` "chat" ("text_completion" on the legacy ``/v1/completions``, span
+  ``text_completion {model}``), ``gen_ai.provider.name`` "openmaas" (the current name of what
   was ``gen_ai.system``, deprecated), ``gen_ai.request.model`` (the model the caller named),
   ``gen_ai.request.temperature`` / ``top_p`` / ``max_tokens`` / ``stream``, ``server.address`` / ``port``;
 - ``gen_ai.response.id`` / ``model`` / ``finish_reasons``, ``gen_ai.usage.input_tokens`` /
@@ -21,7 +22,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from contracts.openai import ChatCompletionRequest
+from contracts.openai import ChatCompletionRequest, CompletionRequest
 from services.common.metrics import record_genai_call
 from services.common.telemetry import tracer
 
@@ -68,15 +69,18 @@ class ChatTelemetry:
     """One chat call's span and metrics. ``end`` (or ``fail``) once, however the call ends; later calls
     are ignored, so every way out of a call may end it without counting it twice."""
 
-    def __init__(self, *, request: ChatCompletionRequest, model: str, messages, capture_content: bool,
-                 tracer: Tracer | None = None):
+    def __init__(self, *, request: ChatCompletionRequest | CompletionRequest, model: str, messages,
+                 capture_content: bool, tracer: Tracer | None = None, operation: str = OPERATION):
+        """``operation``: "chat", or "text_completion" for the legacy /v1/completions."""
         self.model = model
+        self.operation = operation
         self.capture_content = capture_content
         self.ended = False
         self.started = time.monotonic()
-        max_tokens = request.max_tokens if request.max_tokens is not None else request.max_completion_tokens
+        max_tokens = request.max_tokens if request.max_tokens is not None else getattr(request, "max_completion_tokens",
+                                                                                            None)
         attributes = {
-            "gen_ai.operation.name": OPERATION, "gen_ai.provider.name": PROVIDER, "gen_ai.request.model": model,
+            "gen_ai.operation.name": operation, "gen_ai.provider.name": PROVIDER, "gen_ai.request.model": model,
             "gen_ai.request.temperature": float(request.temperature), "gen_ai.request.top_p": float(request.top_p),
             "gen_ai.request.stream": bool(request.stream),
         }
@@ -86,7 +90,7 @@ class ChatTelemetry:
             attributes["gen_ai.request.choice.count"] = request.n
         if capture_content:
             attributes["gen_ai.input.messages"] = input_messages(messages)
-        self.span = (tracer or _tracer).start_span(f"{OPERATION} {model}", kind=SpanKind.CLIENT, attributes=attributes)
+        self.span = (tracer or _tracer).start_span(f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attributes)
 
     def instance(self, url: str) -> None:
         """The instance that answers (``server.address`` / ``server.port``)."""
@@ -123,7 +127,7 @@ class ChatTelemetry:
             span.set_attribute("error.type", error_type)
             span.set_status(Status(StatusCode.ERROR, error_type))
         span.end()
-        record_genai_call(operation=OPERATION, provider=PROVIDER, model=self.model, seconds=seconds,
+        record_genai_call(operation=self.operation, provider=PROVIDER, model=self.model, seconds=seconds,
                           input_tokens=input_tokens, output_tokens=output_tokens, first_token_seconds=first,
                           error_type=error_type)
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible API (guide 11): ``/v1/chat/completions`` and ``/v1/models``.
+"""The OpenAI-compatible API (guide 11): ``/v1/chat/completions``, the legacy ``/v1/completions`` and ``/v1/models``.
 
 Two ways to address a service, as the guide shows and as OpenAI SDKs expect:
 - per service: base URL ``/v1/infers/{service_id}/v1`` (``model`` = the service name);
@@ -12,7 +12,7 @@ import json
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from contracts.openai import ChatCompletionRequest
+from contracts.openai import ChatCompletionRequest, CompletionRequest
 from services.common.context import Platform, get_platform
 from services.readmodels.serving_refs import PRESET_TENANT, ServiceRef, list_callable_services
 from services.gateway.inference.chat import ChatGateway, Gateway
@@ -38,6 +38,8 @@ def _body_schema(model) -> dict:
 # document gets its schema here; services.common.openapi_errors moves its definitions to components.
 CHAT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": _body_schema(ChatCompletionRequest)}}}}
+COMPLETION_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": _body_schema(CompletionRequest)}}}}
 
 # What a call can end in besides the errors of every route (documented by services.common.openapi_errors).
 CALL_ERRORS = {429: {"description": "Over the service's QPS limit or the API key's requests/tokens per minute, or "
@@ -81,6 +83,29 @@ async def chat_completions(request: Request, platform: Platform = Depends(get_pl
 async def service_chat_completions(service_id: str, request: Request, platform: Platform = Depends(get_platform),
                                    action: str = CALL, gateway: ChatGateway = Gateway):
     return await _chat(request, platform, gateway, service_id, action)
+
+
+async def _completions(request: Request, platform: Platform, gateway: ChatGateway, service_id: str | None,
+                       action: str):
+    try:
+        caller = await authenticate(platform, request, action=action)
+        return await gateway.completions(caller, await _body(request), service_id=service_id)
+    except OpenAIError as exc:
+        return exc.response()
+
+
+@router.post("/v1/completions", summary="Text completion (OpenAI's legacy API); `model` names one of your services "
+             "or a preset", responses=CALL_ERRORS, openapi_extra=COMPLETION_BODY)
+async def completions(request: Request, platform: Platform = Depends(get_platform), action: str = CALL,
+                      gateway: ChatGateway = Gateway):
+    return await _completions(request, platform, gateway, None, action)
+
+
+@router.post("/v1/infers/{service_id}/v1/completions", summary="Text completion (legacy API) of one service",
+             responses=CALL_ERRORS, openapi_extra=COMPLETION_BODY)
+async def service_completions(service_id: str, request: Request, platform: Platform = Depends(get_platform),
+                              action: str = CALL, gateway: ChatGateway = Gateway):
+    return await _completions(request, platform, gateway, service_id, action)
 
 
 @router.get("/v1/models", summary="Models you can call: your running services and the preset services")
