@@ -76,7 +76,8 @@ def test_module_entry_point_and_shell_completion():
     out = subprocess.run([sys.executable, "-m", "services.cli", "--help"], capture_output=True, text=True, check=True)
     assert "models" in out.stdout and "tune" in out.stdout
     # Typer's --show-completion is a flag: it finds the shell among the process's parents, so it runs
-    # under bash here (started from a process whose parent is no shell, e.g. init, it finds none).
-    script = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m services.cli --show-completion"],
+    # as a child of bash here (under a pytest whose parents hold no shell, e.g. init, it finds none).
+    # Two commands: bash runs a lone `bash -c` command in its own process (exec), no longer a parent.
+    script = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m services.cli --show-completion; exit $?"],
                             capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
     assert script.returncode == 0 and "complete" in script.stdout and "_MAAS_COMPLETE" in script.stdout.upper()
