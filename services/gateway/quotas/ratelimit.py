@@ -73,9 +73,11 @@ class SharedQpsLimiter:
             if taken.matched_count:
                 return None
             doc = await self.collection.find_one({"_id": slot}, {"tat": 1})
-            if doc is not None:     # it exists and this request does not fit
+            if doc is not None and doc["tat"] - now > tolerance + _EPSILON:   # it exists and this does not fit
                 self._remember(slot, doc["tat"], now)
-                return max(doc["tat"] - tolerance - now, _EPSILON)
+                return doc["tat"] - tolerance - now
+            if doc is not None:
+                continue            # created by another request since the update: try the update again
             try:                    # an idle key: the first request creates its bucket
                 await self.collection.insert_one({"_id": slot, "tat": now + interval, "expires_at": expires})
                 return None
