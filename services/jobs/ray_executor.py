@@ -118,12 +118,14 @@ def _run_work(entry: str, args: str, mailbox, package: str) -> None:
 
 def _near_the_driver() -> dict[str, Any]:
     """Options placing a run's mailbox on this process's node when it is one (it should outlive the
-    work's node, not share its fate); elsewhere (a Ray client) Ray chooses."""
+    work's node, not share its fate); elsewhere (a Ray client) Ray chooses. The affinity is hard: a
+    soft one sent about half the mailboxes to other nodes (measured on a test cluster), and a pool
+    node's loss then took a healthy run's channel with it."""
     try:
         node = ray.get_runtime_context().get_node_id()
     except Exception:
         return {}
-    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)} if node else {}
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)} if node else {}
 
 
 class RayExecutor:
@@ -157,12 +159,7 @@ class RayExecutor:
         ended = asyncio.wrap_future(task.future())
         try:
             while True:
-                try:
-                    raw = await mailbox.take.remote(_TAKE_SECONDS)
-                except ray.exceptions.RayError as exc:   # the mailbox's node went away
-                    await asyncio.wait({ended}, timeout=_LOST_GRACE_SECONDS)
-                    raise (self._lost(ended) if ended.done() else
-                           WorkFailed("NodeLost", f"the job's channel was lost: {type(exc).__name__}")) from None
+                raw = await self._through(mailbox.take.remote(_TAKE_SECONDS), ended)
                 if raw is None:
                     if ended.done():
                         raise self._lost(ended)
@@ -173,7 +170,8 @@ class RayExecutor:
                     return result
                 answer = await loop.run_in_executor(self._threads, listener, kind, data)
                 if "question" in message:
-                    await mailbox.answer.remote(message["question"], encode({"answer": answer}).decode())
+                    await self._through(mailbox.answer.remote(message["question"],
+                                                              encode({"answer": answer}).decode()), ended)
         finally:
             if ended.done():
                 ended.exception()   # read: an error is reported above, not as "never retrieved"
@@ -183,6 +181,18 @@ class RayExecutor:
                 ray.cancel(task, force=True)
             if ray.is_initialized():
                 ray.kill(mailbox)
+
+    @classmethod
+    async def _through(cls, call, ended: asyncio.Future) -> Any:
+        """A call to the run's mailbox. Any Ray error there means the channel is gone — its node or the
+        task's went away (a node's loss can also reach a live actor as a reset connection): the run
+        is over, lost unless the task itself ended otherwise within a grace."""
+        try:
+            return await call
+        except ray.exceptions.RayError as exc:
+            await asyncio.wait({ended}, timeout=_LOST_GRACE_SECONDS)
+            raise (cls._lost(ended) if ended.done() else
+                   WorkFailed("NodeLost", f"the job's channel was lost: {type(exc).__name__}")) from None
 
     @staticmethod
     def _lost(ended: asyncio.Future) -> WorkFailed:

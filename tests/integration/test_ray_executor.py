@@ -58,6 +58,26 @@ async def test_questions_get_the_listeners_answers(executor, tmp_path):
     assert await executor.run(work(tmp_path, "job_entries:count_until_stopped"), listener) == 2
 
 
+def _alive_mailbox_nodes() -> list[str]:
+    import ray
+
+    return [a["Address"]["NodeID"] for a in ray._private.state.actors().values()
+            if a["ActorClassName"].endswith("Mailbox") and a["State"] == "ALIVE"]
+
+
+async def test_a_runs_channel_lives_on_the_drivers_node_not_on_a_work_node(executor, ray_cluster, tmp_path):
+    """A pool node's loss must not take a healthy run's channel with it (a soft affinity sent about
+    half the mailboxes to the pool's nodes; CI then lost a tuning job whose node was removed)."""
+    import ray
+
+    driver = ray.get_runtime_context().get_node_id()
+    for _ in range(6):
+        homes = []
+        await executor.run(work(tmp_path, "ray_entries:where", pool="team-a"),
+                           lambda k, d: homes.extend(_alive_mailbox_nodes()) if k == "placed" else None)
+        assert homes == [driver]
+
+
 async def test_an_input_error_and_a_crash_are_told_apart(executor, tmp_path):
     with pytest.raises(WorkFailed) as bad_input:
         await executor.run(work(tmp_path, "job_entries:fail_on_input"), lambda k, d: None)
