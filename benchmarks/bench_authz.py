@@ -13,7 +13,7 @@ path of a member, not an administrator's shortcut.
 Two calls, each in three variants, interleaved round by round with the order rotating:
 - ``GET /api/v1/models`` with a login token (console API; the route's ``Authorized`` dependency)
   and ``GET /v1/models`` with an API key (OpenAI API; the key owner's grant, checked per call);
-- *on*: the grants as shipped (``services.iam.store.Authorizer``: cached per user and ``iam_rev``);
+- *on*: the grants as shipped (``services.lib.iam.store.Authorizer``: cached per user and ``iam_rev``);
 - *off*: an allow-all grant (``AllowAll``): no groups or policies read, nothing evaluated;
 - *cold*: the grant cache emptied before every call, so each call reads the groups and the policies
   again and compiles them: what the first call after an IAM change of the account costs.
@@ -74,7 +74,7 @@ async def asgi_get(app, path: str, token: str) -> int:
 async def setup(platform):
     """An account: its administrator, a member in a group with CommonOperations and a custom policy,
     the member's login token and API key."""
-    from services.common.auth import USERS, principal_of
+    from services.lib.common.auth import USERS, principal_of
     from services.gateway.accounts import iam_service, sessions
     from services.gateway.keys import service as keys
     from services.gateway.accounts.identity import create_user
@@ -98,7 +98,7 @@ async def setup(platform):
 async def measure(app, variant: str, path: str, token: str, calls: int) -> float:
     """CPU microseconds per call of ``calls`` calls of ``path`` under ``variant``."""
     from services.gateway.keys import service as keys
-    from services.iam.store import AllowAll, Authorizer
+    from services.lib.iam.store import AllowAll, Authorizer
 
     platform = app.state.platform
     app.state.authorizer = AllowAll() if variant == "off" else Authorizer(platform.mongo)
@@ -117,10 +117,10 @@ async def measure(app, variant: str, path: str, token: str, calls: int) -> float
 
 async def evaluation_alone(app, user: dict) -> dict:
     """The evaluation by itself, hot (a cached grant) and compiled from scratch."""
-    from services.common.auth import principal_of
-    from services.iam.authorize import decide
-    from services.iam.evaluator import compile_policy
-    from services.iam.store import Authorizer
+    from services.lib.common.auth import principal_of
+    from services.lib.iam.authorize import decide
+    from services.lib.iam.evaluator import compile_policy
+    from services.lib.iam.store import Authorizer
 
     principal = principal_of(user)
     grant = await Authorizer(app.state.platform.mongo).grant(principal)
@@ -140,7 +140,7 @@ async def evaluation_alone(app, user: dict) -> dict:
 
 
 async def user_lookup_cost(platform, user_id: str, calls: int) -> float:
-    from services.common.auth import USER_FIELDS, USERS
+    from services.lib.common.auth import USER_FIELDS, USERS
 
     started = time.process_time()
     for _ in range(calls):
@@ -151,9 +151,9 @@ async def user_lookup_cost(platform, user_id: str, calls: int) -> float:
 async def main(args) -> dict:
     import os
 
-    from services.common import audit, outbox
-    from services.common.settings import get_settings
-    from services.embedded.servers import EmbeddedServers
+    from services.lib.common import audit, outbox
+    from services.lib.common.settings import get_settings
+    from services.lib.embedded.servers import EmbeddedServers
 
     work = Path(tempfile.mkdtemp(prefix="bench-authz-"))
     step("starting the embedded servers")

@@ -40,17 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")   # every node on 127.0.0.1
 
 from contracts import new_id  # noqa: E402
-from services.common.cluster import RayCluster, Resources  # noqa: E402
-from services.common.settings import Settings  # noqa: E402
+from services.lib.common.cluster import RayCluster, Resources  # noqa: E402
+from services.lib.common.settings import Settings  # noqa: E402
 from services.deployer.backend import Health, InstanceLaunch  # noqa: E402
 from services.deployer.local import LocalProcessBackend  # noqa: E402
 from services.deployer.ray_backend import RayInstanceBackend  # noqa: E402
-from services.jobs.executor import Placement, Work  # noqa: E402
-from services.jobs.local_process import LocalProcessExecutor  # noqa: E402
-from services.jobs.ray_executor import RayExecutor  # noqa: E402
-from services.mlkit.tiny import build_tiny_model  # noqa: E402
-from services.mlkit.training import TrainConfig, train  # noqa: E402
-from services.mlkit.training.ray_ranks import RayPlacement  # noqa: E402
+from services.lib.jobs.executor import Placement, Work  # noqa: E402
+from services.lib.jobs.local_process import LocalProcessExecutor  # noqa: E402
+from services.lib.jobs.ray_executor import RayExecutor  # noqa: E402
+from services.lib.mlkit.tiny import build_tiny_model  # noqa: E402
+from services.lib.mlkit.training import TrainConfig, train  # noqa: E402
+from services.lib.mlkit.training.ray_ranks import RayPlacement  # noqa: E402
 from tests.ray_cluster import MiniCluster  # noqa: E402
 from tests.unit.test_training import chat_rows  # noqa: E402
 

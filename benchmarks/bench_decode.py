@@ -65,11 +65,11 @@ PROMPTS = [
 
 
 def build_models(cache: Path, *, int4: bool) -> dict[str, Path]:
-    from services.mlkit.onnx_export import ensure_onnx, export_gqa_model
+    from services.lib.mlkit.onnx_export import ensure_onnx, export_gqa_model
 
     hf = cache / "smollm2"
     if not (hf / "config.json").is_file():
-        from services.mlkit.smollm2 import convert_to_hf
+        from services.lib.mlkit.smollm2 import convert_to_hf
 
         console.print("converting SmolLM2 from GGUF ...")
         convert_to_hf(hf)
@@ -155,7 +155,7 @@ def genai_runner(folder: Path, n: int):
 
 
 def engine_runner(engine, n: int):
-    from services.inference.params import SamplingParams
+    from services.lib.inference.params import SamplingParams
 
     params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
 
@@ -173,7 +173,7 @@ def timed(run, ids) -> tuple[float, float, list[int]]:
 
 def concurrent_throughput(engine, prompts: list[list[int]], n: int) -> tuple[float, float]:
     """(total generated tokens per second, CPU ms per token) with all prompts submitted at once."""
-    from services.inference.params import SamplingParams
+    from services.lib.inference.params import SamplingParams
 
     params = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
     counts = [0] * len(prompts)
@@ -220,7 +220,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from services.inference.engine import Engine
+    from services.lib.inference.engine import Engine
 
     paths = build_models(args.cache, int4=not args.skip_int4)
     tok = AutoTokenizer.from_pretrained(paths["hf"])

@@ -236,7 +236,7 @@ async def _hold_preset_imports(platform) -> list[str]:
 
     ``presets._claim`` skips a template whose lease is held; the benchmark never uses preset weights.
     """
-    from services.catalog.templates import default_catalog
+    from services.lib.catalog.templates import default_catalog
     from services.registry.models import PRESETS
 
     ids = [t.id for t in default_catalog() if t.preset_weights is not None]
@@ -273,7 +273,7 @@ async def _create_one(api, observer: RegistryObserver, *, name: str, path: str, 
 
 async def _breakdown(platform, times: HandlerTimes, runs: list[dict]) -> None:
     """Attach outbox and handler timestamps (seconds since the epoch) to each run, in place."""
-    from services.common.outbox import OUTBOX
+    from services.lib.common.outbox import OUTBOX
 
     subjects = [f"models/{r['model_id']}" for r in runs]
     events: dict[tuple[str, str], dict] = {}
@@ -331,10 +331,10 @@ async def pipeline_bench(settings, n_models: int, tmp: Path) -> dict[str, Any]:
     import uvicorn
 
     from contracts.events import REGISTRY_TOPIC
-    from services.common.bus import topic_name
-    from services.common.http import server_config
+    from services.lib.common.bus import topic_name
+    from services.lib.common.http import server_config
     from services.gateway.accounts.identity import ensure_bootstrap_admin
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
     from services.runtime import build_app
 
     t_boot = time.perf_counter()
@@ -672,7 +672,7 @@ def _fs_broker(bootstrap: str, producer_kw: dict, *, platform_settings=None):
         return KafkaBroker(bootstrap, logger=None, **producer_kw)
     from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 
-    from services.common.telemetry import tracer_provider
+    from services.lib.common.telemetry import tracer_provider
 
     return KafkaBroker(bootstrap, logger=None, client_id=platform_settings.service_name,
                        middlewares=[KafkaTelemetryMiddleware(tracer_provider=tracer_provider(platform_settings))],
@@ -850,7 +850,7 @@ def _round(obj: Any) -> Any:
 
 
 async def run_all(args, tmp: Path) -> dict[str, Any]:
-    from services.common.settings import get_settings
+    from services.lib.common.settings import get_settings
 
     settings = get_settings().model_copy(update={"work_dir": str(tmp / "work")})
     (tmp / "work").mkdir()
@@ -898,8 +898,8 @@ def main() -> int:
         logging.getLogger(name).addHandler(tally)
         logging.getLogger(name).propagate = False
 
-    from services.common.settings import get_settings
-    from services.embedded.servers import EmbeddedServers
+    from services.lib.common.settings import get_settings
+    from services.lib.embedded.servers import EmbeddedServers
 
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="maas-bench-"))

@@ -11,7 +11,7 @@ moderation on, as shipped) and measures, on the same greedy prompt (``ignore_eos
 1. **one stream**, from a client in a separate process (in this one it would share the gateway's
    event loop), the three paths interleaved run by run (the order rotates), so the machine's load,
    the platform's own background work included, hits them alike:
-   - *engine*: ``services.inference.engine.Engine`` called in the client process (no HTTP), 2 threads,
+   - *engine*: ``services.lib.inference.engine.Engine`` called in the client process (no HTTP), 2 threads,
      from the same chat messages (chat template and tokenizer included, as for any caller);
    - *instance*: the service's inference server called directly over HTTP (SSE);
    - *gateway*: ``POST /v1/infers/{service}/v1/chat/completions`` with an API key (auth, QPS limit,
@@ -74,8 +74,8 @@ async def engine_run(engine, tokens: int) -> tuple[float, float, int]:
     """The same prompt as the HTTP runs, from the chat messages on: the chat template and the
     tokenizer are work every caller of the engine does too."""
     from contracts.openai import ChatMessage
-    from services.inference.chat import encode, render_prompt
-    from services.inference.params import SamplingParams
+    from services.lib.inference.chat import encode, render_prompt
+    from services.lib.inference.params import SamplingParams
 
     start = time.perf_counter()
     params = SamplingParams(max_tokens=tokens, temperature=0, ignore_eos=True)
@@ -127,10 +127,10 @@ async def throughput(client, url: str, model: str, tokens: int, streams: int, *,
 
 def make_model(kind: str, work: Path) -> Path:
     if kind == "tiny":
-        from services.mlkit.tiny import build_tiny_model
+        from services.lib.mlkit.tiny import build_tiny_model
 
         return build_tiny_model(work / "tiny")
-    from services.mlkit.smollm2 import convert_to_hf
+    from services.lib.mlkit.smollm2 import convert_to_hf
 
     return convert_to_hf(work / "smollm2")
 
@@ -185,9 +185,9 @@ async def main(args) -> dict:
     import httpx
     import uvicorn
 
-    from services.common.http import server_config
-    from services.common.settings import get_settings
-    from services.embedded.servers import EmbeddedServers
+    from services.lib.common.http import server_config
+    from services.lib.common.settings import get_settings
+    from services.lib.embedded.servers import EmbeddedServers
 
     work = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     step(f"building the {args.model} model")
@@ -299,7 +299,7 @@ async def client_main(spec: dict) -> dict:
     HTTP, one run of each per round (the order rotates), then throughput."""
     import httpx
 
-    from services.inference.engine import Engine
+    from services.lib.inference.engine import Engine
 
     engine = await asyncio.to_thread(Engine, Path(spec["folder"]), max_model_len=spec["max_model_len"], threads=2)
     out: dict = {"engine": [], "instance": [], "gateway": [], "throughput": {},

@@ -4,14 +4,14 @@
     python benchmarks/bench_quantization.py [--model smollm2|tiny] [--cache DIR] [--alpha 0.5] [--quick]
 
 Everything is measured in one run against the float32 ONNX export of the same model: held-out
-perplexity (``services/mlkit/quantize/data/heldout.txt``, onnxruntime, windows of 512 tokens) and
+perplexity (``services/lib/mlkit/quantize/data/heldout.txt``, onnxruntime, windows of 512 tokens) and
 on-disk size (model.onnx + external data). Rows:
 
 - ``fp32``: the optimum export (text-generation-with-past), the reference.
 - naive baselines: ``int8-dynamic`` (onnxruntime ``quantize_dynamic``: int8 per-channel weights,
   per-tensor dynamic uint8 activations, embeddings float) and ``int4-rtn`` (MatMulNBits
   round-to-nearest with integer zero points, block 32, embeddings float).
-- the platform recipes, run through ``services.mlkit.quantize.pipeline.compress`` exactly as a
+- the platform recipes, run through ``services.lib.mlkit.quantize.pipeline.compress`` exactly as a
   compression job runs them: SmoothQuant-W8A8 (smoothing with α, then 8-bit MatMulNBits with int8
   activations) and AWQ-W4A16 (scale + clip search, 4-bit MatMulNBits, float zero points where the
   size budget allows).
@@ -56,10 +56,10 @@ def source_model(kind: str, cache: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     if kind == "tiny":
-        from services.mlkit.tiny import build_tiny_model
+        from services.lib.mlkit.tiny import build_tiny_model
 
         return build_tiny_model(folder)
-    from services.mlkit.smollm2 import convert_to_hf
+    from services.lib.mlkit.smollm2 import convert_to_hf
 
     return convert_to_hf(folder)
 
@@ -68,7 +68,7 @@ class Bench:
     def __init__(self, model_dir: Path, work: Path, *, seq_len: int, calibration_tokens: int):
         from transformers import AutoTokenizer
 
-        from services.mlkit.quantize.calibration import (builtin_calibration_texts, chat_samples, heldout_texts,
+        from services.lib.mlkit.quantize.calibration import (builtin_calibration_texts, chat_samples, heldout_texts,
                                                          token_windows)
 
         self.model_dir, self.work, self.seq_len = model_dir, work, seq_len
@@ -93,8 +93,8 @@ class Bench:
 
     def export(self, name: str, model=None) -> Path:
         """ONNX export of ``model`` (default: the untouched source), cached by name."""
-        from services.mlkit.onnx_export import export_causal_lm
-        from services.mlkit.quantize.pipeline import _save_float
+        from services.lib.mlkit.onnx_export import export_causal_lm
+        from services.lib.mlkit.quantize.pipeline import _save_float
 
         if name in self._exports:
             return self._exports[name]
@@ -111,8 +111,8 @@ class Bench:
 
     def measure(self, name: str, folder: Path, *, family: str, note: str, seconds: float,
                 perplexity: float | None = None) -> dict:
-        from services.mlkit.quantize.onnx_quant import model_bytes
-        from services.mlkit.quantize.perplexity import next_token_drift, onnx_next_logprobs, onnx_perplexity
+        from services.lib.mlkit.quantize.onnx_quant import model_bytes
+        from services.lib.mlkit.quantize.perplexity import next_token_drift, onnx_next_logprobs, onnx_perplexity
 
         started = time.monotonic()
         ppl = perplexity if perplexity is not None else onnx_perplexity(folder, self.evaluation)
@@ -145,7 +145,7 @@ class Bench:
         return row
 
     def quantized(self, name: str, src: Path, transform) -> tuple[Path, float]:
-        from services.mlkit.quantize import onnx_quant
+        from services.lib.mlkit.quantize import onnx_quant
 
         started = time.monotonic()
         model = onnx_quant.load(src)
@@ -162,7 +162,7 @@ class Bench:
 
     def platform(self, name: str, *, family: str, note: str, **config) -> dict:
         """One compression exactly as a job runs it (pipeline.compress), measured like the other rows."""
-        from services.mlkit.quantize.pipeline import CompressionConfig, compress
+        from services.lib.mlkit.quantize.pipeline import CompressionConfig, compress
 
         out = self.work / f"{name}-out"
         outcome = compress(model_dir=self.model_dir, out_dir=out, work_dir=self.work / f"{name}-work",
@@ -174,8 +174,8 @@ class Bench:
         return row
 
     def run(self, *, alpha: float, quick: bool) -> None:
-        from services.mlkit.quantize import onnx_quant
-        from services.mlkit.quantize.pipeline import AWQ, SMOOTHQUANT
+        from services.lib.mlkit.quantize import onnx_quant
+        from services.lib.mlkit.quantize.pipeline import AWQ, SMOOTHQUANT
 
         started = time.monotonic()
         base = self.export("fp32")
@@ -203,7 +203,7 @@ class Bench:
                       note="smoothing, MatMulNBits 8-bit + int8 activations (float for outlier-input linears "
                            "and the LM head), embedding/head int8 shared, block 32")
         log("SmoothQuant-W8A8 previous recipe (diagnostic)")
-        from services.mlkit.quantize.smoothquant import smooth
+        from services.lib.mlkit.quantize.smoothquant import smooth
 
         model = self.float_model()
         smooth(model, self.calibration, alpha=alpha)

@@ -81,9 +81,9 @@ async def main(args) -> dict:
     import httpx
     import uvicorn
 
-    from services.common.http import server_config
-    from services.common.settings import get_settings
-    from services.embedded.servers import EmbeddedServers
+    from services.lib.common.http import server_config
+    from services.lib.common.settings import get_settings
+    from services.lib.embedded.servers import EmbeddedServers
 
     work = Path(tempfile.mkdtemp(prefix="bench-quota-"))
     step(f"building the {args.model} model")
@@ -168,7 +168,7 @@ async def _make_preset(api, platform, *, on: dict, off: dict) -> None:
 async def _reservation_cost(platform, gateway, *, on: dict) -> float:
     """Microseconds per call of the gateway's own reserve + settle (the bound included), hot."""
     from contracts.openai import ChatCompletionRequest
-    from services.readmodels.serving_refs import get_service
+    from services.lib.readmodels.serving_refs import get_service
     from services.gateway.quotas.calls import call_bound, reserve
 
     doc = await platform.mongo["free_quotas"].find_one({"service_id": on["id"]})

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from motor.motor_asyncio import AsyncIOMotorClient  # noqa: E402
 
-from services.embedded.servers import EmbeddedServers  # noqa: E402
+from services.lib.embedded.servers import EmbeddedServers  # noqa: E402
 from services.gateway.quotas.ratelimit import QPS_BUCKETS, SharedQpsLimiter  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training-step benchmark: services.mlkit.training.train() vs a plain transformers + peft loop.
+"""Training-step benchmark: services.lib.mlkit.training.train() vs a plain transformers + peft loop.
 
     python benchmarks/bench_trainer.py [--smollm2] [--tune lora|full] [--iterations N] [--rounds R]
 
@@ -38,8 +38,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from services.mlkit.training import TrainConfig, train  # noqa: E402
-from services.mlkit.training.data import encode_examples, epoch_order, split_global_batch  # noqa: E402
+from services.lib.mlkit.training import TrainConfig, train  # noqa: E402
+from services.lib.mlkit.training.data import encode_examples, epoch_order, split_global_batch  # noqa: E402
 from tests.toydata import alpaca_messages  # noqa: E402
 
 
@@ -138,10 +138,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         tmp = Path(tmp)
         if args.smollm2:
-            from services.mlkit.smollm2 import convert_to_hf
+            from services.lib.mlkit.smollm2 import convert_to_hf
             model_dir, name = convert_to_hf(tmp / "smollm2"), "SmolLM2-135M-Instruct"
         else:
-            from services.mlkit.tiny import build_tiny_model
+            from services.lib.mlkit.tiny import build_tiny_model
             model_dir, name = build_tiny_model(tmp / "tiny"), "tiny qwen2 (200k params)"
         gbs = args.micro_batch * args.accumulation
         steps = args.warmup + iterations

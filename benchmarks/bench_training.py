@@ -58,7 +58,7 @@ def free_port() -> int:
 
 async def hold_preset_imports(platform) -> None:
     """The tiny run never uses preset weights: keep the SmolLM2 import from competing for the CPU."""
-    from services.catalog.templates import default_catalog
+    from services.lib.catalog.templates import default_catalog
     from services.registry.models import PRESETS
 
     now = datetime.now(UTC)
@@ -89,8 +89,8 @@ def baseline_steps(model_dir: Path, examples: list[dict], plan: list[list[list[i
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
-    from services.mlkit.training import TrainConfig
-    from services.mlkit.training.data import encode_examples
+    from services.lib.mlkit.training import TrainConfig
+    from services.lib.mlkit.training.data import encode_examples
 
     cfg = TrainConfig(tune_type="lora", learning_rate=lr, global_batch_size=32, max_seq_len=max_seq_len)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -136,7 +136,7 @@ def job_plan(examples: list[dict], model_dir: Path, *, iterations: int, max_seq_
     """The micro-batches the trainer forms for each iteration (same order, same length grouping)."""
     from transformers import AutoTokenizer
 
-    from services.mlkit.training.data import encode_examples, epoch_order, split_global_batch
+    from services.lib.mlkit.training.data import encode_examples, epoch_order, split_global_batch
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     lengths = [len(e.ids) for e in encode_examples(examples, tok, tune_type="lora", max_seq_len=max_seq_len)]
@@ -149,9 +149,9 @@ async def run(args, tmp: Path) -> dict:
     import httpx
     import uvicorn
 
-    from services.common.http import server_config
-    from services.common.objectstore import ObjectPath
-    from services.common.settings import get_settings
+    from services.lib.common.http import server_config
+    from services.lib.common.objectstore import ObjectPath
+    from services.lib.common.settings import get_settings
     from services.gateway.accounts.identity import ensure_bootstrap_admin
     from tests.toydata import alpaca_rows
     from services.runtime import build_app
@@ -188,7 +188,7 @@ async def run(args, tmp: Path) -> dict:
                 await platform.store.download_prefix(ObjectPath("maas-presets", "smollm2-135m-instruct/"), model_dir)
                 source, lr, name = {"template_id": "smollm2-135m-instruct"}, 2e-4, "SmolLM2-135M-Instruct"
             else:
-                from services.mlkit.tiny import build_tiny_model
+                from services.lib.mlkit.tiny import build_tiny_model
 
                 build_tiny_model(model_dir)
                 for file in sorted(model_dir.iterdir()):
@@ -239,7 +239,7 @@ async def run(args, tmp: Path) -> dict:
                 losses["ours_worker"] = [float(LOSS.search(line).group(1)) for line in lines]
                 seq = doc["hyperparameters"]["seq_len"]
 
-                step("the trainer alone: services.mlkit.training.train() in a thread of this process")
+                step("the trainer alone: services.lib.mlkit.training.train() in a thread of this process")
                 alone = await asyncio.to_thread(trainer_alone, model_dir, examples, lr=lr, max_seq_len=seq,
                                                 threads=args.threads, out=tmp / f"alone{rnd}")
                 times["trainer_alone"] += [r["elapsed_time_per_iteration_s"] for r in alone][w:]
@@ -272,7 +272,7 @@ async def run(args, tmp: Path) -> dict:
 
 def trainer_alone(model_dir: Path, examples: list[dict], *, lr: float, max_seq_len: int, threads: int | None,
                   out: Path) -> list[dict]:
-    from services.mlkit.training import TrainConfig, train
+    from services.lib.mlkit.training import TrainConfig, train
 
     logs: list[dict] = []
     train(model_dir=model_dir, examples=examples, output_dir=out, on_log=logs.append,
@@ -292,8 +292,8 @@ def main() -> None:
     args.load_start = os.getloadavg()[0]
     args.iterations = args.iterations or (4 if args.smollm2 else 10)
 
-    from services.common.settings import get_settings
-    from services.embedded.servers import EmbeddedServers
+    from services.lib.common.settings import get_settings
+    from services.lib.embedded.servers import EmbeddedServers
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         tmp = Path(tmp)

@@ -1,7 +1,7 @@
 """OpenAI-compatible chat completion schemas (guide chapter 11, tables 11-1 and 11-2; vLLM's API).
 
 Shared by the per-instance inference server and the gateway. Types and defaults only: the ranges and
-cross-field rules of the sampling parameters are checked by the engine (services.inference.params),
+cross-field rules of the sampling parameters are checked by the engine (services.lib.inference.params),
 which names the offending parameter in an OpenAI error body. Unknown request fields are ignored, as
 vLLM does, so clients that send extra OpenAI fields keep working; but a known field that would change
 the answer and is not implemented (``REFUSED_FIELDS``) is refused with a 400 naming it, never dropped.

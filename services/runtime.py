@@ -5,7 +5,9 @@ The only module that imports every service; services themselves never import eac
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import pkgutil
 import time
 from contextlib import asynccontextmanager
 
@@ -13,44 +15,46 @@ from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from faststream import AckPolicy
 
+import services
+import services.apps
 from contracts import Envelope
-from services.common import asyncapi, audit, health, metrics, outbox
-from services.common.bus import ensure_topics, topic_name
-from services.common.context import Platform
-from services.common.errors import install_error_handlers
-from services.common.http import BodySizeLimit
-from services.common.openapi_errors import document_errors
-from services.common.service_spec import Consumer, PlatformBucket, ServiceSpec, envelope_handler_types
-from services.common.settings import Settings, get_settings
-from services.readmodels.buckets import reserve_platform_buckets
-from services.common.telemetry import isolate_request_context, tracer_provider
-from services.iam import authorize as authorization
+from services.lib.common import asyncapi, audit, health, metrics, outbox
+from services.lib.common.bus import ensure_topics, topic_name
+from services.lib.common.context import Platform
+from services.lib.common.errors import install_error_handlers
+from services.lib.common.http import BodySizeLimit
+from services.lib.common.openapi_errors import document_errors
+from services.lib.common.service_spec import Consumer, PlatformBucket, ServiceSpec, envelope_handler_types
+from services.lib.common.settings import Settings, get_settings
+from services.lib.readmodels.buckets import reserve_platform_buckets
+from services.lib.common.telemetry import isolate_request_context, tracer_provider
+from services.lib.iam import authorize as authorization
 
 log = logging.getLogger(__name__)
 
 def _discover() -> dict[str, ServiceSpec]:
-    """Every ServiceSpec declared in a ``services/<name>/spec.py``."""
-    import importlib
-    import pkgutil
-
-    import services
-
+    """Every ServiceSpec declared in a ``services/<name>/spec.py`` or ``services/apps/<name>/spec.py``
+    (the console is an app the platform serves)."""
     found: dict[str, ServiceSpec] = {}
-    for info in sorted(pkgutil.iter_modules(services.__path__), key=lambda i: i.name):
-        if not info.ispkg:
-            continue
-        try:
-            module = importlib.import_module(f"services.{info.name}.spec")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"services.{info.name}.spec":
-                continue  # a shared package, not a service
-            raise
-        for value in vars(module).values():
-            if isinstance(value, ServiceSpec):
-                if value.name in found:
-                    raise RuntimeError(f"two services are named {value.name!r}")
-                found[value.name] = value
+    for parent in (services, services.apps):
+        for info in sorted(pkgutil.iter_modules(parent.__path__), key=lambda i: i.name):
+            if info.ispkg:
+                _collect(f"{parent.__name__}.{info.name}", found)
     return found
+
+
+def _collect(package: str, found: dict[str, ServiceSpec]) -> None:
+    try:
+        module = importlib.import_module(f"{package}.spec")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{package}.spec":
+            return  # not a service: the libraries, the apps' folder, the CLI
+        raise
+    for value in vars(module).values():
+        if isinstance(value, ServiceSpec):
+            if value.name in found:
+                raise RuntimeError(f"two services are named {value.name!r}")
+            found[value.name] = value
 
 
 SERVICES: dict[str, ServiceSpec] = _discover()
@@ -146,7 +150,7 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if any(s.uses_models for s in specs):
-            from services.mlkit import preload_transformers
+            from services.lib.mlkit import preload_transformers
 
             await asyncio.to_thread(preload_transformers)  # before any worker thread touches it
         # Every process's units of work may write the audit log: its collection exists everywhere.

@@ -2,7 +2,7 @@
 
 ``embedded_servers``: one real nanio + SecantusDB + Tansu stack for the whole test session (started
 lazily by the first test that asks for it, stopped at the end).
-``platform_env``: points ``services.common.settings`` at that stack through the MAAS_* env vars.
+``platform_env``: points ``services.lib.common.settings`` at that stack through the MAAS_* env vars.
 ``running_platform``: every service in one process with real HTTP on that stack (``api``: an httpx
 client with the admin's token, ``anonymous``: one without). Here rather than in tests/integration so
 the integration and browser tests share the one platform of the session.
@@ -23,9 +23,9 @@ import uvicorn
 # dial) is then 127.0.0.1, not this machine's interface address (../shared/INFRA.md).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-from services.common.http import server_config  # noqa: E402
-from services.common.settings import get_settings  # noqa: E402
-from services.embedded.servers import EmbeddedServers  # noqa: E402
+from services.lib.common.http import server_config  # noqa: E402
+from services.lib.common.settings import get_settings  # noqa: E402
+from services.lib.embedded.servers import EmbeddedServers  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
@@ -62,7 +62,7 @@ def _leaves_the_platform_variables_as_it_found_them():
 def smollm2_hf(tmp_path_factory: pytest.TempPathFactory):
     """The preset SmolLM2-135M-Instruct converted to a Hugging Face folder, once per session (the
     conversion takes ~30 s). Tests read it; one that writes into it (e.g. an ONNX export) copies it."""
-    from services.mlkit import smollm2
+    from services.lib.mlkit import smollm2
 
     return smollm2.convert_to_hf(tmp_path_factory.mktemp("smollm2") / "hf")
 

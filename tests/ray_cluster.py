@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import ray
 from ray.cluster_utils import Cluster
 
-from services.common.cluster import NODE_ENV, POOL_LABEL
+from services.lib.common.cluster import NODE_ENV, POOL_LABEL
 
 
 @dataclass

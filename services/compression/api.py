@@ -1,19 +1,19 @@
 """HTTP routes of model compression (guide chapter 7): strategies, the duration estimate, create.
 
-List, detail, delete, stop, continue and logs are the job engine's routes (services.jobs.api),
+List, detail, delete, stop, continue and logs are the job engine's routes (services.lib.jobs.api),
 the same for every kind of job.
 """
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from services.common.auth import Principal
-from services.common.context import Platform, get_platform
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_platform
 from services.compression import service
 from services.compression.jobs import RESOURCE
 from services.compression.models import INSTANCE_SPECS, MAX_INSTANCES, EstimateRequest, JobCreate, Strategy
-from services.iam.authorize import Authorized
-from services.jobs.api import job_routes
+from services.lib.iam.authorize import Authorized
+from services.lib.jobs.api import job_routes
 
 router = APIRouter(prefix="/api/v1", tags=["compression"])
 # The job engine's routes for compression jobs (the service spec mounts them under this name).

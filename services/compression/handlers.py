@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contracts import Envelope
 from contracts.events import ModelArtifactRejected, ModelCreated
-from services.common.context import Platform
+from services.lib.common.context import Platform
 from services.compression.jobs import now
 from services.compression.models import JOBS
 

@@ -1,5 +1,5 @@
 """Job writes shared by the API and the worker: status transitions, task records, log lines (the
-shared mechanics are in services.common.jobs; this binds them to compression's collections), and
+shared mechanics are in services.lib.common.jobs; this binds them to compression's collections), and
 compression as a resource of the job engine's API (``RESOURCE``: list, detail, delete, stop,
 continue, logs)."""
 from __future__ import annotations
@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.compression import CompressionDeleted, CompressionRequested, CompressionStopped
-from services.common import jobs as common
-from services.common.jobs import now  # noqa: F401 (re-exported for the API and worker)
+from services.lib.common import jobs as common
+from services.lib.common.jobs import now  # noqa: F401 (re-exported for the API and worker)
 from services.compression.models import JOBS, LOGS, JobStatus, Strategy, job_view
-from services.jobs.resources import JobResource, Resumption, StopRules
+from services.lib.jobs.resources import JobResource, Resumption, StopRules
 
 TASK_KIND = "compression"
 JOB_LOGS = common.JobLogs(jobs=JOBS, logs=LOGS)
@@ -44,7 +44,7 @@ async def transition(uow, job_id: str, target: JobStatus, *, message: str | None
 
 
 # ---------------------------------------------------------------------------------------------
-# Compression as a resource of the job API (services.jobs.resources)
+# Compression as a resource of the job API (services.lib.jobs.resources)
 # ---------------------------------------------------------------------------------------------
 
 def _stopped(uow, job: dict) -> None:

@@ -8,12 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
-from services.common.cluster import Resources
-from services.common.mongo import IndexSpec
-from services.common.jobs import PermanentLog, SourceModel
-from services.jobs import resources
-from services.common.validation import Description100, ResourceName, TaskName, limited_text
-from services.pools.models import PoolChoice
+from services.lib.common.cluster import Resources
+from services.lib.common.mongo import IndexSpec
+from services.lib.common.jobs import PermanentLog, SourceModel
+from services.lib.jobs import resources
+from services.lib.common.validation import Description100, ResourceName, TaskName, limited_text
+from services.lib.pools.models import PoolChoice
 
 JOBS = "compression_jobs"
 LOGS = "compression_logs"

@@ -1,5 +1,5 @@
 """Use cases of the compression service: estimate and create (list, detail, stop, continue, delete
-and logs are the job engine's: services.jobs.resources).
+and logs are the job engine's: services.lib.jobs.resources).
 
 Everything that can be wrong with a request (names, α, the strategy against the template's table
 7-2 entry, the source model's state and weights, the calibration file, the output name and path)
@@ -13,20 +13,20 @@ from pathlib import Path
 
 from contracts import new_id
 from contracts.compression import CompressionRequested
-from services.common.context import Platform
-from services.common.errors import bad_request, conflict
-from services.readmodels.model_refs import preset_weights_ready, resolve_model_version
-from services.common.objectstore import ObjectPath
-from services.readmodels.buckets import check_access
+from services.lib.common.context import Platform
+from services.lib.common.errors import bad_request, conflict
+from services.lib.readmodels.model_refs import preset_weights_ready, resolve_model_version
+from services.lib.common.objectstore import ObjectPath
+from services.lib.readmodels.buckets import check_access
 from services.compression import estimate as est
 from services.compression.jobs import announce_task_record, now, subject
 from services.compression.models import (DEFAULT_ALPHA, INSTANCE_SPECS, JOBS, MANAGED_BUCKET, SPEC_RESOURCES,
                                          STRATEGY_LABELS,
                                          EstimateRequest, JobCreate, JobStatus, SourceModel, Strategy, job_view)
-from services.mlkit.quantize.calibration import SUFFIXES, CalibrationDataError, parse_calibration_file
-from services.catalog.templates import Template, default_catalog  # shared catalog data, read-only
-from services.jobs.resources import announce_notification_rule, check_output_name
-from services.pools import service as pools
+from services.lib.mlkit.quantize.calibration import SUFFIXES, CalibrationDataError, parse_calibration_file
+from services.lib.catalog.templates import Template, default_catalog  # shared catalog data, read-only
+from services.lib.jobs.resources import announce_notification_rule, check_output_name
+from services.lib.pools import service as pools
 
 MAX_CALIBRATION_BYTES = 200 * 1024 ** 2
 MIN_CALIBRATION_CHARS = 200

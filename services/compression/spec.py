@@ -2,9 +2,9 @@ from contracts.compression import (COMPRESSION_TOPIC, CompressionCompleted, Comp
                                    CompressionRequested, CompressionStarted, CompressionStopped)
 from contracts.events import REGISTRY_TOPIC, ModelArtifactProduced, TaskRecordChanged
 from contracts.notifications import NotificationRuleChanged
-from services.common.service_spec import Consumer, ServiceSpec
+from services.lib.common.service_spec import Consumer, ServiceSpec
 from services.compression import api, handlers, worker
-from services.common.service_spec import PlatformBucket
+from services.lib.common.service_spec import PlatformBucket
 from services.compression.models import INDEXES, MANAGED_BUCKET
 
 COMPRESSION = ServiceSpec(

@@ -1,4 +1,4 @@
-"""What a compression job runs in its job process (``services.jobs``).
+"""What a compression job runs in its job process (``services.lib.jobs``).
 
 Arguments and results are JSON; the worker names ``compress_entry`` by ``COMPRESS``. The pipeline
 module imports torch, optimum and onnxruntime only inside ``compress``, i.e. in the job process.
@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from services.jobs.executor import Channel
-from services.mlkit.quantize.pipeline import Cancelled, CompressionConfig, compress
+from services.lib.jobs.executor import Channel
+from services.lib.mlkit.quantize.pipeline import Cancelled, CompressionConfig, compress
 
 COMPRESS = f"{__name__}:compress_entry"
 

@@ -8,7 +8,7 @@ fresh ``run_id``). An idle worker also polls for queued jobs.
 While a job runs, the worker renews a lease on it. If the process dies, the lease expires and the
 compression service's watchdog re-queues the job (a compression restarts from the beginning; it has
 no checkpoints), up to ``MAX_ATTEMPTS`` runs. Every write of a run is fenced by its ``run_id``; a deleted job stops its run
-at the next progress report. The compression itself runs in a job process (``services.jobs``,
+at the next progress report. The compression itself runs in a job process (``services.lib.jobs``,
 entry in ``work``): model code never shares this process's GIL with its event loop.
 """
 from __future__ import annotations
@@ -26,18 +26,18 @@ from contracts import Envelope
 from contracts.compression import (CompressionCompleted, CompressionFailed, CompressionMetrics, CompressionRequested,
                                    CompressionStarted)
 from contracts.events import ModelArtifactProduced
-from services.common.context import Platform
-from services.common.objectstore import ObjectPath
+from services.lib.common.context import Platform
+from services.lib.common.objectstore import ObjectPath
 from services.compression import work
 from services.compression.jobs import JOB_LOGS, now, subject, transition
 from services.compression.models import JOBS, MAX_ATTEMPTS, STRATEGY_LABELS, JobStatus, Strategy
-from services.jobs.executor import Executor, JobCancelled, Work, WorkFailed
-from services.jobs.executors import executor_for
-from services.jobs.local_process import LocalProcessExecutor
-from services.jobs.runner import JobRunner, Outcome, Run, RunnerSettings, unless_stopped
-from services.jobs.watchdog import watch
-from services.mlkit.quantize.calibration import parse_calibration_file
-from services.mlkit.quantize.pipeline import CompressionConfig, CompressionOutcome
+from services.lib.jobs.executor import Executor, JobCancelled, Work, WorkFailed
+from services.lib.jobs.executors import executor_for
+from services.lib.jobs.local_process import LocalProcessExecutor
+from services.lib.jobs.runner import JobRunner, Outcome, Run, RunnerSettings, unless_stopped
+from services.lib.jobs.watchdog import watch
+from services.lib.mlkit.quantize.calibration import parse_calibration_file
+from services.lib.mlkit.quantize.pipeline import CompressionConfig, CompressionOutcome
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def describe(exc: BaseException) -> str:
 
 
 class CompressionJobs:
-    """Compression as a kind of job of the engine (services.jobs.runner.JobKind)."""
+    """Compression as a kind of job of the engine (services.lib.jobs.runner.JobKind)."""
     name = "compression"
     jobs = JOBS
     logs = JOB_LOGS

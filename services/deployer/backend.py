@@ -21,7 +21,7 @@ class InstanceLaunch:
     served_model_name: str         # the `model` value the instance answers to (the service name)
     model_uri: str                 # s3://bucket/prefix/ of the version's weights (HF or ONNX folder)
     max_model_len: int             # template's max input+output tokens
-    secret: str                    # the instance answers only calls bearing it (services.inference.auth)
+    secret: str                    # the instance answers only calls bearing it (services.lib.inference.auth)
     cpus: int = 1                  # from the instance spec
     env: dict[str, str] = field(default_factory=dict)
     pool: str = "public"           # the service's resource pool (where a cluster backend places it)
@@ -44,7 +44,7 @@ class Health(StrEnum):
 
 class InstanceBackend(abc.ABC):
     name: str = "abstract"
-    # Whether instances take their spec's resources from the service's pool (services.pools.ledger):
+    # Whether instances take their spec's resources from the service's pool (services.lib.pools.ledger):
     # on a cluster, yes; local processes share this machine with the platform and do not (docs/cluster.md).
     reserves_pool_capacity: bool = False
 

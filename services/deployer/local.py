@@ -1,14 +1,14 @@
 """Instances as local subprocesses: one inference server per instance, on a free port, logs to a file.
 
 The default backend of the embedded platform. Each instance is
-``python -m services.inference.server --model-dir DIR --port P --served-model-name NAME --max-model-len N``
+``python -m services.lib.inference.server --model-dir DIR --port P --served-model-name NAME --max-model-len N``
 with stdout and stderr in ``<root>/logs/<instance id>.log`` (owner-only). Children die with the
 deployer (Linux parent-death signal), so a crashed platform leaves no orphan holding a port and
 gigabytes of RAM.
 
 An instance runs user-supplied weights and answers whatever reaches its port, so it gets none of the
-platform's credentials (services.common.child_env): only what it needs, its secret included
-(services.inference.auth). It listens on ``host`` (loopback unless the deployer is told otherwise).
+platform's credentials (services.lib.common.child_env): only what it needs, its secret included
+(services.lib.inference.auth). It listens on ``host`` (loopback unless the deployer is told otherwise).
 
 The first instance of a model that has no ONNX export yet starts alone (services.deployer.exports).
 """
@@ -26,13 +26,13 @@ from pathlib import Path
 
 import httpx
 
-from services.common.child_env import child_env
-from services.common.private_files import PRIVATE_UMASK, open_private_append, private_dir
+from services.lib.common.child_env import child_env
+from services.lib.common.private_files import PRIVATE_UMASK, open_private_append, private_dir
 from services.deployer.backend import Health, InstanceBackend, InstanceHandle, InstanceLaunch
 from services.deployer.exports import ExportGate
 from services.deployer.modelcache import ModelCache
-from services.inference.auth import SECRET_ENV
-from services.inference.providers import ENV_PROVIDER
+from services.lib.inference.auth import SECRET_ENV
+from services.lib.inference.providers import ENV_PROVIDER
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ MAX_LOG_READ = 1 << 20
 
 
 def inference_command(launch: InstanceLaunch, model_dir: Path | None, port: int, host: str) -> list[str]:
-    return [sys.executable, "-m", "services.inference.server", "--model-dir", str(model_dir), "--port", str(port),
+    return [sys.executable, "-m", "services.lib.inference.server", "--model-dir", str(model_dir), "--port", str(port),
             "--host", host,
             "--served-model-name", launch.served_model_name, "--max-model-len", str(launch.max_model_len),
             "--threads", str(launch.cpus)]

@@ -14,11 +14,11 @@ import logging
 import shutil
 from pathlib import Path
 
-from services.common.objectstore import ObjectPath, ObjectStore
-from services.mlkit.onnx_export import EXPORT_MARKER, is_onnx_folder
+from services.lib.common.objectstore import ObjectPath, ObjectStore
+from services.lib.mlkit.onnx_export import EXPORT_MARKER, is_onnx_folder
 
 log = logging.getLogger(__name__)
-EXPORT_DIRS = ("onnx", "onnx-gqa")   # where services.mlkit.onnx_export.ensure_onnx puts its exports
+EXPORT_DIRS = ("onnx", "onnx-gqa")   # where services.lib.mlkit.onnx_export.ensure_onnx puts its exports
 COMPLETE = ".complete"
 
 

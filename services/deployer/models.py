@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pymongo import ASCENDING
 
-from services.common.mongo import IndexSpec
-from services.readmodels.serving_refs import INSTANCES, SERVICE_LOGS
+from services.lib.common.mongo import IndexSpec
+from services.lib.readmodels.serving_refs import INSTANCES, SERVICE_LOGS
 
 LOGS_KEPT_DAYS = 30
 

@@ -7,7 +7,7 @@ spec's CPUs and may only run on a node labelled ``openmaas.io/pool=<pool>`` (a h
 constraint); the platform admitted the instance in the pool's ledger first, so Ray finds the room.
 
 On its node the actor starts the same inference server as the local backend
-(``python -m services.inference.server``, same arguments, an environment without the platform's
+(``python -m services.lib.inference.server``, same arguments, an environment without the platform's
 credentials, its secret included), bound to the node's IP address (or ``host`` when every node is
 this machine, as in tests), and dies with it: the server is
 the actor's child with a parent-death signal, so a killed actor or a lost node leaves no server.
@@ -32,8 +32,8 @@ import httpx
 import ray
 from ray.util.scheduling_strategies import In, NodeLabelSchedulingStrategy
 
-from services.common.cluster import POOL_LABEL, RayCluster
-from services.common.private_files import open_private_append, private_dir
+from services.lib.common.cluster import POOL_LABEL, RayCluster
+from services.lib.common.private_files import open_private_append, private_dir
 from services.deployer.backend import Health, InstanceBackend, InstanceHandle, InstanceLaunch
 from services.deployer.exports import ExportGate
 # The local backend's server command, environment and log reading: one definition for both backends.

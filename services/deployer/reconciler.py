@@ -14,7 +14,7 @@ interval), then told to stop, which lets its in-flight requests finish. One pass
 at a time; a nudge during a pass makes another pass follow. A single deployer runs per platform.
 
 Resource pools: on a backend that reserves pool capacity (Ray), an instance is admitted in its
-service's pool (``services.pools.ledger``) in the same unit of work that records it, and released
+service's pool (``services.lib.pools.ledger``) in the same unit of work that records it, and released
 in the one that forgets it. An instance that does not fit is not recorded: the service says what it
 waits for (status message), is listed in the pool's queue, and the pass is repeated when an
 instance of that pool goes away, or on the next resync.
@@ -31,11 +31,11 @@ from datetime import UTC, datetime
 
 from contracts import new_id
 from contracts.serving import InstanceChanged, ServiceStatusReported
-from services.common.cluster import PUBLIC_POOL, Resources
-from services.common.context import Platform, transact
-from services.pools import ledger
-from services.pools.service import capacity
-from services.readmodels.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
+from services.lib.common.cluster import PUBLIC_POOL, Resources
+from services.lib.common.context import Platform, transact
+from services.lib.pools import ledger
+from services.lib.pools.service import capacity
+from services.lib.readmodels.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
 from services.deployer.backend import Health, InstanceBackend, InstanceHandle, InstanceLaunch
 from services.deployer.settings import DeployerSettings
 

@@ -5,8 +5,8 @@ import asyncio
 import logging
 from pathlib import Path
 
-from services.common.cluster import RayCluster
-from services.common.context import Platform
+from services.lib.common.cluster import RayCluster
+from services.lib.common.context import Platform
 from services.deployer.backend import InstanceBackend
 from services.deployer.local import LocalProcessBackend
 from services.deployer.modelcache import ModelCache

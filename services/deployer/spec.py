@@ -1,5 +1,5 @@
 from contracts.serving import SERVING_TOPIC, InstanceChanged, ServiceStatusReported
-from services.common.service_spec import Consumer, ServiceSpec
+from services.lib.common.service_spec import Consumer, ServiceSpec
 from services.deployer import handlers, runtime
 from services.deployer.models import INDEXES
 

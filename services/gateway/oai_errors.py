@@ -5,7 +5,7 @@ import math
 
 from fastapi.responses import JSONResponse
 
-from services.common.errors import openai_error_body, openai_error_type
+from services.lib.common.errors import openai_error_body, openai_error_type
 
 
 class OpenAIError(Exception):

@@ -1,5 +1,5 @@
 from contracts.serving import PresetServiceWakeRequested
-from services.common.service_spec import ServiceSpec
+from services.lib.common.service_spec import ServiceSpec
 from services.gateway.accounts import audit_api, credentials, iam_api, identity, login_throttle, sessions
 from services.gateway.inference import chat, moderation, openai_api, playground
 from services.gateway.keys import api as keys_api
@@ -10,11 +10,11 @@ from services.gateway.quotas import metering
 from services.gateway.quotas import ratelimit
 from services.gateway.quotas import service as quotas
 from services.gateway.storage import api as storage_api
-from services.iam import store as iam_store
-from services.pools import api as pools_api
-from services.pools import ledger as pool_ledger
-from services.pools import models as pool_models
-from services.pools import usage as pool_usage
+from services.lib.iam import store as iam_store
+from services.lib.pools import api as pools_api
+from services.lib.pools import ledger as pool_ledger
+from services.lib.pools import models as pool_models
+from services.lib.pools import usage as pool_usage
 
 GATEWAY = ServiceSpec(
     name="gateway",

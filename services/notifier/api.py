@@ -7,11 +7,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from contracts.notifications import EVENT_KIND_LABELS, EventKind
-from services.common.auth import Principal
-from services.common.context import Platform, get_component, get_platform
-from services.common.errors import not_found
-from services.common.paging import Offset
-from services.iam.authorize import Authorized
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_component, get_platform
+from services.lib.common.errors import not_found
+from services.lib.common.paging import Offset
+from services.lib.iam.authorize import Authorized
 from services.notifier import service, timeline
 from services.notifier.delivery import DeliveryQueue
 from services.notifier.kinds import TIMELINE_RESOURCES

@@ -25,7 +25,7 @@ from pymongo import ASCENDING, ReturnDocument
 from standardwebhooks.webhooks import Webhook
 
 from contracts import new_id
-from services.common import metrics
+from services.lib.common import metrics
 from services.notifier.cloudevents_format import CLOUDEVENTS, CLOUDEVENTS_CONTENT_TYPE, cloudevent
 from services.notifier.endpoints import AddressNotAllowed, EndpointRejected, HostNotFound
 from services.notifier.models import (DELIVERIES, SUBSCRIPTIONS, DeliveryKind, DeliveryStatus,

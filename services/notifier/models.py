@@ -10,8 +10,8 @@ from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventKind
 from contracts.timestamps import Timestamp
-from services.common.mongo import IndexSpec
-from services.common.validation import ResourceName, limited_text
+from services.lib.common.mongo import IndexSpec
+from services.lib.common.validation import ResourceName, limited_text
 
 TOPICS = "notification_topics"
 SUBSCRIPTIONS = "notification_subscriptions"

@@ -16,8 +16,8 @@ from pymongo.errors import DuplicateKeyError
 from contracts import Envelope, new_id
 from contracts.notifications import EVENT_KIND_LABELS, NotificationRuleChanged
 from contracts.timestamps import rfc3339
-from services.common.context import Platform, transact
-from services.common.errors import ApiError, bad_request, conflict, not_found
+from services.lib.common.context import Platform, transact
+from services.lib.common.errors import ApiError, bad_request, conflict, not_found
 from services.notifier import delivery
 from services.notifier.endpoints import EndpointRejected
 from services.notifier.endpoints import check as check_endpoint

@@ -1,5 +1,5 @@
-from services.common import metrics
-from services.common.service_spec import Consumer, ServiceSpec
+from services.lib.common import metrics
+from services.lib.common.service_spec import Consumer, ServiceSpec
 from services.notifier import api, delivery, handlers, models, timeline
 
 

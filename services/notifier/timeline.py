@@ -16,7 +16,7 @@ from pymongo import ASCENDING, DESCENDING
 from contracts import Envelope
 from contracts.notifications import EVENT_KIND_LABELS
 from contracts.timestamps import Timestamp
-from services.common.mongo import IndexSpec
+from services.lib.common.mongo import IndexSpec
 from services.notifier.kinds import resource_of
 
 EVENTS = "event_timeline"

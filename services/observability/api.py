@@ -5,10 +5,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from services.common.auth import Principal
-from services.common.errors import ApiError, not_found
-from services.common.telemetry_export import RECENT_SPANS
-from services.iam.authorize import Authorized
+from services.lib.common.auth import Principal
+from services.lib.common.errors import ApiError, not_found
+from services.lib.common.telemetry_export import RECENT_SPANS
+from services.lib.iam.authorize import Authorized
 
 router = APIRouter(prefix="/api/v1", tags=["observability"])
 

@@ -6,8 +6,8 @@ import logging
 
 from aiokafka import TopicPartition
 
-from services.common import metrics
-from services.common.outbox import OUTBOX
+from services.lib.common import metrics
+from services.lib.common.outbox import OUTBOX
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from services.common.auth import Principal
-from services.common.context import Platform, get_platform
-from services.common.errors import not_found
-from services.common.paging import Offset
-from services.iam.authorize import Authorized
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_platform
+from services.lib.common.errors import not_found
+from services.lib.common.paging import Offset
+from services.lib.iam.authorize import Authorized
 from services.registry import service
-from services.catalog.templates import default_catalog, task_filters
+from services.lib.catalog.templates import default_catalog, task_filters
 from services.registry.models import ModelCreate, ModelView, VersionCreate, VersionView
 from services.registry.presets import preset_states
 
@@ -36,7 +36,7 @@ async def list_templates(
     search: str | None = None,
     platform: Platform = Depends(get_platform),
 ):
-    from services.common.errors import bad_request
+    from services.lib.common.errors import bad_request
 
     try:
         templates = default_catalog().list(series=series, task=task, language=language, quantized=quantized,

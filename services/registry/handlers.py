@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from contracts import Envelope
 from contracts.events import (ModelArtifactProduced, ModelDeleted, ModelVersionStatusChanged, TaskRecordChanged,
                               WeightValidationCompleted)
-from services.common.context import Platform
-from services.common.objectstore import ObjectPath
+from services.lib.common.context import Platform
+from services.lib.common.objectstore import ObjectPath
 from services.registry.service import register_artifact
 from services.registry.models import MANAGED_BUCKET, MODELS, TASK_RECORDS, VERSIONS, Status, TaskStatus
 

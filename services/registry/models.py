@@ -8,10 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymongo import ASCENDING, DESCENDING
 
 from contracts.timestamps import Timestamp
-from services.common.mongo import IndexSpec
-from services.common.validation import Description100, ResourceName
+from services.lib.common.mongo import IndexSpec
+from services.lib.common.validation import Description100, ResourceName
 
-from services.readmodels.model_refs import MODELS, VERSIONS  # noqa: E402  (the registry's published read contract)
+from services.lib.readmodels.model_refs import MODELS, VERSIONS  # noqa: E402  (the registry's published read contract)
 
 TASK_RECORDS = "model_task_records"
 PRESETS = "preset_imports"

@@ -16,14 +16,14 @@ from pathlib import Path
 from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from services.common.context import Platform
-from services.common.objectstore import ObjectPath
-from services.common.service_spec import PlatformBucket
-from services.readmodels.buckets import reserve_platform_buckets
-from services.jobs.executor import Work, WorkFailed
-from services.jobs.local_process import LocalProcessExecutor
+from services.lib.common.context import Platform
+from services.lib.common.objectstore import ObjectPath
+from services.lib.common.service_spec import PlatformBucket
+from services.lib.readmodels.buckets import reserve_platform_buckets
+from services.lib.jobs.executor import Work, WorkFailed
+from services.lib.jobs.local_process import LocalProcessExecutor
 from services.registry import work
-from services.catalog.templates import Template, default_catalog
+from services.lib.catalog.templates import Template, default_catalog
 from services.registry.models import PRESETS
 
 log = logging.getLogger(__name__)

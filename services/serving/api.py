@@ -5,10 +5,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from services.common.auth import Principal
-from services.common.context import Platform, get_platform
-from services.common.paging import Offset
-from services.iam.authorize import Authorized
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_platform
+from services.lib.common.paging import Offset
+from services.lib.iam.authorize import Authorized
 from services.serving import service
 from services.serving.models import (INSTANCE_SPECS, MAX_QPS, RESOURCE_POOLS, ModerationRequest, QpsRequest,
                                      ScaleRequest, ServiceCreate, ServiceView, UpgradeRequest)

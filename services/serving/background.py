@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from services.common.context import Platform
+from services.lib.common.context import Platform
 from services.serving import service
 from services.serving.settings import serving_settings
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from contracts import Envelope
 from contracts.serving import InstanceChanged, PresetServiceWakeRequested, ServiceStatusReported
-from services.common.context import Platform
+from services.lib.common.context import Platform
 from services.serving import service
 
 

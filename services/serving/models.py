@@ -9,11 +9,11 @@ from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
 from contracts.timestamps import Timestamp
-from services.common.cluster import Resources
-from services.common.mongo import IndexSpec
-from services.pools.models import PoolChoice
-from services.readmodels.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
-from services.common.validation import TaskName, limited_text
+from services.lib.common.cluster import Resources
+from services.lib.common.mongo import IndexSpec
+from services.lib.pools.models import PoolChoice
+from services.lib.readmodels.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
+from services.lib.common.validation import TaskName, limited_text
 
 SERVICE_EVENTS = "service_events"
 EVENTS_KEPT_DAYS = 30        # guide 8: events are kept for one month

@@ -20,13 +20,13 @@ from contracts.notifications import NotificationRuleChanged
 from contracts.serving import (ServiceDeleted, ServiceDeployRequested, ServiceModerationChanged, ServiceQpsChanged,
                                ServiceScaled, ServiceStarted, ServiceStatusChanged, ServiceStatusReported,
                                ServiceStopped, ServiceUpgraded)
-from services.common.account_limits import account_limits, refuse
-from services.common.context import Platform
-from services.common.errors import ApiError, bad_request, conflict, not_found
-from services.readmodels.model_refs import resolve_model_version
-from services.common.objectstore import ObjectPath
-from services.pools import service as pools
-from services.readmodels.serving_refs import INSTANCES, PRESET_TENANT, SERVICE_LOGS, SERVICES, preset_service_id
+from services.lib.common.account_limits import account_limits, refuse
+from services.lib.common.context import Platform
+from services.lib.common.errors import ApiError, bad_request, conflict, not_found
+from services.lib.readmodels.model_refs import resolve_model_version
+from services.lib.common.objectstore import ObjectPath
+from services.lib.pools import service as pools
+from services.lib.readmodels.serving_refs import INSTANCES, PRESET_TENANT, SERVICE_LOGS, SERVICES, preset_service_id
 from services.serving.models import (EVENTS_KEPT_DAYS, INSTANCE_SPECS, QPS_CHANGEABLE, SCALABLE, SERVICE_EVENTS,
                                      STARTABLE, STOPPABLE, UPGRADABLE, ModerationRequest, ServiceCreate,
                                      ServiceView, Status, instance_resources, recommended_instances, service_view)

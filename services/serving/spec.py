@@ -3,7 +3,7 @@ from contracts.notifications import NotificationRuleChanged
 from contracts.serving import (DEPLOYER_TOPIC, GATEWAY_TOPIC, ServiceDeleted, ServiceDeployRequested,
                                ServiceModerationChanged, ServiceQpsChanged, ServiceScaled, ServiceStarted,
                                ServiceStatusChanged, ServiceStopped, ServiceUpgraded)
-from services.common.service_spec import Consumer, ServiceSpec
+from services.lib.common.service_spec import Consumer, ServiceSpec
 from services.serving import api, background, handlers
 from services.serving.models import INDEXES, READ_INDEXES
 

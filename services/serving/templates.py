@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.catalog.templates import default_catalog
+from services.lib.catalog.templates import default_catalog
 
 
 @dataclass(frozen=True)

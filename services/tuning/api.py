@@ -1,16 +1,16 @@
 """HTTP routes of model tuning (模型调优): estimate, create, checkpoints and their conversions.
 
-List, detail, delete, stop, continue and logs are the job engine's routes (services.jobs.api),
+List, detail, delete, stop, continue and logs are the job engine's routes (services.lib.jobs.api),
 the same for every kind of job.
 """
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from services.common.auth import Principal
-from services.common.context import Platform, get_platform
-from services.iam.authorize import Authorized
-from services.jobs.api import job_routes
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_platform
+from services.lib.iam.authorize import Authorized
+from services.lib.jobs.api import job_routes
 from services.tuning import service
 from services.tuning.jobs import RESOURCE
 from services.tuning.models import ConversionCreate, EstimateRequest, JobCreate

@@ -9,7 +9,7 @@ from __future__ import annotations
 from contracts import Envelope
 from contracts.events import ModelArtifactRejected, ModelCreated, ModelVersionCreated, TaskRecordChanged
 from contracts.tuning import TuneRequested
-from services.common.context import Platform
+from services.lib.common.context import Platform
 from services.tuning.jobs import now, transact, transition
 from services.tuning.models import CONVERSIONS, JOBS, JobStatus
 

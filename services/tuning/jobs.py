@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from contracts.tuning import TuneDeleted, TuneRequested, TuneStopped
-from services.common import jobs as common
-from services.common.context import Platform
-from services.common.context import transact  # noqa: F401 (re-exported for the API, worker and watchdog)
-from services.common.jobs import now  # noqa: F401 (re-exported for the API, worker and watchdog)
-from services.jobs import resources
-from services.jobs.resources import JobResource, Resumption, StopRules
+from services.lib.common import jobs as common
+from services.lib.common.context import Platform
+from services.lib.common.context import transact  # noqa: F401 (re-exported for the API, worker and watchdog)
+from services.lib.common.jobs import now  # noqa: F401 (re-exported for the API, worker and watchdog)
+from services.lib.jobs import resources
+from services.lib.jobs.resources import JobResource, Resumption, StopRules
 from services.tuning.models import CONVERSIONS, JOBS, LOGS, JobStatus, job_view, managed_root
 from services.tuning.states import STOPPABLE, allowed_from
 
@@ -45,7 +45,7 @@ async def transition(uow, job_id: str, target: JobStatus, *, message: str | None
 
 
 # ---------------------------------------------------------------------------------------------
-# Tuning as a resource of the job API (services.jobs.resources)
+# Tuning as a resource of the job API (services.lib.jobs.resources)
 # ---------------------------------------------------------------------------------------------
 
 def _stopped(uow, job: dict) -> None:

@@ -9,13 +9,13 @@ from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
 from contracts.timestamps import Timestamp, instants
-from services.common.cluster import Resources
-from services.common.mongo import IndexSpec
-from services.common.jobs import PermanentLog, SourceModel
-from services.common.objectstore import ObjectPath
-from services.jobs import resources
-from services.common.validation import Description100, ResourceName, TaskName, limited_text
-from services.pools.models import PoolChoice
+from services.lib.common.cluster import Resources
+from services.lib.common.mongo import IndexSpec
+from services.lib.common.jobs import PermanentLog, SourceModel
+from services.lib.common.objectstore import ObjectPath
+from services.lib.jobs import resources
+from services.lib.common.validation import Description100, ResourceName, TaskName, limited_text
+from services.lib.pools.models import PoolChoice
 
 JOBS = "tuning_jobs"
 LOGS = "tuning_logs"

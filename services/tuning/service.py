@@ -1,5 +1,5 @@
 """Use cases of the tuning service: estimate, create, checkpoints and their conversion into models
-(list, detail, stop, continue, delete and logs are the job engine's: services.jobs.resources).
+(list, detail, stop, continue, delete and logs are the job engine's: services.lib.jobs.resources).
 Keyword-only; each write is one unit of work.
 
 Everything that can be wrong with a request (names, ranges, the source model, the template's tune
@@ -16,14 +16,14 @@ from pymongo import ASCENDING
 from contracts import new_id
 from contracts.events import ModelArtifactProduced
 from contracts.tuning import CheckpointConversionRequested, TuneRequested
-from services.common.context import Platform
-from services.common.errors import ApiError, bad_request, conflict, not_found
-from services.jobs import resources
-from services.pools import service as pools
-from services.readmodels.model_refs import preset_weights_ready, resolve_model_version
-from services.common.objectstore import ObjectPath
-from services.readmodels.buckets import check_access
-from services.catalog.templates import Template, default_catalog  # shared catalog data, read-only
+from services.lib.common.context import Platform
+from services.lib.common.errors import ApiError, bad_request, conflict, not_found
+from services.lib.jobs import resources
+from services.lib.pools import service as pools
+from services.lib.readmodels.model_refs import preset_weights_ready, resolve_model_version
+from services.lib.common.objectstore import ObjectPath
+from services.lib.readmodels.buckets import check_access
+from services.lib.catalog.templates import Template, default_catalog  # shared catalog data, read-only
 from services.tuning import estimate as est
 from services.tuning.datasets import (DatasetInvalid, DatasetRejected, ParsedDataset, check_whole_file_size,
                                      file_kind, normalise_dataset, to_jsonl)

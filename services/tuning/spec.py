@@ -2,9 +2,9 @@ from contracts.events import REGISTRY_TOPIC, ModelArtifactProduced, TaskRecordCh
 from contracts.notifications import NotificationRuleChanged
 from contracts.tuning import (TUNING_TOPIC, CheckpointConversionRequested, CheckpointSaved, TuneCompleted, TuneDeleted,
                               TuneFailed, TuneHangSuspected, TuneProgress, TuneRequested, TuneStarted, TuneStopped)
-from services.common.service_spec import Consumer, ServiceSpec
+from services.lib.common.service_spec import Consumer, ServiceSpec
 from services.tuning import api, handlers, watchdog, worker
-from services.common.service_spec import PlatformBucket
+from services.lib.common.service_spec import PlatformBucket
 from services.tuning.models import INDEXES, MANAGED_BUCKET
 
 TUNING = ServiceSpec(

@@ -1,4 +1,4 @@
-"""Watchdog of the tuning service: the engine's lease watchdog (``services.jobs.watchdog``) re-queues
+"""Watchdog of the tuning service: the engine's lease watchdog (``services.lib.jobs.watchdog``) re-queues
 a job whose worker stopped renewing its lease from its latest checkpoint when auto-restart allows it
 (``TuningJobs.recover``), and failed with the reason otherwise; here also the hang report (疑似卡死)."""
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 from contracts.tuning import TuneHangSuspected
-from services.common.context import Platform
-from services.jobs.watchdog import watch
+from services.lib.common.context import Platform
+from services.lib.jobs.watchdog import watch
 from services.tuning.jobs import JOB_LOGS, now, subject, transact
 from services.tuning.models import JOBS, JobStatus
 from services.tuning.settings import TuningSettings

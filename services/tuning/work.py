@@ -1,4 +1,4 @@
-"""What a tuning job runs in its job process (``services.jobs``): training and the LoRA merge.
+"""What a tuning job runs in its job process (``services.lib.jobs``): training and the LoRA merge.
 
 Arguments and results are JSON; the worker names these functions by their entry strings (``TRAIN``,
 ``MERGE``). The worker imports this module for those names, so the trainer (it imports torch) is
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.jobs.executor import Channel, stop_requested
+from services.lib.jobs.executor import Channel, stop_requested
 
 TRAIN = f"{__name__}:train_entry"
 MERGE = f"{__name__}:merge_entry"
@@ -17,11 +17,11 @@ MERGE = f"{__name__}:merge_entry"
 def train_entry(args: dict, channel: Channel) -> dict:
     """args: model_dir, examples, config (TrainConfig fields), output_dir, resume_from (or None),
     ranks (or None): {pool, cpus_per_rank, gpus_per_rank} to place the ranks on nodes of a Ray pool."""
-    from services.mlkit.training import TrainConfig, train
+    from services.lib.mlkit.training import TrainConfig, train
 
     ray_placement = None
     if args.get("ranks"):
-        from services.mlkit.training.ray_ranks import RayPlacement   # ray: cluster mode only
+        from services.lib.mlkit.training.ray_ranks import RayPlacement   # ray: cluster mode only
 
         ray_placement = RayPlacement(**args["ranks"])
     result = train(model_dir=Path(args["model_dir"]), examples=args["examples"], config=TrainConfig(**args["config"]),
@@ -38,7 +38,7 @@ def train_entry(args: dict, channel: Channel) -> dict:
 
 def merge_entry(args: dict, channel: Channel) -> str:
     """args: base_dir, adapter_dir, out_dir; the merged HF folder."""
-    from services.mlkit.training import merge_lora
+    from services.lib.mlkit.training import merge_lora
 
     return str(merge_lora(base_dir=Path(args["base_dir"]), adapter_dir=Path(args["adapter_dir"]),
                           out_dir=Path(args["out_dir"])))

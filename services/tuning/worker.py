@@ -1,4 +1,4 @@
-"""The tuning worker: tuning as a kind of job of the engine (``services.jobs``), plus checkpoint
+"""The tuning worker: tuning as a kind of job of the engine (``services.lib.jobs``), plus checkpoint
 conversions (a LoRA checkpoint merged into a model of its own).
 
 The engine claims a job (creating/waiting -> running with a fresh ``run_id``), renews its lease,
@@ -29,12 +29,12 @@ from contracts import Envelope
 from contracts.events import ModelArtifactProduced
 from contracts.tuning import (CheckpointConversionRequested, CheckpointSaved, TuneCompleted, TuneFailed,
                               TuneProgress, TuneRequested, TuneStarted, TuneStopped)
-from services.common.context import Platform
-from services.common.objectstore import ObjectPath
-from services.jobs.executor import Executor, Work, WorkFailed, ignore_messages
-from services.jobs.executors import executor_for
-from services.jobs.local_process import LocalProcessExecutor
-from services.jobs.runner import JobRunner, Outcome, Run, RunnerSettings, flush_run, keep_logs
+from services.lib.common.context import Platform
+from services.lib.common.objectstore import ObjectPath
+from services.lib.jobs.executor import Executor, Work, WorkFailed, ignore_messages
+from services.lib.jobs.executors import executor_for
+from services.lib.jobs.local_process import LocalProcessExecutor
+from services.lib.jobs.runner import JobRunner, Outcome, Run, RunnerSettings, flush_run, keep_logs
 from services.tuning import work
 from services.tuning.jobs import JOB_LOGS, now, subject, transact, transition
 from services.tuning.models import CONVERSIONS, JOBS, JobStatus, managed_root
@@ -47,7 +47,7 @@ TRAINING_ONLY_PREFIXES = ("optimizer.pt", "scheduler.pt", "trainer_state.json", 
 
 
 class TuningJobs:
-    """Tuning as a kind of job of the engine (services.jobs.runner.JobKind)."""
+    """Tuning as a kind of job of the engine (services.lib.jobs.runner.JobKind)."""
     name = "tuning"
     jobs = JOBS
     logs = JOB_LOGS
@@ -99,7 +99,7 @@ class TuningJobs:
     async def execute(self, run: Run) -> Outcome:
         # Imported here, not at the top: the package imports torch, which the tuning API process
         # (it imports this module for the watchdog) never needs.
-        from services.mlkit.training import TrainConfig, log_line
+        from services.lib.mlkit.training import TrainConfig, log_line
 
         job, hp = run.job, run.job["hyperparameters"]
         run.say(f"job '{job['name']}' ({job['tune_type']}) claimed by worker {run.worker_id}; "

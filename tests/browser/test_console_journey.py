@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import expect
 
-from services.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.tiny import build_tiny_model
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration

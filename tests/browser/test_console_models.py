@@ -6,7 +6,7 @@ import re
 import pytest
 from playwright.async_api import expect
 
-from services.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
 

@@ -13,10 +13,10 @@ import uuid
 import pytest
 from playwright.async_api import expect
 
-from services.common.cluster import Resources
-from services.common.context import transact
-from services.mlkit.tiny import build_tiny_model
-from services.pools import ledger
+from services.lib.common.cluster import Resources
+from services.lib.common.context import transact
+from services.lib.mlkit.tiny import build_tiny_model
+from services.lib.pools import ledger
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""Run the real `maas` CLI (``python -m services.cli``) as a subprocess against the running platform."""
+"""Run the real `maas` CLI (``python -m services.apps.cli``) as a subprocess against the running platform."""
 from __future__ import annotations
 
 import asyncio
@@ -28,7 +28,7 @@ class Maas:
     async def __call__(self, *args: str, input: str | None = None, env: dict | None = None,
                        timeout: float = 300) -> Result:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", *args, env={**self.env, **(env or {})},
+            sys.executable, "-m", "services.apps.cli", *args, env={**self.env, **(env or {})},
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(input.encode() if input else None), timeout=timeout)
         return Result(proc.returncode, out.decode(), err.decode())

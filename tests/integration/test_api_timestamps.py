@@ -12,7 +12,7 @@ import pytest
 
 from contracts import new_id
 from contracts.timestamps import RFC3339_MS
-from services.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.tiny import build_tiny_model
 from tests.integration.conftest import wait_for
 from tests.integration.test_tuning_jobs import create_model, upload_model
 

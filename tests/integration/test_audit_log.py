@@ -9,7 +9,7 @@ import io
 import pytest
 
 from contracts import new_id
-from services.common.audit import AUDIT, TTL_INDEX
+from services.lib.common.audit import AUDIT, TTL_INDEX
 from services.gateway.accounts.login_throttle import LOGIN_FAILURES
 from tests.integration.conftest import signed_in_tenant
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from services.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.tiny import build_tiny_model
 from tests.integration.cli_helpers import Maas
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.common.objectstore import ObjectPath
+from services.lib.common.objectstore import ObjectPath
 from tests.integration.conftest import wait_for
 from tests.integration.test_compression_api import (bucket, create_model, job_body, tiny_folder,  # noqa: F401
                                                     upload_folder)

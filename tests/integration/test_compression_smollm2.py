@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from services.common.objectstore import ObjectPath
+from services.lib.common.objectstore import ObjectPath
 from tests.integration.conftest import wait_for
 from tests.integration.test_compression_jobs import output_model, settled_job
 
@@ -27,9 +27,9 @@ GOALS = {"smoothquant-w8a8": (1.05, 0.30), "awq-w4a16": (1.15, 0.20)}
 
 
 def _answer(folder, question: str) -> str:
-    """What the inference engine (services/inference, as serving runs it) answers from the folder."""
-    from services.inference.engine import Engine
-    from services.inference.params import SamplingParams
+    """What the inference engine (services/lib/inference, as serving runs it) answers from the folder."""
+    from services.lib.inference.engine import Engine
+    from services.lib.inference.params import SamplingParams
 
     engine = Engine(folder, max_model_len=256, max_num_seqs=1)
     try:

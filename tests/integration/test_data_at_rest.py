@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.embedded.servers import EmbeddedServers
+from services.lib.embedded.servers import EmbeddedServers
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ import signal
 import httpx
 import pytest
 
-from services.common.settings import Settings
-from services.embedded.servers import EmbeddedServers
+from services.lib.common.settings import Settings
+from services.lib.embedded.servers import EmbeddedServers
 from tests.conftest import serve_platform
 from tests.integration.conftest import wait_for
 

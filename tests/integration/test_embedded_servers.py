@@ -19,8 +19,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from services.common.settings import get_settings
-from services.embedded.servers import EmbeddedServerError, EmbeddedServers
+from services.lib.common.settings import get_settings
+from services.lib.embedded.servers import EmbeddedServerError, EmbeddedServers
 
 pytestmark = pytest.mark.integration
 

@@ -12,10 +12,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from contracts import Envelope, new_id
 from contracts.events import ModelVersionStatusChanged, TaskRecordChanged, WeightValidationCompleted
-from services.common.bus import topic_name
-from services.common.outbox import OUTBOX
-from services.common.telemetry import tracer_provider
-from services.mlkit.tiny import build_tiny_model
+from services.lib.common.bus import topic_name
+from services.lib.common.outbox import OUTBOX
+from services.lib.common.telemetry import tracer_provider
+from services.lib.mlkit.tiny import build_tiny_model
 from services.registry import handlers
 from services.registry.models import MODELS, TASK_RECORDS, VERSIONS
 from tests.integration.conftest import wait_for

@@ -31,7 +31,7 @@ def _free_port() -> int:
 def start_server(model_dir: Path, *, name: str, max_model_len: int | None = None, log: Path,
                  secret: str | None = SECRET):
     port = _free_port()
-    cmd = [sys.executable, "-m", "services.inference.server", "--model-dir", str(model_dir),
+    cmd = [sys.executable, "-m", "services.lib.inference.server", "--model-dir", str(model_dir),
            "--port", str(port), "--served-model-name", name]
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]

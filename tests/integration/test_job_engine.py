@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from services.compression.worker import CompressionSettings, build_runner
-from services.jobs.runner import JobRunner, RunnerSettings
+from services.lib.jobs.runner import JobRunner, RunnerSettings
 from services.registry import validation_jobs
 from services.tuning.settings import TuningSettings
 from services.tuning.worker import build_worker
@@ -88,7 +88,7 @@ async def _submit_compression(api, bucket, tiny_folder, **_):  # noqa: F811
 
 
 async def _submit_tuning(api, bucket, tmp_path_factory, **_):  # noqa: F811
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
 
     folder = build_tiny_model(tmp_path_factory.mktemp("engine") / "tiny")
     path = await upload_model(api, folder, f"{bucket}/engine-tiny")

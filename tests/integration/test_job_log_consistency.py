@@ -12,9 +12,9 @@ import pytest
 from pymongo import ReturnDocument
 
 from contracts import new_id
-from services.common.cluster import Resources
-from services.common.jobs import JobLogs, now
-from services.jobs.runner import JobRunner, Outcome, Run, RunnerSettings
+from services.lib.common.cluster import Resources
+from services.lib.common.jobs import JobLogs, now
+from services.lib.jobs.runner import JobRunner, Outcome, Run, RunnerSettings
 
 pytestmark = pytest.mark.integration
 

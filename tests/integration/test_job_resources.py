@@ -1,4 +1,4 @@
-"""One job resource layer for every kind of job (services.jobs.resources), through the public HTTP API
+"""One job resource layer for every kind of job (services.lib.jobs.resources), through the public HTTP API
 on the real servers and workers: stop a running job, continue it, and it runs again to the end;
 the status history and the events say so; a wrong transition is a 409 naming the rule; another
 account's job is a 404 whatever the call. The use cases alone: tests/unit/test_job_resources.py."""
@@ -40,7 +40,7 @@ async def _submit_compression(api, *, bucket, tiny_folder, **_):  # noqa: F811
 
 
 async def _submit_tuning(api, *, bucket, tmp_path_factory, **_):  # noqa: F811
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
 
     folder = build_tiny_model(tmp_path_factory.mktemp("resources") / "tiny")
     path = await upload_model(api, folder, f"{bucket}/resources-tiny")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli.local_ray import LocalRayHead
+from services.apps.cli.local_ray import LocalRayHead
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]   # a Ray cluster of its own
 

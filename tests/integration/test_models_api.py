@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.tiny import build_tiny_model
 from services.registry.weight_checks import MSG_GENERATION_CONFIG as GENERATION_CONFIG_ERROR
 from services.registry.weight_checks import MSG_QUANT_EXTRA as QUANT_EXTRA_ERROR
 from services.registry.weight_checks import MSG_STRUCTURE as STRUCTURE_ERROR
@@ -66,7 +66,7 @@ async def test_uploaded_tiny_weights_become_a_created_model(api, bucket, tiny_fo
     assert task["checks"] and all(c["passed"] for c in task["checks"])
     # The platform keeps its own copy of the weights.
     store = running_platform["platform"].store
-    from services.common.objectstore import ObjectPath
+    from services.lib.common.objectstore import ObjectPath
     copied = await store.list(ObjectPath.parse(version["storage_uri"]), recursive=True)
     assert {Path(o.key).name for o in copied} >= {"config.json", "model.safetensors"}
 
@@ -236,7 +236,7 @@ async def test_a_model_with_task_records_cannot_be_deleted_until_they_go(api, bu
     await wait_for(deletable)
     assert (await api.get(f"/api/v1/models/{model['id']}")).status_code == 404
 
-    from services.common.objectstore import ObjectPath
+    from services.lib.common.objectstore import ObjectPath
 
     async def objects_gone():
         left = await platform.store.list(ObjectPath.parse(settled["versions"][0]["storage_uri"]), recursive=True)
@@ -294,7 +294,7 @@ async def test_preset_smollm2_is_listed_and_becomes_a_model_without_upload(api):
 async def test_a_jobs_artifact_becomes_a_deploy_only_model_and_then_a_version(api, tiny_folder, running_platform):
     """What tuning and compression publish when they finish (ModelArtifactProduced), through Kafka."""
     from contracts.events import ModelArtifactProduced
-    from services.common.objectstore import ObjectPath
+    from services.lib.common.objectstore import ObjectPath
 
     platform = running_platform["platform"]
     tenant = (await api.get("/api/v1/auth/me")).json()["tenant_id"]

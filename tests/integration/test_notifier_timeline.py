@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from contracts import new_id
 from contracts.serving import ServiceStatusChanged
-from services.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.tiny import build_tiny_model
 from services.notifier.timeline import EVENTS
 from tests.integration.conftest import wait_for
 

@@ -9,9 +9,9 @@ from standardwebhooks.webhooks import Webhook
 
 from contracts import Envelope
 from contracts.tuning import TUNING_TOPIC
-from services.common.bus import topic_name
-from services.common.outbox import OUTBOX
-from services.mlkit.tiny import build_tiny_model
+from services.lib.common.bus import topic_name
+from services.lib.common.outbox import OUTBOX
+from services.lib.mlkit.tiny import build_tiny_model
 from services.notifier.models import DELIVERIES
 from tests.integration.conftest import wait_for
 from tests.integration.test_notifier_webhooks import _confirmed, _topic, receiver  # noqa: F401 (fixture)

@@ -22,11 +22,11 @@ from contracts import Envelope, new_id
 from contracts.events import ModelVersionStatusChanged
 from contracts.notifications import NotificationRuleChanged
 from contracts.tuning import TuneCompleted, TuneFailed, TuneStarted
-from services.common import metrics
-from services.common.bus import topic_name
-from services.common.http import server_config
-from services.common.outbox import OUTBOX
-from services.mlkit.tiny import build_tiny_model
+from services.lib.common import metrics
+from services.lib.common.bus import topic_name
+from services.lib.common.http import server_config
+from services.lib.common.outbox import OUTBOX
+from services.lib.mlkit.tiny import build_tiny_model
 from services.notifier import delivery
 from services.notifier.models import DELIVERIES, SUBSCRIPTIONS, DeliveryKind
 from services.notifier.timeline import EVENTS

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import BaseModel
 
-from services.common.telemetry import tracer_provider
+from services.lib.common.telemetry import tracer_provider
 
 from tests.integration.conftest import wait_for
 from tests.integration.test_serving_api import (api_key, deploy, serving_tmp, tiny_model,  # noqa: F401
@@ -252,7 +252,7 @@ async def test_logprobs_sum_to_the_loglikelihood_streamed_and_not(client, unifie
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from contracts.openai import ChatMessage
-    from services.inference.chat import encode, render_prompt
+    from services.lib.inference.chat import encode, render_prompt
 
     kwargs = dict(model=service["name"], messages=HI, max_tokens=10, temperature=0, logprobs=True,
                   top_logprobs=4, extra_body={"ignore_eos": True})

@@ -18,7 +18,7 @@ async def test_completions_echo_logprobs_match_chat_and_score_the_prompt(api, cl
     from transformers import AutoTokenizer
 
     from contracts.openai import ChatMessage
-    from services.inference.chat import encode, render_prompt
+    from services.lib.inference.chat import encode, render_prompt
 
     name = service["name"]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_folder(serving_tmp))   # the service's model

@@ -13,10 +13,10 @@ import asyncio
 import httpx
 import pytest
 
-from services.catalog.templates import default_catalog
-from services.common.context import Platform
-from services.common.settings import get_settings
-from services.readmodels.model_refs import PRESETS
+from services.lib.catalog.templates import default_catalog
+from services.lib.common.context import Platform
+from services.lib.common.settings import get_settings
+from services.lib.readmodels.model_refs import PRESETS
 from services.registry import presets
 from tests.conftest import serve_platform
 from tests.integration.conftest import wait_for

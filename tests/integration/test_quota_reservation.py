@@ -22,7 +22,7 @@ import httpx
 import pytest
 from motor.motor_asyncio import AsyncIOMotorClient
 
-from services.common.settings import get_settings
+from services.lib.common.settings import get_settings
 from services.gateway.quotas.ledger import NoRoom, QuotaLedger
 from services.gateway.quotas.store import QUOTAS, QuotaStore, quota_id
 from tests.integration.conftest import wait_for

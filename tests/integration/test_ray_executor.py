@@ -7,11 +7,11 @@ import asyncio
 
 import pytest
 
-from services.common.cluster import Resources
-from services.common.settings import Settings
-from services.jobs.executor import Placement, Work, WorkFailed
-from services.jobs.ray_executor import RayExecutor
-from services.common.cluster import RayCluster
+from services.lib.common.cluster import Resources
+from services.lib.common.settings import Settings
+from services.lib.jobs.executor import Placement, Work, WorkFailed
+from services.lib.jobs.ray_executor import RayExecutor
+from services.lib.common.cluster import RayCluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]   # a Ray cluster of its own
 

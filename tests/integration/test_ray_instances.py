@@ -17,7 +17,7 @@ import pytest
 
 from services.deployer.backend import Health
 from services.deployer.ray_backend import RayInstanceBackend
-from services.readmodels.serving_refs import INSTANCES
+from services.lib.readmodels.serving_refs import INSTANCES
 from tests.conftest import cluster_platform
 from tests.integration.conftest import signed_in_tenant, wait_for
 from tests.integration.test_compression_api import create_model, job_body, tiny_folder, upload_folder  # noqa: F401

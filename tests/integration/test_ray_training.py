@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.mlkit.tiny import build_tiny_model
-from services.mlkit.training import train
-from services.mlkit.training.ray_ranks import RayPlacement
+from services.lib.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.training import train
+from services.lib.mlkit.training.ray_ranks import RayPlacement
 from tests.unit.test_training import Recorder, chat_rows, config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]   # a Ray cluster of its own

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from services.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.tiny import build_tiny_model
 from tests.conftest import cluster_platform
 from tests.integration.conftest import signed_in_tenant, wait_for
 from tests.integration.test_tuning_jobs import alpaca_rows, create_model, created, job_body, jsonl, put, upload_model

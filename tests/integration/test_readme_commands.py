@@ -49,7 +49,7 @@ import pytest
 import typer
 
 from contracts import new_id
-from services.cli.main import app as cli_app
+from services.apps.cli.main import app as cli_app
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -180,7 +180,7 @@ async def test_maas_up_and_serve_help_run_and_list_the_readme_flags():
 
 
 def test_the_external_servers_block_names_real_settings_and_services():
-    from services.common.settings import Settings
+    from services.lib.common.settings import Settings
     from services.runtime import SERVICES
 
     (block,) = blocks_of("external")
@@ -276,7 +276,7 @@ async def new_user(api) -> tuple[str, str]:
 
 
 async def tiny_model(folder: Path) -> None:
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
 
     await asyncio.to_thread(build_tiny_model, folder)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.common.objectstore import ObjectPath
-from services.mlkit.tiny import build_tiny_model
+from services.lib.common.objectstore import ObjectPath
+from services.lib.mlkit.tiny import build_tiny_model
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from contracts import new_id
-from services.common.auth import TOKENS, hash_token
+from services.lib.common.auth import TOKENS, hash_token
 from services.gateway.accounts.login_throttle import LOGIN_FAILURES
 
 pytestmark = pytest.mark.integration

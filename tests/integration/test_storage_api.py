@@ -96,8 +96,8 @@ async def test_the_platforms_buckets_are_recorded_as_the_platforms_at_start(runn
 
 async def test_a_bucket_a_tenant_held_before_the_upgrade_is_taken_back(running_platform, mallory):
     """A platform that ran older code may have recorded a tenant as a platform bucket's owner."""
-    from services.common.service_spec import PlatformBucket
-    from services.readmodels.buckets import reserve_platform_buckets
+    from services.lib.common.service_spec import PlatformBucket
+    from services.lib.readmodels.buckets import reserve_platform_buckets
 
     platform = running_platform["platform"]
     me = (await mallory.get("/api/v1/auth/me")).json()
@@ -134,7 +134,7 @@ async def test_dataset_and_weight_paths_with_dot_dot_are_refused(mallory):
 @pytest.fixture
 def limits(monkeypatch):
     """Set MAAS_LIMIT_* for one test (the platform runs in this process and reads them on use)."""
-    from services.common.account_limits import account_limits
+    from services.lib.common.account_limits import account_limits
 
     def set_limits(**values):
         for name, value in values.items():

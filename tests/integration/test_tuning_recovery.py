@@ -28,14 +28,14 @@ def start_worker_process(platform_env: dict, work_dir, log_file) -> subprocess.P
     env = {**os.environ, **platform_env, "MAAS_WORK_DIR": str(work_dir),
            # A short lease so that its death is noticed within seconds (long enough for a busy CI box).
            "MAAS_TUNING_LEASE_SECONDS": "8", "MAAS_TUNING_HEARTBEAT_SECONDS": "1", "MAAS_TUNING_POLL_SECONDS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "services.cli", "serve", "--services", "tuning-worker",
+    return subprocess.Popen([sys.executable, "-m", "services.apps.cli", "serve", "--services", "tuning-worker",
                              "--host", "127.0.0.1", "--port", str(_free_port())],
                             env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
 
 async def test_a_killed_workers_job_resumes_on_another_worker(api, platform_env, running_platform, tmp_path,
                                                               tmp_path_factory):
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
 
     local = running_platform["app"].state.components["tuning-worker"].runner
     local.draining = True           # this process's worker steps aside, so the other one takes the job
@@ -96,7 +96,7 @@ async def test_a_killed_workers_job_resumes_on_another_worker(api, platform_env,
 
 async def test_a_worker_shutting_down_hands_its_job_back(api, running_platform, tmp_path_factory):
     """Graceful shutdown: the run stops at a checkpoint and the job is re-queued, no restart counted."""
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
     from services.tuning.worker import build_worker
 
     bucket = (await api.get("/api/v1/auth/me")).json()["default_bucket"]

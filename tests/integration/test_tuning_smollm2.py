@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.objectstore import ObjectPath
+from services.lib.common.objectstore import ObjectPath
 from tests.integration.conftest import wait_for
 from tests.integration.test_tuning_jobs import LOSS, created, iteration_lines, job_in, jsonl, put
 

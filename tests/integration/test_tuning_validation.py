@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from services.common.objectstore import ObjectPath
-from services.mlkit.tiny import build_tiny_model
+from services.lib.common.objectstore import ObjectPath
+from services.lib.mlkit.tiny import build_tiny_model
 from services.tuning import datasets
 from services.tuning.models import MANAGED_BUCKET
 from tests.integration.test_tuning_jobs import (alpaca_rows, create_model, created, job_body, jsonl, put,

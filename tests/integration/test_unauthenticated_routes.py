@@ -1,5 +1,5 @@
 """Every route of the assembled app refuses a call without credentials (401), except the few public by
-design, listed once in services.common.public_routes.
+design, listed once in services.lib.common.public_routes.
 
 The walk covers /api/v1, /v1, the console and whatever a service adds later: a new route that forgets
 its auth dependency fails here. Path parameters get dummy ids: the 401 must come before any lookup.
@@ -10,7 +10,7 @@ import re
 
 from fastapi.routing import iter_route_contexts
 
-from services.common.public_routes import PUBLIC_ROUTES, is_public
+from services.lib.common.public_routes import PUBLIC_ROUTES, is_public
 
 _PARAM = re.compile(r"\{([^}:]+)(?::[^}]+)?\}")
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from contracts import new_id
-from services.common.settings import get_settings
+from services.lib.common.settings import get_settings
 from services.notifier.delivery import ADDRESS_NOT_ALLOWED, NO_RESPONSE
 from tests.fake_dns import FakeDns
 from tests.integration.conftest import signed_in_tenant, wait_for

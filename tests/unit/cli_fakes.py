@@ -9,9 +9,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from services.cli import app
-from services.cli import config as cli_config
-from services.cli.client import Client
+from services.apps.cli import app
+from services.apps.cli import config as cli_config
+from services.apps.cli.client import Client
 
 NOT_FOUND = {"error": {"code": "not_found", "message": "not found"}}
 

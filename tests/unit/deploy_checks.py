@@ -20,8 +20,8 @@ import pytest
 import typer.main
 from pydantic_settings import BaseSettings
 
-from services.cli import app as cli_app
-from services.common.settings import Settings
+from services.apps.cli import app as cli_app
+from services.lib.common.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -29,7 +29,7 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 # Settings with no safe production default (the defaults point at 127.0.0.1 / dev credentials).
 REQUIRED_SETTINGS = ("kafka_bootstrap", "mongo_url", "s3_endpoint", "s3_access_key", "s3_secret_key")
 # MAAS_* variables read directly from os.environ rather than through Settings (verified in test_compose).
-DIRECT_ENV = {"MAAS_LOG_LEVEL": ROOT / "services" / "cli" / "main.py"}
+DIRECT_ENV = {"MAAS_LOG_LEVEL": ROOT / "services" / "apps" / "cli" / "main.py"}
 
 
 # ------------------------------------------------------------------------------------ the CLI

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import time
 
-from services.jobs.executor import stop_requested
+from services.lib.jobs.executor import stop_requested
 
 
 def echo(args, channel):

@@ -12,14 +12,14 @@ from mongomock_motor import AsyncMongoMockClient
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from services.common.auth import hash_token
+from services.lib.common.auth import hash_token
 from services.gateway.keys import service as keys
 from services.gateway.keys.limits import WINDOW_SECONDS, KeyLimits
 from services.gateway.keys.models import Caller, KeyCreate, KeyUpdate
 from services.gateway.keys.service import API_KEYS, authenticate, check_allowed
 from services.gateway.oai_errors import OpenAIError
-from services.iam.actions import INFERENCE_CALL
-from services.iam.store import Authorizer
+from services.lib.iam.actions import INFERENCE_CALL
+from services.lib.iam.store import Authorizer
 
 MINUTE_START = 1_800_000_000 // WINDOW_SECONDS * WINDOW_SECONDS
 

@@ -22,17 +22,18 @@ from fastapi.testclient import TestClient
 
 import services
 from contracts import ALL_EVENTS, EventData
-from services.common.asyncapi import message_id
-from services.common.public_routes import is_public
-from services.common.settings import get_settings
+from services.lib.common.asyncapi import message_id
+from services.lib.common.public_routes import is_public
+from services.lib.common.settings import get_settings
 from services.event_catalog import CATALOGUE, render
 from services.runtime import SERVICES, build_app, event_catalogue
 
 ASYNCAPI_SCHEMA = Path(__file__).parents[1] / "fixtures" / "asyncapi" / "3.0.0.json"
 EVENT_NAMES = {e.__name__: e for e in ALL_EVENTS}
 # Packages of the services themselves; any other package under services/ is shared code.
-SERVICE_PACKAGES = {f"services.{p.name}" for p in Path(services.__file__).parent.iterdir()
-                    if (p / "spec.py").exists()}
+_TREE = Path(services.__file__).parent
+SERVICE_PACKAGES = {f"services.{p.relative_to(_TREE).as_posix().replace('/', '.')}"
+                    for p in [*_TREE.iterdir(), *(_TREE / "apps").iterdir()] if (p / "spec.py").exists()}
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +140,9 @@ def test_services_declare_exactly_the_events_their_code_emits():
         declared.setdefault(_spec_package(spec), set()).update(e.__name__ for e in spec.publishes)
     assert set(declared) == SERVICE_PACKAGES
 
-    def package_of(module: str) -> str:
-        return ".".join(module.split(".")[:2])
+    def package_of(module: str) -> str:   # services.<service>, services.lib.<library>, services.apps.<app>
+        parts = module.split(".")
+        return ".".join(parts[:3] if parts[1] in ("lib", "apps") else parts[:2])
 
     shared_emitted: dict[str, set[str]] = {}   # shared module -> events it constructs
     for module in modules:

@@ -10,8 +10,8 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 
 from contracts.timestamps import rfc3339
-from services.common.auth import Principal
-from services.common.errors import ApiError
+from services.lib.common.auth import Principal
+from services.lib.common.errors import ApiError
 from services.gateway.accounts.audit_api import CSV_COLUMNS, audit_query, csv_line, record_view
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -13,12 +13,12 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI, Request
 
-from services.common import audit
-from services.common.audit import AUDIT, AuditTrail
-from services.common.auth import Principal
-from services.common.errors import ApiError, install_error_handlers
-from services.common.outbox import UnitOfWork
-from services.common.settings import Settings
+from services.lib.common import audit
+from services.lib.common.audit import AUDIT, AuditTrail
+from services.lib.common.auth import Principal
+from services.lib.common.errors import ApiError, install_error_handlers
+from services.lib.common.outbox import UnitOfWork
+from services.lib.common.settings import Settings
 
 
 class FakeSession:

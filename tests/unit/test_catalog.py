@@ -5,8 +5,8 @@ import textwrap
 
 import pytest
 
-from services.catalog import templates as cat
-from services.catalog.templates import (
+from services.lib.catalog import templates as cat
+from services.lib.catalog.templates import (
     Catalog,
     CompressionStrategy,
     Template,

@@ -8,9 +8,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from services.cli.client import CliError, Client, error_from_response, resolve
-from services.cli.common import command
-from services.cli.output import output_model, print_error
+from services.apps.cli.client import CliError, Client, error_from_response, resolve
+from services.apps.cli.common import command
+from services.apps.cli.output import output_model, print_error
 
 
 def response(status: int, body=None, text: str | None = None) -> httpx.Response:

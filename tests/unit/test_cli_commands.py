@@ -7,7 +7,7 @@ import sys
 
 import typer.main
 
-from services.cli import app, main
+from services.apps.cli import app, main
 
 
 def _params(command) -> dict:
@@ -73,11 +73,11 @@ def test_json_output_option_on_listing_commands():
 
 
 def test_module_entry_point_and_shell_completion():
-    out = subprocess.run([sys.executable, "-m", "services.cli", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "services.apps.cli", "--help"], capture_output=True, text=True, check=True)
     assert "models" in out.stdout and "tune" in out.stdout
     # Typer's --show-completion is a flag: it finds the shell among the process's parents, so it runs
     # as a child of bash here (under a pytest whose parents hold no shell, e.g. init, it finds none).
     # Two commands: bash runs a lone `bash -c` command in its own process (exec), no longer a parent.
-    script = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m services.cli --show-completion; exit $?"],
+    script = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -m services.apps.cli --show-completion; exit $?"],
                             capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"})
     assert script.returncode == 0 and "complete" in script.stdout and "_MAAS_COMPLETE" in script.stdout.upper()

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from services.cli import config as cli_config
+from services.apps.cli import config as cli_config
 
 
 @pytest.fixture

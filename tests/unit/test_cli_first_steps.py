@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from services.cli import common, platform_cmds
+from services.apps.cli import common, platform_cmds
 from tests.unit.cli_fakes import FakeApi, api, maas, no_sleep  # noqa: F401 (api is a fixture)
 
 PRESET = {"id": "ps1", "name": "smollm2-135m-instruct", "model_name": "SmolLM2-135M-Instruct", "status": "stopped",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from services.cli import config as cli_config
-from services.cli.audit_cmds import parse_time
-from services.cli.policies_cmds import source_excerpt
+from services.apps.cli import config as cli_config
+from services.apps.cli.audit_cmds import parse_time
+from services.apps.cli.policies_cmds import source_excerpt
 from tests.unit.cli_fakes import NOT_FOUND, FakeApi, api, maas  # noqa: F401 (api is a fixture)
 
 ALICE = {"id": "u1", "username": "alice", "account_role": "member", "status": "active", "platform_admin": False,

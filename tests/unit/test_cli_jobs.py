@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.cli import compress_cmds, jobs_cmds, tuning_cmds
+from services.apps.cli import compress_cmds, jobs_cmds, tuning_cmds
 from tests.unit.cli_fakes import FakeApi, api, maas, no_sleep  # noqa: F401 (api is a fixture)
 
 CREATED = "2026-12-06T10:00:00Z"

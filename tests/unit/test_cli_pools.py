@@ -6,7 +6,7 @@ import json
 
 import typer.main
 
-from services.cli import app
+from services.apps.cli import app
 from tests.unit.cli_fakes import api, maas  # noqa: F401 (api is a fixture)
 
 

@@ -1,8 +1,8 @@
 """Helpers of `maas tune`: the loss read from real job log lines, the ETA from the job's progress."""
 from __future__ import annotations
 
-from services.cli.tuning_cmds import eta_seconds, fmt_eta, loss_points
-from services.mlkit.training.logs import log_line
+from services.apps.cli.tuning_cmds import eta_seconds, fmt_eta, loss_points
+from services.lib.mlkit.training.logs import log_line
 
 
 def record(iteration: int, loss: float) -> dict:

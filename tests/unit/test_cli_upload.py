@@ -4,8 +4,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from services.cli.client import CliError, Client
-from services.cli.upload import files_of, object_path, upload
+from services.apps.cli.client import CliError, Client
+from services.apps.cli.upload import files_of, object_path, upload
 
 
 def test_object_paths_of_folders_and_single_files():

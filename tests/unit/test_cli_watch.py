@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from services.cli import compress_cmds, output, tuning_cmds
-from services.cli.jobs_cmds import watch
+from services.apps.cli import compress_cmds, output, tuning_cmds
+from services.apps.cli.jobs_cmds import watch
 
 
 class JobFeed:

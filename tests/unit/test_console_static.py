@@ -8,9 +8,9 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from services.common.errors import install_error_handlers
-from services.console import routes
-from services.iam.actions import ACTIONS
+from services.lib.common.errors import install_error_handlers
+from services.apps.console import routes
+from services.lib.iam.actions import ACTIONS
 
 STATIC = Path(routes.__file__).parent / "static"
 JS = sorted((STATIC / "js").rglob("*.js"))

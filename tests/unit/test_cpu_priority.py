@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from services.inference import cpu_priority
+from services.lib.inference import cpu_priority
 
 
 def niceness(tid: int | None = None) -> int:
@@ -68,7 +68,7 @@ def test_onnxruntime_pool_threads_inherit_it(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    from services.mlkit.onnx_export import load_onnx_session
+    from services.lib.mlkit.onnx_export import load_onnx_session
 
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "g",
                               [helper.make_tensor_value_info(n, TensorProto.FLOAT, [64, 64]) for n in "ab"],

@@ -3,7 +3,7 @@
 Grafana does not run here, so these tests keep the dashboards honest: each is schema-checked
 (panels with targets, grid positions, datasources that the provisioning defines, variables that are
 defined), and every metric a PromQL expression queries must be one that the code registers in
-``services.common.metrics`` (or the otel-collector / Prometheus itself exposes). The checks are plain
+``services.lib.common.metrics`` (or the otel-collector / Prometheus itself exposes). The checks are plain
 functions so ``test_checks_catch_mistakes`` can show each one fails on a broken copy.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from services.common import metrics
+from services.lib.common import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"

@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
 from urllib3.exceptions import MaxRetryError, NewConnectionError
 
-from services.common import unavailable
-from services.common.errors import install_error_handlers
+from services.lib.common import unavailable
+from services.lib.common.errors import install_error_handlers
 
 OPENAI_KEYS = {"message", "type", "param", "code"}
 

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 from contracts import Envelope
 from contracts.events import ModelCreated, ModelDeleted
-from services.common import metrics
-from services.common.settings import Settings
+from services.lib.common import metrics
+from services.lib.common.settings import Settings
 from services.runtime import dispatcher
 
 

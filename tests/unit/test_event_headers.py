@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from cloudevents.core.bindings import kafka as kafka_binding
 
 from contracts import Envelope
-from services.common.event_headers import cloudevents_headers
+from services.lib.common.event_headers import cloudevents_headers
 
 
 def test_the_headers_are_a_binary_mode_cloudevent_whose_data_is_the_envelope():

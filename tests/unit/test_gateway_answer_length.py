@@ -12,7 +12,7 @@ import pytest
 from contracts.openai import API_DEFAULT_MAX_TOKENS, INTERACTIVE_MAX_TOKENS, ChatCompletionRequest
 from services.gateway.inference.chat import ChatGateway
 from services.gateway.keys.models import Caller
-from services.readmodels.serving_refs import ServiceRef
+from services.lib.readmodels.serving_refs import ServiceRef
 
 SERVICE = ServiceRef(id="svc", tenant_id="t", name="chat", status="running", desired="running", preset=False,
                      qps_limit=100, max_model_len=4096, content_moderation=False, instance_count=1, template_id="x",

@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from services.common import metrics
+from services.lib.common import metrics
 from services.gateway.inference.genai_telemetry import input_messages
 from services.gateway.inference.moderation import BlocklistChecker
 from services.gateway.oai_errors import OpenAIError

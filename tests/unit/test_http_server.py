@@ -11,7 +11,7 @@ import socket
 import httpx
 import uvicorn
 
-from services.common.http import SERVER_KEEP_ALIVE_S, server_config
+from services.lib.common.http import SERVER_KEEP_ALIVE_S, server_config
 from services.gateway.inference.upstream import POOL_KEEP_ALIVE_S
 
 

@@ -11,11 +11,11 @@ import pytest
 from fastapi import FastAPI, Request
 from mongomock_motor import AsyncMongoMockClient
 
-from services.common.auth import TOKENS, USERS, Principal, hash_token, principal_of
-from services.common.errors import install_error_handlers
-from services.common.settings import get_settings
-from services.iam.authorize import Authorized, decide
-from services.iam.store import GROUPS, POLICIES, Authorizer
+from services.lib.common.auth import TOKENS, USERS, Principal, hash_token, principal_of
+from services.lib.common.errors import install_error_handlers
+from services.lib.common.settings import get_settings
+from services.lib.iam.authorize import Authorized, decide
+from services.lib.iam.store import GROUPS, POLICIES, Authorizer
 
 NOW = datetime.now(UTC)
 

@@ -7,9 +7,9 @@ import fnmatch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.iam.actions import ACTIONS, ALL, RESOURCES, SELF_SERVICE
-from services.iam.evaluator import Grant, Statement, compile_policy
-from services.iam.system_policies import SYSTEM_POLICIES
+from services.lib.iam.actions import ACTIONS, ALL, RESOURCES, SELF_SERVICE
+from services.lib.iam.evaluator import Grant, Statement, compile_policy
+from services.lib.iam.system_policies import SYSTEM_POLICIES
 
 POOL_CHANGES = {"maas:pools:create", "maas:pools:update", "maas:pools:delete"}
 VERBS = sorted({a.split(":")[2] for a in ALL})

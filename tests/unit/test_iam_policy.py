@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from services.iam.evaluator import Statement
-from services.iam.policy import MAX_CHARS, PolicyError, matching, parse_policy
+from services.lib.iam.evaluator import Statement
+from services.lib.iam.policy import MAX_CHARS, PolicyError, matching, parse_policy
 
 GUIDE_EXAMPLE = """{
   "Version": "1.1",

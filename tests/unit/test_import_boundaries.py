@@ -30,7 +30,7 @@ def test_the_tree_keeps_its_boundaries_and_a_planted_import_breaks_them(tmp_path
 
     _copy_sources(tmp_path)
     (tmp_path / "services" / "tuning" / "planted.py").write_text("from services.serving import api\n")
-    (tmp_path / "services" / "common" / "planted.py").write_text("import services.registry.models\n")
+    (tmp_path / "services" / "lib" / "common" / "planted.py").write_text("import services.registry.models\n")
     broken = _lint(tmp_path)
     assert broken.returncode != 0
     assert "services do not import each other (they talk through events) BROKEN" in broken.stdout, broken.stdout

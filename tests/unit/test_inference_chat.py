@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from contracts.openai import ChatCompletionRequest
-from services.inference.chat import render_prompt, template_supports_tools
-from services.inference.params import InvalidParameter
+from services.lib.inference.chat import render_prompt, template_supports_tools
+from services.lib.inference.params import InvalidParameter
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_delivery_date", "description": "Get the delivery date for a customer's order.",
@@ -27,7 +27,7 @@ TOOL_TEMPLATE = (
 def tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
 
     return AutoTokenizer.from_pretrained(build_tiny_model(Path(tmp_path_factory.mktemp("tok"))))
 

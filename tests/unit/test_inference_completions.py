@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from services.inference.completions import LegacyLogprobs, parse_prompts
-from services.inference.logprobs import TokenLogprob, TokenText
-from services.inference.params import InvalidParameter, SamplingParams
+from services.lib.inference.completions import LegacyLogprobs, parse_prompts
+from services.lib.inference.logprobs import TokenLogprob, TokenText
+from services.lib.inference.params import InvalidParameter, SamplingParams
 from tests.unit.test_inference_engine import build_sharp_tiny
 from tests.unit.test_inference_grammar import instance_server
 from tests.unit.test_inference_prompt_logprobs import reference

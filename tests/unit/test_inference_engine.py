@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.inference.engine import Engine
-from services.inference.kv_concat import ConcatBackend
-from services.inference.kv_gqa import GqaBackend
-from services.inference.params import InvalidParameter, SamplingParams
-from services.mlkit.onnx_export import ensure_onnx
+from services.lib.inference.engine import Engine
+from services.lib.inference.kv_concat import ConcatBackend
+from services.lib.inference.kv_gqa import GqaBackend
+from services.lib.inference.params import InvalidParameter, SamplingParams
+from services.lib.mlkit.onnx_export import ensure_onnx
 
 PROMPTS = ["What is the capital of France?", "Write a short poem about the sea, the wind and the stars."]
 
@@ -22,7 +22,7 @@ def build_sharp_tiny(folder: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
 
     build_tiny_model(folder)
     model = AutoModelForCausalLM.from_pretrained(folder)
@@ -83,7 +83,7 @@ def test_the_scheduler_thread_computes_at_a_lower_cpu_priority(engine):
     """So that the HTTP loop relaying a token never waits behind a decode step (cpu_priority)."""
     import os
 
-    from services.inference.cpu_priority import DEFAULT_COMPUTE_NICENESS
+    from services.lib.inference.cpu_priority import DEFAULT_COMPUTE_NICENESS
 
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert os.getpriority(os.PRIO_PROCESS, engine._thread.native_id) == min(19, mine + DEFAULT_COMPUTE_NICENESS)

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from contracts.openai import REFUSED_FIELDS, ChatCompletionRequest
 
-from services.inference.engine import Engine
-from services.inference.grammar import JsonGrammar, check_schema
-from services.inference.params import InvalidParameter, SamplingParams
+from services.lib.inference.engine import Engine
+from services.lib.inference.grammar import JsonGrammar, check_schema
+from services.lib.inference.params import InvalidParameter, SamplingParams
 from tests.unit.test_inference_engine import build_sharp_tiny
 
 PROMPT = [{"role": "user", "content": 'Reply in JSON, e.g. {"a": "b", "c": 1}'}]
@@ -204,7 +204,7 @@ def test_the_mask_keeps_exactly_the_allowed_logits(engine):
 @contextmanager
 def instance_server(model_dir: Path, *, max_model_len: int):
     """The instance server in this process (TestClient), once its model answers /health."""
-    from services.inference.server import create_app
+    from services.lib.inference.server import create_app
 
     app = create_app(model_dir=model_dir, served_model_name="tiny", max_model_len=max_model_len, max_num_seqs=4,
                      threads=1, secret=None)

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.inference.engine import Engine
-from services.inference.logprobs import TokenText, token_logprob
-from services.inference.params import InvalidParameter, SamplingParams
+from services.lib.inference.engine import Engine
+from services.lib.inference.logprobs import TokenText, token_logprob
+from services.lib.inference.params import InvalidParameter, SamplingParams
 from tests.unit.test_inference_engine import build_sharp_tiny
 from tests.unit.test_inference_grammar import instance_server
 

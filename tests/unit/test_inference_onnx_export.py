@@ -6,8 +6,8 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 
-from services.mlkit.onnx_export import EXPORT_MARKER, ensure_onnx, export_causal_lm, export_kind
-from services.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.onnx_export import EXPORT_MARKER, ensure_onnx, export_causal_lm, export_kind
+from services.lib.mlkit.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Sampling parameter rules of table 11-1 (ranges, defaults, contradictory combinations)."""
 import pytest
 
-from services.inference.params import InvalidParameter, SamplingParams
+from services.lib.inference.params import InvalidParameter, SamplingParams
 
 
 def test_defaults_follow_the_guide():

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from services.inference.engine import Engine
-from services.inference.params import InvalidParameter, SamplingParams
-from services.mlkit.onnx_export import ensure_onnx
+from services.lib.inference.engine import Engine
+from services.lib.inference.params import InvalidParameter, SamplingParams
+from services.lib.mlkit.onnx_export import ensure_onnx
 from tests.unit.test_inference_engine import build_sharp_tiny
 
 TEXT = "The quick brown fox jumps over the lazy dog, and then it"

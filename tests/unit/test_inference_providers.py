@@ -1,8 +1,8 @@
 """Execution provider choice: CANN, then CUDA, then CPU, from what the onnxruntime build offers."""
 import pytest
 
-from services.inference.providers import select_providers
-from services.mlkit.onnx_export import choose_providers
+from services.lib.inference.providers import select_providers
+from services.lib.mlkit.onnx_export import choose_providers
 
 CPU, CUDA, CANN = "CPUExecutionProvider", "CUDAExecutionProvider", "CANNExecutionProvider"
 

@@ -8,10 +8,10 @@ import pytest
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
 from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-from services.inference.engine import Engine
-from services.inference.kv_concat import ConcatBackend
-from services.inference.params import SamplingParams
-from services.mlkit.onnx_export import ensure_onnx
+from services.lib.inference.engine import Engine
+from services.lib.inference.kv_concat import ConcatBackend
+from services.lib.inference.params import SamplingParams
+from services.lib.mlkit.onnx_export import ensure_onnx
 from tests.unit.test_inference_engine import build_sharp_tiny
 
 

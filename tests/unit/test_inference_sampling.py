@@ -4,9 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.inference.params import SamplingParams
-from services.inference.sampling import TokenHistory, apply_penalties, choose_token, make_rngs
-from services.inference.textstream import TextStream
+from services.lib.inference.params import SamplingParams
+from services.lib.inference.sampling import TokenHistory, apply_penalties, choose_token, make_rngs
+from services.lib.inference.textstream import TextStream
 
 
 def test_penalties_follow_vllm_semantics():
@@ -75,7 +75,7 @@ def test_seeded_generators_repeat_and_differ_per_sequence():
 def tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
 
     return AutoTokenizer.from_pretrained(build_tiny_model(Path(tmp_path_factory.mktemp("tok"))))
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from services.inference.sequence import ChoiceDelta
-from services.inference.server import ChatHandler
-from services.inference.tool_calls import ToolCallParser
+from services.lib.inference.sequence import ChoiceDelta
+from services.lib.inference.server import ChatHandler
+from services.lib.inference.tool_calls import ToolCallParser
 
 TEXT = ('Let me look that up.\n<tool_call>\n{"name": "get_delivery_date", "arguments": {"order_id": "1"}}\n'
         '</tool_call>\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n')
@@ -60,7 +60,7 @@ def test_without_tools_text_passes_through():
 
 @pytest.fixture(scope="module")
 def tiny_state(tmp_path_factory):
-    from services.inference.server import ModelState
+    from services.lib.inference.server import ModelState
     from tests.unit.test_inference_engine import build_sharp_tiny
 
     state = ModelState(model_dir=build_sharp_tiny(tmp_path_factory.mktemp("stream") / "tiny"),
@@ -72,7 +72,7 @@ def tiny_state(tmp_path_factory):
 
 def _streamed_request(state):
     from contracts.openai import ChatCompletionRequest
-    from services.inference.server import _EventStream
+    from services.lib.inference.server import _EventStream
 
     req = ChatCompletionRequest.model_validate({
         "model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "stream": True,

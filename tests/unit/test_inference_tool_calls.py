@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from services.inference.tool_calls import Content, ParsedCall, ToolCallParser, parse_call, parse_tool_calls
+from services.lib.inference.tool_calls import Content, ParsedCall, ToolCallParser, parse_call, parse_tool_calls
 
 ONE = '<tool_call>\n{"name": "get_delivery_date", "arguments": {"order_id": "1"}}\n</tool_call>'
 

@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 
 from contracts.openai import Tool
-from services.inference.grammar import ToolGrammar
+from services.lib.inference.grammar import ToolGrammar
 from tests.unit.test_inference_engine import build_sharp_tiny
 from tests.unit.test_inference_grammar import instance_server
 

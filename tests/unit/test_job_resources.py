@@ -1,4 +1,4 @@
-"""The job engine's resource layer (services.jobs.resources), the same for every kind of job: list,
+"""The job engine's resource layer (services.lib.jobs.resources), the same for every kind of job: list,
 detail, stop, continue and delete against an in-memory database, and the engine's ``unless_stopped``
 that ends a job process as soon as its run is asked to stop.
 
@@ -16,13 +16,13 @@ import psutil
 import pytest
 from mongomock_motor import AsyncMongoMockClient
 
-from services.common.errors import ApiError
+from services.lib.common.errors import ApiError
 from services.compression.jobs import RESOURCE as COMPRESSION
-from services.jobs import resources as uc
-from services.jobs.executor import JobCancelled, Work
-from services.jobs.local_process import LocalProcessExecutor
-from services.jobs.runner import Run, unless_stopped
-from services.common.jobs import now
+from services.lib.jobs import resources as uc
+from services.lib.jobs.executor import JobCancelled, Work
+from services.lib.jobs.local_process import LocalProcessExecutor
+from services.lib.jobs.runner import Run, unless_stopped
+from services.lib.common.jobs import now
 from services.tuning.jobs import RESOURCE as TUNING
 
 KINDS = [TUNING, COMPRESSION]
@@ -230,7 +230,7 @@ def _run(tmp_path: Path) -> Run:
 
 
 def _job_processes() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "services.jobs.child" in " ".join(p.cmdline())]
+    return [p for p in psutil.Process().children(recursive=True) if "services.lib.jobs.child" in " ".join(p.cmdline())]
 
 
 async def test_a_stop_request_ends_the_job_process_at_once(tmp_path):

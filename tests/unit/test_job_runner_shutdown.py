@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from services.jobs.runner import JobRunner, Run, RunnerSettings
+from services.lib.jobs.runner import JobRunner, Run, RunnerSettings
 
 
 def _runner_with_a_run(*, obeys_stop: bool) -> tuple[JobRunner, Run, dict]:

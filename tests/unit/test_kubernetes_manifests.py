@@ -36,11 +36,11 @@ from ray._private.utils import parse_resources_json
 from ray.autoscaler._private.cli_logger import cf, cli_logger
 from ray.scripts.scripts import start as ray_start
 
-from services.common import health
-from services.common.cluster import NODE_ENV, POOL_LABEL, PUBLIC_POOL
-from services.common.settings import Settings
-from services.pools.models import NAME_PATTERN as POOL_NAME_PATTERN
-from services.pools.models import RESERVED_NAMES as RESERVED_POOL_NAMES
+from services.lib.common import health
+from services.lib.common.cluster import NODE_ENV, POOL_LABEL, PUBLIC_POOL
+from services.lib.common.settings import Settings
+from services.lib.pools.models import NAME_PATTERN as POOL_NAME_PATTERN
+from services.lib.pools.models import RESERVED_NAMES as RESERVED_POOL_NAMES
 from services.runtime import SERVICES
 from tests.unit.deploy_checks import (REQUIRED_SETTINGS, ROOT, address_hosts, check_known_env, check_settings_env,
                                       dockerfile_entry_cmd, dockerfile_env, dockerfile_final_stage,
@@ -553,7 +553,7 @@ def check_ray_pools(stack: dict) -> None:
 
 
 def check_ray_node_env(stack: dict) -> None:
-    """Every Ray node runs with the platform's node environment (services.common.cluster.NODE_ENV)."""
+    """Every Ray node runs with the platform's node environment (services.lib.common.cluster.NODE_ENV)."""
     for where, _, container, _ in containers(stack):
         if where.startswith("RayCluster"):
             env = {item["name"]: item.get("value") for item in container.get("env", [])}

@@ -9,9 +9,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.jobs.child import resolve
-from services.jobs.executor import Work, WorkFailed
-from services.jobs.local_process import LocalProcessExecutor
+from services.lib.jobs.child import resolve
+from services.lib.jobs.executor import Work, WorkFailed
+from services.lib.jobs.local_process import LocalProcessExecutor
 
 
 def work(tmp_path: Path, entry: str, **args) -> Work:
@@ -31,7 +31,7 @@ def test_only_functions_of_the_named_package_can_be_called():
     with pytest.raises(ValueError, match="not a function of the services package"):
         resolve("tests.unit.job_entries:echo")
     with pytest.raises(ValueError, match="not a function of the services package"):
-        resolve("services.jobs.child")   # a module, no function
+        resolve("services.lib.jobs.child")   # a module, no function
 
 
 def test_the_entries_of_every_job_kind_resolve():
@@ -92,7 +92,7 @@ def _job_processes() -> list[psutil.Process]:
     found = []
     for child in psutil.Process().children():
         try:
-            if "services.jobs.child" in " ".join(child.cmdline()):
+            if "services.lib.jobs.child" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.NoSuchProcess:   # ended while we looked
             pass

@@ -7,8 +7,8 @@ import warnings
 import pytest
 from typer.testing import CliRunner
 
-from services.cli.main import app
-from services.common.log_setup import CHATTY_LIBRARIES, RepeatFilter, configure_logging, parse_level
+from services.apps.cli.main import app
+from services.lib.common.log_setup import CHATTY_LIBRARIES, RepeatFilter, configure_logging, parse_level
 
 
 @pytest.fixture
@@ -74,5 +74,5 @@ def test_a_repeated_warning_is_said_once_a_minute_with_how_often_it_repeated():
                     "Unable connect to node 127.0.0.1:9092 [599 more like this in the last 60 s]"]
     # Other messages, other loggers and anything below a warning are not held back.
     assert repeats.filter(record("Another failure %s"))
-    assert repeats.filter(record("Unable connect to node %s", name="services.common.outbox"))
+    assert repeats.filter(record("Unable connect to node %s", name="services.lib.common.outbox"))
     assert all(repeats.filter(record("connected to %s", level=logging.INFO)) for _ in range(3))

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from mongomock_motor import AsyncMongoMockClient
 
-from services.common.errors import ApiError
+from services.lib.common.errors import ApiError
 from services.gateway.accounts import passwords
 from services.gateway.accounts.login_throttle import LoginThrottle, ThrottleRules
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.common.metrics_access import _is_metrics_token
-from services.common.settings import Settings
+from services.lib.common.metrics_access import _is_metrics_token
+from services.lib.common.settings import Settings
 
 
 def test_a_short_metrics_token_is_refused_naming_the_rule(monkeypatch):

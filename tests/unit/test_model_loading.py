@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import threading
 
-from services.mlkit.tiny import build_tiny_model
-from services.mlkit.training.config import TrainConfig
-from services.mlkit.training.modeling import load_model
+from services.lib.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.training.config import TrainConfig
+from services.lib.mlkit.training.modeling import load_model
 
 
 def test_concurrent_loads_in_threads_all_get_real_weights(tmp_path):

@@ -9,7 +9,7 @@ import inspect
 
 from fastapi.routing import APIRoute
 
-from services.common.settings import get_settings
+from services.lib.common.settings import get_settings
 from services.runtime import build_app
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.objectstore import MAX_KEY_BYTES, ObjectPath
+from services.lib.common.objectstore import MAX_KEY_BYTES, ObjectPath
 
 
 @pytest.mark.parametrize("key", ["", "folder/", "folder/model.safetensors", "a/b/c.json", "with space/and-dash_1.txt",
@@ -48,8 +48,8 @@ class _FakeS3:
 
 
 def _store(keys):
-    from services.common.objectstore import ObjectStore
-    from services.common.settings import Settings
+    from services.lib.common.objectstore import ObjectStore
+    from services.lib.common.settings import Settings
 
     return ObjectStore(Settings(), client=_FakeS3(keys))
 

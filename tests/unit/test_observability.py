@@ -8,10 +8,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common import metrics
-from services.common.settings import Settings
-from services.common.telemetry import traces_file_path
-from services.common.telemetry_export import OtlpJsonLinesExporter, RecentSpans
+from services.lib.common import metrics
+from services.lib.common.settings import Settings
+from services.lib.common.telemetry import traces_file_path
+from services.lib.common.telemetry_export import OtlpJsonLinesExporter, RecentSpans
 
 
 def _provider(*processors) -> TracerProvider:

@@ -9,8 +9,8 @@ import pytest
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel
 
-from services.common.errors import ApiError, install_error_handlers
-from services.common.http import BodySizeLimit
+from services.lib.common.errors import ApiError, install_error_handlers
+from services.lib.common.http import BodySizeLimit
 
 LIMIT = 1024
 OPENAI_KEYS = {"message", "type", "param", "code"}

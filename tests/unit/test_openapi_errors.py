@@ -1,13 +1,13 @@
-"""The OpenAPI rewrite (services.common.openapi_errors) and the 405 Allow header, on a small app."""
+"""The OpenAPI rewrite (services.lib.common.openapi_errors) and the 405 Allow header, on a small app."""
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from services.common.errors import ApiError, install_error_handlers
-from services.common.openapi_errors import document_errors
-from services.common.public_routes import is_public
+from services.lib.common.errors import ApiError, install_error_handlers
+from services.lib.common.openapi_errors import document_errors
+from services.lib.common.public_routes import is_public
 
 
 class Thing(BaseModel):

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.common.cluster import LocalMachine, Resources
-from services.common.settings import Settings
-from services.pools.ledger import is_stale
-from services.pools.models import NAME_PATTERN
+from services.lib.common.cluster import LocalMachine, Resources
+from services.lib.common.settings import Settings
+from services.lib.pools.ledger import is_stale
+from services.lib.pools.models import NAME_PATTERN
 
 
 def test_resources_add_subtract_scale_and_fit():
@@ -61,7 +61,7 @@ def test_pool_names_are_node_label_values(name, ok):
 
 
 def _nodes(*cpus: float) -> list:
-    from services.common.cluster import Node
+    from services.lib.common.cluster import Node
     return [Node(id=f"n{i}", pool="p", address="127.0.0.1", resources=Resources(cpus=c)) for i, c in enumerate(cpus)]
 
 
@@ -76,8 +76,8 @@ def _nodes(*cpus: float) -> list:
 ])
 def test_work_that_no_node_could_ever_hold_is_refused_with_the_numbers(nodes, share, count, refusal):
     """A job's task, a training rank and an instance each run on one node: the pool's total is not enough."""
-    from services.common.errors import ApiError
-    from services.pools.service import _require_nodes_fit
+    from services.lib.common.errors import ApiError
+    from services.lib.pools.service import _require_nodes_fit
 
     if refusal is None:
         _require_nodes_fit(_nodes(*nodes), share=share, count=count, pool="p", what="the job", field="resource_pool")

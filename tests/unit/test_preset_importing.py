@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from services.cli import platform_cmds
+from services.apps.cli import platform_cmds
 from services.gateway.quotas.presets import (
     PresetTemplate,
     pending_message,
@@ -18,9 +18,9 @@ from services.gateway.quotas.presets import (
     preset_items,
     preset_templates,
 )
-from services.jobs.local_process import LocalProcessExecutor
-from services.mlkit import smollm2
-from services.readmodels.model_refs import PresetImport
+from services.lib.jobs.local_process import LocalProcessExecutor
+from services.lib.mlkit import smollm2
+from services.lib.readmodels.model_refs import PresetImport
 from services.registry import presets, work
 from tests.unit.cli_fakes import FakeApi, api, maas  # noqa: F401 (api is a fixture)
 

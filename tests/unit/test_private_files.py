@@ -1,4 +1,4 @@
-"""Owner-only folders and files (services.common.private_files) and where the platform uses them."""
+"""Owner-only folders and files (services.lib.common.private_files) and where the platform uses them."""
 from __future__ import annotations
 
 import os
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import config as cli_config
-from services.cli import platform_cmds
-from services.common.private_files import open_private_append, private_dir, write_private_text
+from services.apps.cli import config as cli_config
+from services.apps.cli import platform_cmds
+from services.lib.common.private_files import open_private_append, private_dir, write_private_text
 
 
 def _mode(path: Path) -> int:
@@ -79,7 +79,7 @@ def restored_environ():
 
 
 def test_maas_up_makes_everything_it_writes_owner_only(tmp_path, monkeypatch, open_umask, restored_environ):
-    from services.embedded import servers
+    from services.lib.embedded import servers
 
     async def no_admin():
         return None
@@ -127,7 +127,7 @@ class _FakeHead:
 
 
 def test_maas_up_ray_runs_the_platform_on_its_own_ray_head(tmp_path, monkeypatch, open_umask, restored_environ):
-    from services.embedded import servers
+    from services.lib.embedded import servers
 
     async def no_admin():
         return None

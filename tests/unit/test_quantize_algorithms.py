@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from services.mlkit.quantize.awq import apply_awq, fake_quantize, search_clip
-from services.mlkit.quantize.calibration import builtin_calibration_texts, token_windows
-from services.mlkit.quantize.modules import UnsupportedModel, decoder_layers, scale_groups
-from services.mlkit.quantize.smoothquant import SmoothReport, activation_absmax, activation_outliers, smooth
+from services.lib.mlkit.quantize.awq import apply_awq, fake_quantize, search_clip
+from services.lib.mlkit.quantize.calibration import builtin_calibration_texts, token_windows
+from services.lib.mlkit.quantize.modules import UnsupportedModel, decoder_layers, scale_groups
+from services.lib.mlkit.quantize.smoothquant import SmoothReport, activation_absmax, activation_outliers, smooth
 
 
 @pytest.fixture(scope="module", params=["qwen2", "llama"])
 def tiny(request, tmp_path_factory) -> Path:
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp(request.param), arch=request.param)
 
@@ -182,7 +182,7 @@ def test_float_zero_points_pack_like_the_fake_quantizer_and_reproduce_a_grid():
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
-    from services.mlkit.quantize.onnx_quant import quantize_matmul_float_zero
+    from services.lib.mlkit.quantize.onnx_quant import quantize_matmul_float_zero
 
     rng = np.random.default_rng(0)
     k, n = 96, 24

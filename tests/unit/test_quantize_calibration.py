@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from services.mlkit.quantize.calibration import (CHAT_SAMPLES, CalibrationDataError, builtin_calibration_texts,
+from services.lib.mlkit.quantize.calibration import (CHAT_SAMPLES, CalibrationDataError, builtin_calibration_texts,
                                                  chat_samples, heldout_texts, parse_calibration_file, token_windows)
 
 
@@ -13,7 +13,7 @@ from services.mlkit.quantize.calibration import (CHAT_SAMPLES, CalibrationDataEr
 def tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
 
     return AutoTokenizer.from_pretrained(build_tiny_model(tmp_path_factory.mktemp("tiny")))
 

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from services.compression.estimate import TABLE_7_4, estimate, param_count
 from services.compression.models import JobCreate, Strategy
-from services.catalog.templates import default_catalog
+from services.lib.catalog.templates import default_catalog
 
 BASE = {"name": "job", "source": {"model_id": "m"}, "strategy": "smoothquant-w8a8", "output_model_name": "out"}
 

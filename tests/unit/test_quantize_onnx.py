@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from services.mlkit.quantize.pipeline import (AWQ, SMOOTHQUANT, CompressionConfig, CompressionInputError, check_source,
+from services.lib.mlkit.quantize.pipeline import (AWQ, SMOOTHQUANT, CompressionConfig, CompressionInputError, check_source,
                                               compress, onnx_node_name)
 
 logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
@@ -22,7 +22,7 @@ FAST = dict(seq_len=128, max_calibration_tokens=512, n_grid=5, search_tokens=256
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    from services.mlkit.tiny import build_tiny_model
+    from services.lib.mlkit.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
@@ -100,11 +100,11 @@ def test_output_folder_is_a_quantized_onnx_model(outputs, strategy, bits, method
 
 
 def test_the_inference_engine_serves_the_outputs(outputs):
-    """services/inference runs the compressed folders as they are (the concat-KV loop over the
+    """services/lib/inference runs the compressed folders as they are (the concat-KV loop over the
     optimum graph), and greedy decoding agrees with a full forward pass of the same ONNX model."""
-    from services.inference.engine import Engine
-    from services.inference.params import SamplingParams
-    from services.mlkit.quantize.perplexity import OnnxLM
+    from services.lib.inference.engine import Engine
+    from services.lib.inference.params import SamplingParams
+    from services.lib.mlkit.quantize.perplexity import OnnxLM
 
     for outcome, _ in outputs.values():
         engine = Engine(outcome.out_dir, max_model_len=96, max_num_seqs=2)
@@ -144,7 +144,7 @@ def test_int8_kernel_quantizes_activations(tmp_path):
     with accuracy_level 0 the same weights meet float activations (W8A16)."""
     import onnxruntime as ort
 
-    from services.mlkit.quantize.onnx_quant import quantize_matmul_nbits
+    from services.lib.mlkit.quantize.onnx_quant import quantize_matmul_nbits
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=(64, 32)).astype(np.float32)

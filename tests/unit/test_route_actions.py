@@ -1,5 +1,5 @@
 """Every route of the assembled app declares exactly one action (issue 13.4), shown in its OpenAPI
-operation; the public routes (services.common.public_routes) declare none.
+operation; the public routes (services.lib.common.public_routes) declare none.
 
 A new route that forgets ``Authorized(...)`` fails here, as one that forgets authentication fails
 tests/integration/test_unauthenticated_routes.py.
@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from services.common.public_routes import PUBLIC_ROUTES, is_public
-from services.common.settings import get_settings
-from services.iam.actions import ACTIONS, INFERENCE_CALL
-from services.iam.authorize import declared_actions
+from services.lib.common.public_routes import PUBLIC_ROUTES, is_public
+from services.lib.common.settings import get_settings
+from services.lib.iam.actions import ACTIONS, INFERENCE_CALL
+from services.lib.iam.authorize import declared_actions
 from services.runtime import build_app
 
 

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.common.cluster import Node, Resources
+from services.lib.common.cluster import Node, Resources
 from services.deployer.reconciler import Reconciler, allocation_key
-from services.pools import ledger
-from services.readmodels.serving_refs import INSTANCES, SERVICES
+from services.lib.pools import ledger
+from services.lib.readmodels.serving_refs import INSTANCES, SERVICES
 from tests.unit.test_serving_reconciler import SETTINGS, FakeBackend, FakePlatform, _reports
 
 

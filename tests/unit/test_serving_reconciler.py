@@ -13,7 +13,7 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 
 from contracts.serving import InstanceChanged, ServiceStatusReported
-from services.readmodels.serving_refs import INSTANCES, SERVICES
+from services.lib.readmodels.serving_refs import INSTANCES, SERVICES
 from services.deployer.backend import Health, InstanceBackend, InstanceHandle, InstanceLaunch
 from services.deployer.reconciler import Reconciler
 from services.deployer.settings import DeployerSettings

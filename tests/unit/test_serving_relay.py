@@ -10,7 +10,7 @@ import pytest
 from opentelemetry.trace import NoOpTracer
 
 from contracts.openai import PROMPT_TOKENS_HEADER, ChatCompletionRequest
-from services.readmodels.serving_refs import InstanceRef, ServiceRef
+from services.lib.readmodels.serving_refs import InstanceRef, ServiceRef
 from services.gateway.inference.chat import ChatGateway
 from services.gateway.inference.genai_telemetry import ChatTelemetry
 from services.gateway.inference.moderation import BlocklistChecker, message_text
@@ -131,9 +131,9 @@ def test_least_outstanding_requests_wins_and_ties_rotate():
 
 
 def test_instance_utilisation_follows_requests_in_flight():
-    from services.common import metrics
+    from services.lib.common import metrics
     from services.gateway.inference.routing import INSTANCE_SLOTS
-    from services.inference.engine import DEFAULT_MAX_NUM_SEQS
+    from services.lib.inference.engine import DEFAULT_MAX_NUM_SEQS
 
     assert INSTANCE_SLOTS == DEFAULT_MAX_NUM_SEQS
     router = Router(platform=object())

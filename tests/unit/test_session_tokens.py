@@ -1,4 +1,4 @@
-"""Login tokens expire: the check in services/common/auth.py (mongomock; the session routes, refresh
+"""Login tokens expire: the check in services/lib/common/auth.py (mongomock; the session routes, refresh
 and logout run on the real servers in tests/integration/test_sessions.py)."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from mongomock_motor import AsyncMongoMockClient
 from starlette.requests import Request
 
-from services.common.auth import TOKENS, current_principal, hash_token
-from services.common.errors import ApiError
-from services.common.settings import Settings
+from services.lib.common.auth import TOKENS, current_principal, hash_token
+from services.lib.common.errors import ApiError
+from services.lib.common.settings import Settings
 
 SETTINGS = Settings(token_ttl_hours=12)
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from services.mlkit import smollm2
-from services.catalog.templates import Template, TemplateTasks
+from services.lib.mlkit import smollm2
+from services.lib.catalog.templates import Template, TemplateTasks
 from services.registry.weight_checks import validate_weights
 
 SMOLLM2_STRUCTURE = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9,

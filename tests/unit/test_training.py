@@ -1,4 +1,4 @@
-"""The training library (services.mlkit.training) on the tiny model: real torch/transformers/peft runs.
+"""The training library (services.lib.mlkit.training) on the tiny model: real torch/transformers/peft runs.
 
 Toy data: four questions, each with its fixed answer, repeated; a 200k-parameter model learns it
 visibly within ~20 iterations at a high learning rate.
@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from services.mlkit.tiny import build_tiny_model
-from services.mlkit.training import (TrainConfig, checkpoint_iterations, log_line, merge_lora, total_iterations,
+from services.lib.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.training import (TrainConfig, checkpoint_iterations, log_line, merge_lora, total_iterations,
                                      train)
-from services.mlkit.training.data import encode_examples
+from services.lib.mlkit.training.data import encode_examples
 
 ANSWERS = ["The capital of France is Paris.", "There are seven days in a week.",
            "Thank you very much for your help!", "The weather today is sunny with a light breeze."]

@@ -16,8 +16,8 @@ from typing import Iterator
 import pytest
 from minio.helpers import read_part_data
 
-from services.common.settings import Settings
-from services.common.objectstore import ObjectPath, ObjectStore
+from services.lib.common.settings import Settings
+from services.lib.common.objectstore import ObjectPath, ObjectStore
 from services.tuning import datasets
 from services.tuning.datasets import (DatasetInvalid, DatasetRejected, check_whole_file_size, jsonl_line,
                                       normalise_dataset, parse_dataset, split_lines)
@@ -227,7 +227,7 @@ def _examples(store: ObjectStore, src: ObjectPath, summary: list):
 
 
 async def test_put_iter_uploads_the_examples_in_full_parts(monkeypatch):
-    monkeypatch.setattr("services.common.objectstore.PART_SIZE", 4096)
+    monkeypatch.setattr("services.lib.common.objectstore.PART_SIZE", 4096)
     client = _FakeS3({"in.jsonl": b"".join(jsonl_line(alpaca(i)) for i in range(300))})
     store, summary = _store(client), []
     written = await store.put_iter(ObjectPath("b", "out.jsonl"), _examples(store, ObjectPath("b", "in.jsonl"), summary))
@@ -248,7 +248,7 @@ async def test_put_iter_raises_the_dataset_error_as_it_was_and_writes_nothing():
 
 
 async def test_a_failed_upload_releases_the_download(monkeypatch):
-    monkeypatch.setattr("services.common.objectstore.PART_SIZE", 1024)
+    monkeypatch.setattr("services.lib.common.objectstore.PART_SIZE", 1024)
     client = _FakeS3({"in.jsonl": b"".join(jsonl_line(alpaca(i)) for i in range(300))}, fail_after_parts=1)
     store = _store(client)
     with pytest.raises(ConnectionError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from services.catalog.templates import default_catalog
+from services.lib.catalog.templates import default_catalog
 from services.tuning import estimate as est
 from services.tuning.models import JobCreate, JobStatus
 from services.tuning.states import STOPPABLE, TRANSITIONS, allowed_from, can_transition, may_auto_restart

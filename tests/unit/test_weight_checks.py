@@ -7,9 +7,9 @@ import shutil
 import pytest
 from safetensors.torch import load_file, save_file
 
-from services.mlkit.tiny import build_tiny_model
+from services.lib.mlkit.tiny import build_tiny_model
 from services.registry import weight_checks as wc
-from services.catalog.templates import CompressionStrategy, Template, TemplateTasks
+from services.lib.catalog.templates import CompressionStrategy, Template, TemplateTasks
 from services.registry.weight_checks import is_hf_folder, validate_weights
 
 TINY_STRUCTURE = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

@@ -1,4 +1,4 @@
-"""Reading the audit log (services/common/audit.py writes it): a filtered, paged list and CSV.
+"""Reading the audit log (services/lib/common/audit.py writes it): a filtered, paged list and CSV.
 
 An account's records are its own: everyone but the platform administrator reads only their account's
 (who within an account may read them is the authorization's to decide); the platform administrator
@@ -19,12 +19,12 @@ from fastapi.responses import StreamingResponse
 from pymongo import DESCENDING
 
 from contracts.timestamps import rfc3339
-from services.common.audit import AUDIT
-from services.common.auth import Principal
-from services.common.context import Platform, get_platform
-from services.common.errors import ApiError, bad_request
-from services.common.paging import Offset
-from services.iam.authorize import Authorized
+from services.lib.common.audit import AUDIT
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_platform
+from services.lib.common.errors import ApiError, bad_request
+from services.lib.common.paging import Offset
+from services.lib.iam.authorize import Authorized
 
 EXPORT_MAX_ROWS = 100_000
 CSV_COLUMNS = ("at", "account_id", "user_id", "username", "action", "resource", "method", "status", "client", "id")

@@ -11,14 +11,14 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.auth import Principal, bearer_token
-from services.common.context import Platform, get_platform, transact
-from services.common.errors import ApiError, bad_request
-from services.common.outbox import UnitOfWork
+from services.lib.common.auth import Principal, bearer_token
+from services.lib.common.context import Platform, get_platform, transact
+from services.lib.common.errors import ApiError, bad_request
+from services.lib.common.outbox import UnitOfWork
 from services.gateway.accounts.identity import USERS, login_throttle
 from services.gateway.accounts.passwords import hash_password_off_loop, password_matches_off_loop
 from services.gateway.accounts.sessions import client_address, revoke_other_sessions
-from services.iam.authorize import Authorized
+from services.lib.iam.authorize import Authorized
 
 
 class PasswordChange(BaseModel):

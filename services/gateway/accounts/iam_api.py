@@ -1,5 +1,5 @@
 """Access control over HTTP: the action catalogue, my permissions, and the account's IAM users, user
-groups and policies (guide chapter 2). Use cases in iam_service.py; authorization in services/iam."""
+groups and policies (guide chapter 2). Use cases in iam_service.py; authorization in services/lib/iam."""
 from __future__ import annotations
 
 import json
@@ -8,14 +8,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.auth import Principal
-from services.common.context import Platform, get_platform
-from services.common.errors import bad_request
-from services.common.validation import ResourceName, limited_text
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_platform
+from services.lib.common.errors import bad_request
+from services.lib.common.validation import ResourceName, limited_text
 from services.gateway.accounts import iam_service as iam
-from services.iam.actions import ACTIONS, ALL, suggestion
-from services.iam.authorize import Authorized, decide, granting_policy, grants
-from services.iam.policy import MAX_CHARS
+from services.lib.iam.actions import ACTIONS, ALL, suggestion
+from services.lib.iam.authorize import Authorized, decide, granting_policy, grants
+from services.lib.iam.policy import MAX_CHARS
 
 router = APIRouter(prefix="/api/v1", tags=["access control"])
 

@@ -2,7 +2,7 @@
 
 Every query is scoped to the caller's account (``tenant_id``); only ``delete_user`` lets the platform
 administrator reach into another account. Every change that can alter what someone may do bumps
-``iam_rev`` on every user of the account in the same transaction (services/iam/store.py): cached
+``iam_rev`` on every user of the account in the same transaction (services/lib/iam/store.py): cached
 grants go stale on the next call, and two concurrent changes of one account conflict, so the
 "keep one administrator" rule cannot be raced past.
 """
@@ -16,15 +16,15 @@ from pymongo.errors import DuplicateKeyError
 
 from contracts import new_id
 from contracts.timestamps import rfc3339
-from services.common.auth import ACTIVE, TOKENS, USERS, Principal
-from services.common.context import Platform, transact
-from services.common.errors import ApiError, bad_request, conflict, not_found
-from services.common.outbox import UnitOfWork
+from services.lib.common.auth import ACTIVE, TOKENS, USERS, Principal
+from services.lib.common.context import Platform, transact
+from services.lib.common.errors import ApiError, bad_request, conflict, not_found
+from services.lib.common.outbox import UnitOfWork
 from services.gateway.accounts.passwords import hash_password_off_loop
 from services.gateway.keys import service as keys
-from services.iam.policy import PolicyError, matching, parse_policy
-from services.iam.store import ACCOUNTS, GROUPS, POLICIES
-from services.iam.system_policies import SYSTEM_POLICIES
+from services.lib.iam.policy import PolicyError, matching, parse_policy
+from services.lib.iam.store import ACCOUNTS, GROUPS, POLICIES
+from services.lib.iam.system_policies import SYSTEM_POLICIES
 
 ADMIN, MEMBER = "admin", "member"
 DISABLED = "disabled"

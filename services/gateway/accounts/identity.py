@@ -10,12 +10,12 @@ from pydantic import BaseModel, Field
 from pymongo import ASCENDING
 
 from contracts import new_id
-from services.common import audit
-from services.common.auth import ACTIVE, TOKENS, Principal
-from services.common.context import Platform, get_platform
-from services.common.errors import ApiError
-from services.common.mongo import IndexSpec
-from services.readmodels.buckets import grant_bucket
+from services.lib.common import audit
+from services.lib.common.auth import ACTIVE, TOKENS, Principal
+from services.lib.common.context import Platform, get_platform
+from services.lib.common.errors import ApiError
+from services.lib.common.mongo import IndexSpec
+from services.lib.readmodels.buckets import grant_bucket
 from services.gateway.accounts.iam_service import record_account
 from services.gateway.accounts.login_throttle import LOGIN_FAILURES, LoginThrottle, ThrottleRules
 from services.gateway.accounts.passwords import (  # noqa: F401  (hash_password, verify_password: imported from here)
@@ -26,7 +26,7 @@ from services.gateway.accounts.passwords import (  # noqa: F401  (hash_password,
 )
 from services.gateway.accounts.sessions import client_address, start_session
 from services.gateway.settings import gateway_settings
-from services.iam.authorize import Authorized
+from services.lib.iam.authorize import Authorized
 
 USERS = "users"
 LOGIN_ACTION = "maas:auth:login"   # public: no authorization dependency names it, the audit log does
@@ -47,7 +47,7 @@ class BootstrapAdmin:
 async def create_user(platform: Platform, *, username: str, password: str, role: str = "admin",
                       tenant_id: str | None = None) -> dict:
     password_hash = await hash_password_off_loop(password)
-    # The first user of a new account administers it (services/iam; members: iam_service.create_user).
+    # The first user of a new account administers it (services/lib/iam; members: iam_service.create_user).
     user = {"_id": new_id(), "username": username, "password_hash": password_hash, "role": role,
             "tenant_id": tenant_id or new_id(), "account_role": "admin", "status": ACTIVE, "group_ids": [],
             "iam_rev": 0, "created_at": datetime.now(UTC)}

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 from pymongo import ASCENDING, ReturnDocument
 
-from services.common.errors import ApiError
-from services.common.mongo import IndexSpec
+from services.lib.common.errors import ApiError
+from services.lib.common.mongo import IndexSpec
 from services.gateway.settings import GatewaySettings
 
 LOGIN_FAILURES = "login_failures"

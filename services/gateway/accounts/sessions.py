@@ -4,7 +4,7 @@ A token expires ``MAAS_TOKEN_TTL_HOURS`` (default 12) after it was issued; ``POS
 exchanges a valid token for a new one (same session, new expiry) and revokes the old one in the
 same transaction. ``POST /auth/logout`` revokes the token used; a user lists their sessions and
 revokes any of them. Only the token's SHA-256 is stored (its ``_id``, looked up once per request by
-services/common/auth.py); a session's public ``session_id`` is what the API shows.
+services/lib/common/auth.py); a session's public ``session_id`` is what the API shows.
 """
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from pymongo import ASCENDING, DESCENDING
 
 from contracts import new_id
 from contracts.timestamps import instants, rfc3339
-from services.common.auth import TOKENS, Principal, bearer_token, hash_token, new_token, session_expiry
-from services.common.context import Platform, get_platform, transact
-from services.common.errors import ApiError, not_found
-from services.common.mongo import IndexSpec
-from services.common.outbox import UnitOfWork
-from services.common.paging import Offset
-from services.iam.authorize import Authorized
+from services.lib.common.auth import TOKENS, Principal, bearer_token, hash_token, new_token, session_expiry
+from services.lib.common.context import Platform, get_platform, transact
+from services.lib.common.errors import ApiError, not_found
+from services.lib.common.mongo import IndexSpec
+from services.lib.common.outbox import UnitOfWork
+from services.lib.common.paging import Offset
+from services.lib.iam.authorize import Authorized
 
 LEGACY_ID_LENGTH = 24
 

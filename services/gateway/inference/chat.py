@@ -32,8 +32,8 @@ from pydantic import ValidationError
 
 from contracts.openai import PROMPT_TOKENS_HEADER, interactive_max_tokens
 from contracts.serving import PresetServiceWakeRequested
-from services.common.context import Platform, get_component
-from services.readmodels.serving_refs import InstanceRef, ServiceRef
+from services.lib.common.context import Platform, get_component
+from services.lib.readmodels.serving_refs import InstanceRef, ServiceRef
 from services.gateway.inference.endpoints import CHAT, COMPLETIONS, Endpoint
 from services.gateway.inference.genai_telemetry import ChatTelemetry
 from services.gateway.inference.moderation import Moderation

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from contracts.openai import ChatCompletionRequest, CompletionRequest
 from services.gateway.inference.moderation import message_text
 from services.gateway.quotas.calls import CallBound, call_bound
-from services.readmodels.serving_refs import ServiceRef
+from services.lib.readmodels.serving_refs import ServiceRef
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ streamed or not. Attributes, as the GenAI semconv names them:
 - ``error.type`` and an error status when the call failed.
 Message content (``gen_ai.input.messages``, ``gen_ai.output.messages``) only when the operator turns
 on ``MAAS_GATEWAY_TELEMETRY_CAPTURE_CONTENT``: prompts are the callers' data and traces are not
-tenant-scoped. The metrics are services.common.metrics' ``gen_ai_*`` families.
+tenant-scoped. The metrics are services.lib.common.metrics' ``gen_ai_*`` families.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from contracts.openai import ChatCompletionRequest, CompletionRequest
-from services.common.metrics import record_genai_call
-from services.common.telemetry import tracer
+from services.lib.common.metrics import record_genai_call
+from services.lib.common.telemetry import tracer
 
 OPERATION = "chat"
 PROVIDER = "openmaas"

@@ -17,12 +17,12 @@ from typing import Protocol
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.auth import Principal
-from services.common.context import Platform, get_component, get_platform
-from services.common.errors import ApiError
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_component, get_platform
+from services.lib.common.errors import ApiError
 from services.gateway.settings import gateway_settings
 from services.gateway.views import ReadThroughView
-from services.iam.authorize import Authorized
+from services.lib.iam.authorize import Authorized
 
 MODERATION = "moderation_settings"
 _WS = re.compile(r"\s+")

@@ -13,13 +13,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from contracts.openai import ChatCompletionRequest, CompletionRequest
-from services.common.context import Platform, get_platform
-from services.readmodels.serving_refs import PRESET_TENANT, ServiceRef, list_callable_services
+from services.lib.common.context import Platform, get_platform
+from services.lib.readmodels.serving_refs import PRESET_TENANT, ServiceRef, list_callable_services
 from services.gateway.inference.chat import ChatGateway, Gateway
 from services.gateway.keys.service import authenticate
 from services.gateway.oai_errors import OpenAIError, invalid
-from services.iam.actions import INFERENCE_CALL
-from services.iam.authorize import Authorized
+from services.lib.iam.actions import INFERENCE_CALL
+from services.lib.iam.authorize import Authorized
 
 router = APIRouter(tags=["OpenAI-compatible API"])
 # Every /v1 route: the API key's owner must be allowed to call models (checked by keys.authenticate,
@@ -35,13 +35,13 @@ def _body_schema(model) -> dict:
 
 
 # The body is read as is (no FastAPI model: every call would pay for a second validation), so the
-# document gets its schema here; services.common.openapi_errors moves its definitions to components.
+# document gets its schema here; services.lib.common.openapi_errors moves its definitions to components.
 CHAT_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": _body_schema(ChatCompletionRequest)}}}}
 COMPLETION_BODY = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": _body_schema(CompletionRequest)}}}}
 
-# What a call can end in besides the errors of every route (documented by services.common.openapi_errors).
+# What a call can end in besides the errors of every route (documented by services.lib.common.openapi_errors).
 CALL_ERRORS = {429: {"description": "Over the service's QPS limit or the API key's requests/tokens per minute, or "
                                     "the free quota is used up (see Retry-After)"},
                502: {"description": "The model service failed to answer"},

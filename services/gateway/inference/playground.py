@@ -13,12 +13,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.openai import INTERACTIVE_MAX_TOKENS
-from services.common.auth import Principal
+from services.lib.common.auth import Principal
 from services.gateway.inference.chat import ChatGateway, Gateway
 from services.gateway.inference.openai_api import CALL_ERRORS
 from services.gateway.keys.models import Caller
 from services.gateway.oai_errors import OpenAIError
-from services.iam.authorize import Authorized
+from services.lib.iam.authorize import Authorized
 
 # Table 10-1 (and 9-1): range and default of each slider.
 PARAMETERS = {

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import itertools
 
-from services.common import metrics
-from services.common.context import Platform
-from services.readmodels.serving_refs import (InstanceRef, ServiceRef, find_service_by_name, get_service,
+from services.lib.common import metrics
+from services.lib.common.context import Platform
+from services.lib.readmodels.serving_refs import (InstanceRef, ServiceRef, find_service_by_name, get_service,
                                           ready_instances)
 from services.gateway.views import ReadThroughView
 
 
-# Sequences an instance decodes at once: the engine's default (services.inference.engine
+# Sequences an instance decodes at once: the engine's default (services.lib.inference.engine
 # DEFAULT_MAX_NUM_SEQS, which the deployer keeps); utilisation = requests in flight / this.
 INSTANCE_SLOTS = 16
 

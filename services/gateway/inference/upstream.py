@@ -69,7 +69,7 @@ class Upstream:
         return self._session
 
     async def post_json(self, url: str, content: bytes, *, secret: str) -> UpstreamResponse:
-        """POST to an instance with its secret (it answers nobody else: services.inference.auth)."""
+        """POST to an instance with its secret (it answers nobody else: services.lib.inference.auth)."""
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
         try:
             response = await self._client().post(url, data=content, headers=headers)

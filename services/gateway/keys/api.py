@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
-from services.common.auth import Principal
-from services.common.context import Platform, get_platform
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_platform
 from services.gateway.keys.models import KeyCreate, KeyUpdate
 from services.gateway.keys.service import create_key, delete_key, list_keys, update_key
 from services.gateway.quotas.metering import usage_by_key
 from services.gateway.settings import gateway_settings
-from services.iam.authorize import Authorized
+from services.lib.iam.authorize import Authorized
 
 router = APIRouter(prefix="/api/v1/api-keys", tags=["api keys"])
 

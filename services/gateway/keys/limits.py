@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pymongo import ASCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
-from services.common.mongo import IndexSpec
+from services.lib.common.mongo import IndexSpec
 from services.gateway.oai_errors import OpenAIError
 
 log = logging.getLogger(__name__)

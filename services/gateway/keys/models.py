@@ -7,8 +7,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from services.common.validation import limited_text
-from services.iam.evaluator import Grant
+from services.lib.common.validation import limited_text
+from services.lib.iam.evaluator import Grant
 
 
 @dataclass(frozen=True)

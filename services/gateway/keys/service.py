@@ -20,16 +20,16 @@ from pymongo.errors import DuplicateKeyError
 
 from contracts import new_id
 from contracts.timestamps import instants
-from services.common.auth import ACTIVE, USER_FIELDS, USERS, Principal, hash_token, principal_of
-from services.common.context import Platform, transact
-from services.common.errors import ApiError, not_found
-from services.common.mongo import IndexSpec
+from services.lib.common.auth import ACTIVE, USER_FIELDS, USERS, Principal, hash_token, principal_of
+from services.lib.common.context import Platform, transact
+from services.lib.common.errors import ApiError, not_found
+from services.lib.common.mongo import IndexSpec
 from services.gateway.keys.models import Caller, KeyLimitsFields, KeyUpdate
 from services.gateway.oai_errors import OpenAIError
 from services.gateway.settings import gateway_settings
 from services.gateway.views import ReadThroughView
-from services.iam.authorize import decide, grants
-from services.iam.store import Grants
+from services.lib.iam.authorize import decide, grants
+from services.lib.iam.store import Grants
 
 API_KEYS = "api_keys"
 API_KEY_COUNTS = "api_key_counts"
@@ -162,7 +162,7 @@ async def _find_caller(platform: Platform, authorizer: Grants, digest: str) -> C
 
 async def authenticate(platform: Platform, request: Request, *, action: str) -> Caller:
     """The caller of an /v1 request from ``Authorization: Bearer <API key>``, allowed to perform
-    ``action`` (the route's, services.iam.authorize); 401 or 403 otherwise."""
+    ``action`` (the route's, services.lib.iam.authorize); 401 or 403 otherwise."""
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     secret = secret.strip()

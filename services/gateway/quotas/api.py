@@ -4,15 +4,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from pymongo import ASCENDING
 
-from services.common.auth import Principal
-from services.common.context import Platform, get_component, get_platform
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_component, get_platform
 from services.gateway.quotas.ledger import QuotaLedger
 from services.gateway.quotas.presets import preset_items, preset_templates
 from services.gateway.quotas.service import claim, quota_view
 from services.gateway.quotas.store import QUOTAS
-from services.iam.authorize import Authorized
-from services.readmodels.model_refs import preset_imports
-from services.readmodels.serving_refs import PRESET_TENANT, SERVICES
+from services.lib.iam.authorize import Authorized
+from services.lib.readmodels.model_refs import preset_imports
+from services.lib.readmodels.serving_refs import PRESET_TENANT, SERVICES
 
 router = APIRouter(prefix="/api/v1/preset-services", tags=["preset services"])
 

@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 
 from contracts.openai import ChatCompletionRequest
-from services.readmodels.serving_refs import ServiceRef
+from services.lib.readmodels.serving_refs import ServiceRef
 from services.gateway.oai_errors import OpenAIError
 from services.gateway.quotas.ledger import NoRoom, NotClaimed, QuotaLedger, Reservation
 from services.gateway.quotas.store import quota_id

@@ -19,13 +19,13 @@ from fastapi import APIRouter, Depends, Query
 from pymongo import ASCENDING, UpdateOne
 
 from contracts.timestamps import rfc3339
-from services.common.auth import Principal
-from services.common.context import Platform, get_platform
-from services.common.errors import not_found
-from services.common.metrics import record_tokens
-from services.common.mongo import IndexSpec
-from services.readmodels.serving_refs import get_service
-from services.iam.authorize import Authorized
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_platform
+from services.lib.common.errors import not_found
+from services.lib.common.metrics import record_tokens
+from services.lib.common.mongo import IndexSpec
+from services.lib.readmodels.serving_refs import get_service
+from services.lib.iam.authorize import Authorized
 
 log = logging.getLogger(__name__)
 

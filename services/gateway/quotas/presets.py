@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from services.catalog.templates import default_catalog
-from services.readmodels.model_refs import PresetImport, find_preset_import
-from services.readmodels.serving_refs import preset_service_id
+from services.lib.catalog.templates import default_catalog
+from services.lib.readmodels.model_refs import PresetImport, find_preset_import
+from services.lib.readmodels.serving_refs import preset_service_id
 
 IMPORTING, IMPORT_FAILED = "importing", "import_failed"
 

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
-from services.common.mongo import IndexSpec
+from services.lib.common.mongo import IndexSpec
 
 _MAX_KEYS = 10_000   # past this many keys, forget those whose bucket is full again
 _EPSILON = 1e-9      # float sums of 1/qps must not cost a request

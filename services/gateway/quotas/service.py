@@ -13,10 +13,10 @@ from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from contracts.timestamps import instants
-from services.common.context import Platform
-from services.common.errors import ApiError, not_found
-from services.common.mongo import IndexSpec
-from services.readmodels.serving_refs import PRESET_TENANT, find_service_by_name, get_service
+from services.lib.common.context import Platform
+from services.lib.common.errors import ApiError, not_found
+from services.lib.common.mongo import IndexSpec
+from services.lib.readmodels.serving_refs import PRESET_TENANT, find_service_by_name, get_service
 from services.gateway.quotas.ledger import QuotaLedger
 from services.gateway.quotas.presets import pending_message, pending_preset
 from services.gateway.quotas.store import QUOTAS, quota_id

@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from services.common.account_limits import account_limits, env_name, limit_reached, refuse
-from services.common.auth import Principal
-from services.common.context import Platform, get_platform
-from services.common.errors import ApiError, bad_request
-from services.common.objectstore import ObjectPath, TooLarge
-from services.readmodels.buckets import (BUCKETS, RESERVED_PREFIX, check_access, grant_bucket, is_reserved_name,
+from services.lib.common.account_limits import account_limits, env_name, limit_reached, refuse
+from services.lib.common.auth import Principal
+from services.lib.common.context import Platform, get_platform
+from services.lib.common.errors import ApiError, bad_request
+from services.lib.common.objectstore import ObjectPath, TooLarge
+from services.lib.readmodels.buckets import (BUCKETS, RESERVED_PREFIX, check_access, grant_bucket, is_reserved_name,
                                          stored_bytes, tenant_buckets)
-from services.iam.authorize import Authorized
+from services.lib.iam.authorize import Authorized
 
 router = APIRouter(prefix="/api/v1/storage", tags=["storage"])
 

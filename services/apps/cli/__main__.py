@@ -1,0 +1,3 @@
+from services.apps.cli.main import main
+
+main()
