@@ -10,7 +10,7 @@ from services.deployer.reconciler import Reconciler
 async def on_service_event(reconciler: Reconciler, envelope: Envelope, event) -> None:
     # A (re)start or a new desired state deserves new attempts even if the last ones failed.
     retry = isinstance(event, (ServiceDeployRequested, ServiceStarted, ServiceScaled, ServiceUpgraded))
-    reconciler.nudge(event.service_id, retry=retry)
+    await reconciler.request(event.service_id, retry=retry)
 
 
 HANDLERS = {cls: on_service_event for cls in (

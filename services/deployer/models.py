@@ -4,6 +4,8 @@ Instance document: _id, service_id, tenant_id, version_id, status (starting | re
 draining), url, secret (what the gateway sends the instance; never in an API response), node, details
 (backend-specific), backend, started_at, ready_at, message.
 Log line: service_id, tenant_id, instance_id, seq (global order), at, line.
+Handed nudge (``deployer_nudges``): _id (service id), retry, at — a service event that reached a
+standby deployer, for the leading one to act on.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from services.lib.common.mongo import IndexSpec
 from services.lib.readmodels.serving_refs import INSTANCES, SERVICE_LOGS
 
 LOGS_KEPT_DAYS = 30
+NUDGES = "deployer_nudges"
 
 INDEXES: list[IndexSpec] = [
     (INSTANCES, [("service_id", ASCENDING), ("status", ASCENDING)], {}),

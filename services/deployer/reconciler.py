@@ -11,7 +11,8 @@ what actually runs (instance documents probed through the backend), then acts:
 
 Draining = the instance is marked ``draining`` (gateways stop routing to it within their refresh
 interval), then told to stop, which lets its in-flight requests finish. One pass per service runs
-at a time; a nudge during a pass makes another pass follow. A single deployer runs per platform.
+at a time; a nudge during a pass makes another pass follow. Several deployers may run: only the one
+holding the lead acts (``services.deployer.runtime``, docs/operations.md).
 
 Resource pools: on a backend that reserves pool capacity (Ray), an instance is admitted in its
 service's pool (``services.lib.pools.ledger``) in the same unit of work that records it, and released
@@ -37,6 +38,7 @@ from services.lib.pools import ledger
 from services.lib.pools.service import capacity
 from services.lib.readmodels.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
 from services.deployer.backend import Health, InstanceBackend, InstanceHandle, InstanceLaunch
+from services.deployer.models import NUDGES
 from services.deployer.settings import DeployerSettings
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,9 @@ class Reconciler:
         self._log_offsets: dict[str, int] = {}
         self._waiting: dict[str, _Wait] = {}   # service id -> what its missing instances wait for, first come first
         self._seq = 0
+        # Only the leading deployer acts (services.deployer.runtime holds the lease); a standby hands
+        # the service events it receives over to the leader.
+        self.leading = False
 
     # ------------------------------------------------------------------------------------ scheduling
 
@@ -112,6 +117,38 @@ class Reconciler:
         task = self._tasks.get(service_id)
         if task is None or task.done():
             self._tasks[service_id] = asyncio.create_task(self._run(service_id), name=f"reconcile-{service_id}")
+
+    async def request(self, service_id: str, *, retry: bool) -> None:
+        """A service event arrived: act on it here if this deployer leads, else hand it to the leader
+        (its consumer group shares the topic's partitions with standbys)."""
+        if self.leading:
+            self.nudge(service_id, retry=retry)
+            return
+        # A retry stays a retry when a plain nudge follows it.
+        update = {"$set": {"at": _now(), "retry": True}} if retry else \
+            {"$set": {"at": _now()}, "$setOnInsert": {"retry": False}}
+        await self.platform.mongo[NUDGES].update_one({"_id": service_id}, update, upsert=True)
+
+    async def take_handed_nudges(self) -> None:
+        """The leader acts on what standbys were told."""
+        async for doc in self.platform.mongo[NUDGES].find({}):
+            if (await self.platform.mongo[NUDGES].delete_one({"_id": doc["_id"]})).deleted_count:
+                self.nudge(doc["_id"], retry=bool(doc.get("retry")))
+
+    async def step_down(self) -> None:
+        """Another deployer leads now: stop acting and stop the instances this one runs (the leader
+        finds them gone and starts its own), so no service is served twice over."""
+        self.leading = False
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+        self._dirty.clear()
+        self._state.clear()
+        self._waiting.clear()
+        handles = await self.backend.list()
+        await asyncio.gather(*(self.backend.stop(h, grace_seconds=self.settings.stop_grace_seconds) for h in handles),
+                             return_exceptions=True)
 
     def busy(self, service_id: str) -> bool:
         task = self._tasks.get(service_id)
@@ -515,6 +552,8 @@ class Reconciler:
         except Exception:
             log.exception("shipping the last log lines failed")
         await self.backend.close()
+        if not self.leading:
+            return   # a standby's node may be the leader's: the instance documents are the leader's
         # What ran here is gone; the next start reconciles every service from scratch.
         handles = {h.instance_id for h in await self.backend.list()}
         await self.platform.mongo[INSTANCES].delete_many({"node": self.node_name(), "_id": {"$nin": list(handles)}})

@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 from pathlib import Path
+
+import psutil
 
 from services.lib.common.cluster import RayCluster
 from services.lib.common.context import Platform
+from services.lib.common.leader import LEADERS, LeaderLease
 from services.deployer.backend import InstanceBackend
 from services.deployer.local import LocalProcessBackend
 from services.deployer.modelcache import ModelCache
@@ -15,6 +21,8 @@ from services.deployer.reconciler import Reconciler
 from services.deployer.settings import DeployerSettings, deployer_settings
 
 log = logging.getLogger(__name__)
+
+_HANDED_NUDGES_SECONDS = 1.0
 
 
 def make_backend(platform: Platform, settings: DeployerSettings) -> InstanceBackend:
@@ -49,15 +57,62 @@ async def _every(seconds: float, what, name: str) -> None:
 
 
 async def run_deployer(reconciler: Reconciler) -> None:
-    """Background task: resync, health checks and log shipping; stops every instance on shutdown."""
+    """Background task: while this deployer leads, resync, health checks, log shipping and the events
+    standbys handed over; a standby only tries for the lead. Stops every instance on shutdown."""
     settings = reconciler.settings
-    loops = [asyncio.create_task(_every(settings.resync_seconds, reconciler.resync, "resync")),
-             asyncio.create_task(_every(settings.health_interval_seconds, reconciler.check_health, "health check")),
-             asyncio.create_task(_every(settings.log_ship_seconds, reconciler.ship_logs, "log shipping"))]
+    lease = LeaderLease(reconciler.platform.mongo[LEADERS], name="deployer",
+                        holder=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}",
+                        lease_seconds=settings.leader_lease_seconds, gone=_dead_here)
+    loops: list[asyncio.Task] = []
     try:
-        await asyncio.gather(*loops)
+        while True:
+            leads = await _leads(lease)
+            if leads and not loops:
+                log.info("this deployer leads (%s)", lease.holder)
+                reconciler.leading = True
+                loops = [asyncio.create_task(_every(seconds, what, name)) for seconds, what, name in (
+                    (settings.resync_seconds, reconciler.resync, "resync"),
+                    (settings.health_interval_seconds, reconciler.check_health, "health check"),
+                    (settings.log_ship_seconds, reconciler.ship_logs, "log shipping"),
+                    (_HANDED_NUDGES_SECONDS, reconciler.take_handed_nudges, "handed events"))]
+            elif leads is False and loops:
+                log.warning("another deployer took the lead: this one steps down and stops its instances")
+                await _cancel(loops)
+                loops = []
+                await reconciler.step_down()
+            await asyncio.sleep(settings.leader_renew_seconds)
     finally:
-        for loop in loops:
-            loop.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
+        await _cancel(loops)
         await reconciler.close()
+        if reconciler.leading:
+            try:
+                await lease.release()
+            except Exception:   # MongoDB gone at shutdown: the lease lapses by itself
+                log.warning("could not give the deployer lead back; a standby takes it when it lapses")
+
+
+def _dead_here(holder: str) -> bool:
+    """A holder of this machine whose process is gone (a crash, kill -9): a restart need not wait for
+    its lease to lapse."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
+
+
+async def _leads(lease: LeaderLease) -> bool | None:
+    """True: this process leads; False: another one does; None: MongoDB did not answer. Unknown is
+    not a reason to step down: stopping every instance because the database blinked would turn an
+    outage of the control plane into one of inference (a standby cannot take the lead either)."""
+    try:
+        return await lease.hold()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("the deployer lead could not be renewed: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+async def _cancel(tasks: list[asyncio.Task]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -30,6 +30,10 @@ class DeployerSettings(BaseSettings):
     start_attempts: int = Field(2, ge=1, description="tries per missing instance before the service is failed/alarm")
     resync_seconds: float = Field(10.0, gt=0, description="how often every service is checked against what runs")
     log_ship_seconds: float = Field(1.0, gt=0)
+    # Several deployers may run (a standby beside the active one): one leads, by a lease in MongoDB.
+    leader_lease_seconds: float = Field(15.0, gt=0, description="how long a silent leading deployer keeps the "
+                                                                "lead before a standby takes over")
+    leader_renew_seconds: float = Field(3.0, gt=0, description="how often the lead is renewed (and a standby tries)")
 
 
 @lru_cache
