@@ -23,6 +23,7 @@ from services.lib.common.bus import ensure_topics, topic_name
 from services.lib.common.context import Platform
 from services.lib.common.errors import install_error_handlers
 from services.lib.common.http import BodySizeLimit
+from services.lib.common.migrations import migrate
 from services.lib.common.openapi_errors import document_errors
 from services.lib.common.service_spec import Consumer, PlatformBucket, ServiceSpec, envelope_handler_types
 from services.lib.common.settings import Settings, get_settings
@@ -156,6 +157,8 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
         # Every process's units of work may write the audit log: its collection exists everywhere.
         indexes = list(outbox.INDEXES) + list(audit.INDEXES) + [i for s in specs for i in s.indexes]
         await platform.mongo.ensure_indexes(indexes)
+        await migrate(platform.mongo, [m for s in specs for m in s.migrations],
+                      known={m.id for s in SERVICES.values() for m in s.migrations})
         await audit.ensure_retention(platform.mongo, days=settings.audit_retention_days)
         await reserve_platform_buckets(platform, {PlatformBucket(settings.system_bucket),
                                                   *(b for s in specs for b in s.buckets)})

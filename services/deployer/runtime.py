@@ -3,16 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import socket
 from pathlib import Path
-
-import psutil
 
 from services.lib.common.cluster import RayCluster
 from services.lib.common.context import Platform
-from services.lib.common.leader import LEADERS, LeaderLease
+from services.lib.common.leader import LEADERS, LeaderLease, dead_on_this_machine, holder_name
 from services.deployer.backend import InstanceBackend
 from services.deployer.local import LocalProcessBackend
 from services.deployer.modelcache import ModelCache
@@ -61,8 +56,8 @@ async def run_deployer(reconciler: Reconciler) -> None:
     standbys handed over; a standby only tries for the lead. Stops every instance on shutdown."""
     settings = reconciler.settings
     lease = LeaderLease(reconciler.platform.mongo[LEADERS], name="deployer",
-                        holder=f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}",
-                        lease_seconds=settings.leader_lease_seconds, gone=_dead_here)
+                        holder=holder_name(), lease_seconds=settings.leader_lease_seconds,
+                        gone=dead_on_this_machine)
     loops: list[asyncio.Task] = []
     try:
         while True:
@@ -89,14 +84,6 @@ async def run_deployer(reconciler: Reconciler) -> None:
                 await lease.release()
             except Exception:   # MongoDB gone at shutdown: the lease lapses by itself
                 log.warning("could not give the deployer lead back; a standby takes it when it lapses")
-
-
-def _dead_here(holder: str) -> bool:
-    """A holder of this machine whose process is gone (a crash, kill -9): a restart need not wait for
-    its lease to lapse."""
-    host, _, rest = holder.partition(":")
-    pid = rest.partition(":")[0]
-    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))
 
 
 async def _leads(lease: LeaderLease) -> bool | None:

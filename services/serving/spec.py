@@ -5,6 +5,7 @@ from contracts.serving import (DEPLOYER_TOPIC, GATEWAY_TOPIC, ServiceDeleted, Se
                                ServiceStatusChanged, ServiceStopped, ServiceUpgraded)
 from services.lib.common.service_spec import Consumer, ServiceSpec
 from services.serving import api, background, handlers
+from services.serving.migrations import MIGRATIONS
 from services.serving.models import INDEXES, READ_INDEXES
 
 SERVING = ServiceSpec(
@@ -19,4 +20,5 @@ SERVING = ServiceSpec(
     publishes=[ServiceDeployRequested, ServiceStarted, ServiceStopped, ServiceDeleted, ServiceScaled, ServiceQpsChanged,
                ServiceUpgraded, ServiceModerationChanged, ServiceStatusChanged, TaskRecordChanged,
                NotificationRuleChanged],
+    migrations=MIGRATIONS,
 )

@@ -18,7 +18,7 @@ import psutil
 import pytest
 from motor.motor_asyncio import AsyncIOMotorClient
 
-from services.lib.common.leader import LEADERS, LeaderLease
+from services.lib.common.leader import LEADERS, LeaderLease, dead_on_this_machine
 from services.lib.mlkit.tiny import build_tiny_model
 from tests.conftest import serve_platform
 from tests.integration.conftest import wait_for
@@ -60,6 +60,16 @@ async def test_a_holder_known_to_be_dead_lapses_at_once(leases):
     restarted = LeaderLease(leases, name="deployer", holder="here:2:z", lease_seconds=300,
                             gone=lambda holder: holder == "here:999999:x")
     assert await restarted.hold() is True and await alive.hold() is False
+    # What the deployer and the migrations use: this machine's process ids.
+    me = socket.gethostname()
+    assert dead_on_this_machine(f"{me}:{_dead_pid()}:t") and not dead_on_this_machine(f"{me}:{os.getpid()}:t")
+    assert not dead_on_this_machine(f"another-machine:{_dead_pid()}:t")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def _free_port() -> int:

@@ -7,9 +7,13 @@ one platform must keep their clocks within a small part of the lease (NTP does).
 """
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import psutil
 from pymongo.errors import DuplicateKeyError
 
 LEADERS = "leaders"
@@ -55,3 +59,17 @@ class LeaderLease:
     async def holder_now(self) -> str | None:
         doc = await self.collection.find_one({"_id": self.name})
         return doc["holder"] if doc and doc["expires_at"].replace(tzinfo=UTC) > datetime.now(UTC) else None
+
+
+def holder_name() -> str:
+    """A holder name that ``dead_on_this_machine`` can read: host, process id, and a token (two
+    holders of one process stay apart)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def dead_on_this_machine(holder: str) -> bool:
+    """A holder of this machine whose process is gone (a crash, kill -9): a restart need not wait for
+    its lease to lapse."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    return host == socket.gethostname() and pid.isdigit() and not psutil.pid_exists(int(pid))

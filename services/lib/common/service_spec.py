@@ -7,6 +7,7 @@ from typing import Any, Awaitable, Callable
 from fastapi import APIRouter
 
 from contracts import Envelope, EventData
+from services.lib.common.migrations import Migration
 from services.lib.common.mongo import IndexSpec
 
 PUBLIC_READ = "*"        # owner of buckets every tenant may read (platform presets); only the platform writes
@@ -54,6 +55,8 @@ class ServiceSpec:
     # The event types its code emits (``uow.emit``), for the event catalogue (services/lib/common/asyncapi.py);
     # tests/unit/test_asyncapi.py fails when the code emits one its service does not declare, or the reverse.
     publishes: list[type[EventData]] = field(default_factory=list)
+    # Its data migrations (services.lib.common.migrations), applied at start-up by a process hosting it.
+    migrations: list[Migration] = field(default_factory=list)
 
     def topics(self) -> set[str]:
         return {c.topic for c in self.consumers}
