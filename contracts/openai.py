@@ -228,10 +228,16 @@ class ChatCompletionRequest(BaseModel):
 # -- response (table 11-2) -------------------------------------------------------------------------
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(0, description="prompt tokens whose KV cache was reused from an earlier request "
+                                              "(prefix caching) instead of being computed again")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 class AssistantMessage(BaseModel):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Literal
 
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 
 from services.lib.common.telemetry import tracer_provider
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import signed_in_tenant, wait_for
 from tests.integration.test_serving_api import (api_key, deploy, serving_tmp, tiny_model,  # noqa: F401
                                                 tiny_model_folder, tiny_service)
 
@@ -319,9 +320,17 @@ async def test_usage_is_visible_per_key_and_per_service(api, client, service, ke
     by_service = (await api.get("/api/v1/usage", params={"group_by": "service"})).json()["items"]
     assert any(r["service_id"] == service["id"] and r["total_tokens"] >= response.usage.total_tokens
                for r in by_service)
+    # A prompt sent again comes from the instance's prefix cache: the answer and the monitoring say so.
+    long = [{"role": "system", "content": "You are a helpful assistant. " * 8}, {"role": "user", "content": "hello"}]
+    await client.chat.completions.create(model=service["name"], messages=long, max_tokens=2)
+    again = await client.chat.completions.create(model=service["name"], messages=long, max_tokens=2)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert 0 < cached < again.usage.prompt_tokens
+    await _flushed()
     metrics = (await api.get(f"/api/v1/services/{service['id']}/metrics")).json()
     assert metrics["totals"]["requests"] > 0 and metrics["totals"]["completion_tokens"] > 0
     assert metrics["totals"]["avg_latency_ms"] > 0 and metrics["instances"]
+    assert metrics["totals"]["cached_prompt_tokens"] >= cached and 0 < metrics["totals"]["prefix_cache_hit_rate"] < 1
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -507,6 +516,30 @@ async def test_preset_quota_must_be_claimed_once_and_runs_out(api, running_platf
             assert listed["quota"]["remaining"] == 0
             # Neither refusal woke the preset service up.
             assert (await platform.mongo["model_services"].find_one({"_id": preset["id"]}))["desired"] == desired
+
+
+@pytest.mark.slow
+async def test_accounts_never_share_the_prefix_cache_of_a_preset_service(api, running_platform):
+    """The attack: a preset service's one instance serves every account. Were its prefix cache shared,
+    an account could tell from ``cached_tokens`` (or from the time to the first token) what another
+    account's prompts begin with, by sending guesses."""
+    secret = [{"role": "system", "content": "Our launch code is 4417-alpha, never tell it. " * 4},
+              {"role": "user", "content": "hello"}]
+    cached = {}
+    async with contextlib.AsyncExitStack() as stack:
+        for name in ("cache-alice", "cache-bob"):
+            user = await stack.enter_async_context(signed_in_tenant(api, str(api.base_url), name=name))
+            preset = await _preset(user)
+            assert (await user.post(f"/api/v1/preset-services/{preset['id']}/claim")).status_code == 201
+            key = (await user.post("/api/v1/api-keys", json={"description": "cache"})).json()["key"]
+            client = await stack.enter_async_context(
+                openai.AsyncOpenAI(api_key=key, base_url=running_platform["url"] + "/v1", max_retries=0))
+            answer = await client.chat.completions.create(model=preset["name"], messages=secret, max_tokens=1)
+            cached[name] = answer.usage.prompt_tokens_details.cached_tokens
+            if name == "cache-alice":   # her own second call does reuse her first one's keys and values
+                again = await client.chat.completions.create(model=preset["name"], messages=secret, max_tokens=1)
+                assert again.usage.prompt_tokens_details.cached_tokens > 0
+    assert cached == {"cache-alice": 0, "cache-bob": 0}
 
 
 # ---------------------------------------------------------------------------------------------- playground

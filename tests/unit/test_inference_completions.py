@@ -79,7 +79,9 @@ def test_echo_with_logprobs_scores_prompt_and_answer_like_a_forward_pass(client,
     assert choice["text"].startswith(TEXT) and choice["finish_reason"] == "length"
     lp = choice["logprobs"]
     assert len(lp["tokens"]) == len(ids) + 6 and lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
-    assert body["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 6, "total_tokens": len(ids) + 6}
+    # Scoring the prompt computes all of it: nothing from the prefix cache.
+    assert body["usage"] == {"prompt_tokens": len(ids), "completion_tokens": 6, "total_tokens": len(ids) + 6,
+                             "prompt_tokens_details": {"cached_tokens": 0}}
     # The greedy answer's ids (its text need not encode back to them).
     answer = client.engine.generate(ids, SamplingParams(max_tokens=6, temperature=0, ignore_eos=True))
     all_ids = ids + answer.choices[0].token_ids

@@ -268,7 +268,8 @@ def metrics(service: str = typer.Argument(...), minutes: int = typer.Option(60),
         t = d["totals"]
         fields([("requests", t["requests"]), ("errors", t["errors"]), ("rejected", t["rejected"]),
                 ("prompt tokens", t["prompt_tokens"]), ("completion tokens", t["completion_tokens"]),
-                ("avg latency (ms)", t["avg_latency_ms"]), ("avg time to first token (ms)", t["avg_ttft_ms"])],
+                ("avg latency (ms)", t["avg_latency_ms"]), ("avg time to first token (ms)", t["avg_ttft_ms"]),
+                ("prefix cache hit rate", t.get("prefix_cache_hit_rate"))],
                title=f"Last {minutes} minutes")
         table(["minute", "requests", "errors", "tokens", "latency (ms)"],
               [(when(p["minute"]), p["requests"], p["errors"], p["prompt_tokens"] + p["completion_tokens"],

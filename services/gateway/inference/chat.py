@@ -66,6 +66,12 @@ def _token_count(usage: dict | None, key: str) -> int:
     return int(value) if isinstance(value, (int, float)) else 0
 
 
+def _cached_count(usage: dict | None) -> int:
+    """Prompt tokens the instance's prefix cache saved (OpenAI's ``usage.prompt_tokens_details``)."""
+    details = (usage or {}).get("prompt_tokens_details")
+    return _token_count(details if isinstance(details, dict) else None, "cached_tokens")
+
+
 def _header_count(value: str | None) -> int:
     return int(value) if value is not None and value.isdigit() else 0
 
@@ -274,8 +280,10 @@ class ChatGateway:
             call.fail(exc)          # an ended call (the answer came) is not touched again either
             raise
 
-    async def _send(self, service: ServiceRef, payload: dict, path: str) -> tuple[InstanceRef, UpstreamResponse]:
-        """Send to ``path`` of the least busy ready instance; on a refused connection try the next one."""
+    async def _send(self, service: ServiceRef, payload: dict, path: str, *,
+                    caller: Caller | None = None) -> tuple[InstanceRef, UpstreamResponse]:
+        """Send to ``path`` of the least busy ready instance; on a refused connection try the next one.
+        The instance keeps the prefix caches of ``caller``'s account apart from every other's."""
         content = json.dumps(payload, ensure_ascii=False).encode()
         instances = await self.router.instances(service.id)
         tried: set[str] = set()
@@ -291,8 +299,9 @@ class ChatGateway:
                                   code="no_ready_instance", retry_after=1)
             self.router.acquire(instance)
             try:
-                return instance, await self.upstream.post_json(f"{instance.url}{path}", content,
-                                                               secret=instance.secret)
+                return instance, await self.upstream.post_json(
+                    f"{instance.url}{path}", content, secret=instance.secret,
+                    cache_salt=caller.tenant_id if caller is not None else "")
             except InstanceUnreachable:
                 self.router.release(instance)
                 tried.add(instance.id)
@@ -324,7 +333,7 @@ class ChatGateway:
     async def _complete(self, caller: Caller, service: ServiceRef, payload: dict,
                         reservation: Reservation, call: ChatTelemetry, endpoint: Endpoint) -> Response:
         started = time.monotonic()
-        instance, response = await self._send(service, payload, endpoint.path)
+        instance, response = await self._send(service, payload, endpoint.path, caller=caller)
         call.instance(instance.url)
         try:
             body = await response.read()
@@ -347,7 +356,7 @@ class ChatGateway:
         reservation.settle(prompt + completion)
         blocked = service.content_moderation and await self._output_blocked(data, endpoint)
         self.meter.call(service=service, instance_id=instance.id, ok=not blocked, latency_ms=latency,
-                        prompt_tokens=prompt, completion_tokens=completion)
+                        prompt_tokens=prompt, completion_tokens=completion, cached_tokens=_cached_count(usage))
         choices = [c for c in data.get("choices") or [] if isinstance(c, dict)]
         call.end(input_tokens=prompt, output_tokens=completion, response_id=data.get("id"),
                  response_model=data.get("model"),
@@ -374,7 +383,7 @@ class ChatGateway:
         started = time.monotonic()
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        instance, response = await self._send(service, payload, endpoint.path)
+        instance, response = await self._send(service, payload, endpoint.path, caller=caller)
         call.instance(instance.url)
         if response.status != 200:
             try:
@@ -456,7 +465,7 @@ class ChatGateway:
         self.meter.call(service=service, instance_id=instance.id, ok=stream.ok,
                         latency_ms=(now - started) * 1000,
                         ttft_ms=(stream.first_at - started) * 1000 if stream.first_at else None,
-                        prompt_tokens=prompt, completion_tokens=completion)
+                        prompt_tokens=prompt, completion_tokens=completion, cached_tokens=_cached_count(usage))
         call.end(input_tokens=prompt, output_tokens=completion, response_id=stream.response_id,
                  response_model=stream.response_model, finish_reasons=stream.finish_reasons,
                  first_token_at=stream.first_at, texts=stream.texts if call.capture_content else None,

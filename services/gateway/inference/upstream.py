@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from services.lib.inference.prefix_cache import CACHE_SALT_HEADER
+
 
 class InstanceUnreachable(Exception):
     """The instance refused or dropped the connection before answering: another may take the call."""
@@ -68,9 +70,12 @@ class Upstream:
                                                   auto_decompress=False)
         return self._session
 
-    async def post_json(self, url: str, content: bytes, *, secret: str) -> UpstreamResponse:
-        """POST to an instance with its secret (it answers nobody else: services.lib.inference.auth)."""
+    async def post_json(self, url: str, content: bytes, *, secret: str, cache_salt: str = "") -> UpstreamResponse:
+        """POST to an instance with its secret (it answers nobody else: services.lib.inference.auth);
+        ``cache_salt``: the caller's account, so that accounts never share prefix-cache entries."""
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
+        if cache_salt:
+            headers[CACHE_SALT_HEADER] = cache_salt
         try:
             response = await self._client().post(url, data=content, headers=headers)
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:

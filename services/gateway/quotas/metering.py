@@ -74,7 +74,9 @@ class UsageRecorder:
                       completion_tokens=completion_tokens)
 
     def call(self, *, service, instance_id: str, ok: bool, latency_ms: float, ttft_ms: float | None = None,
-             prompt_tokens: int = 0, completion_tokens: int = 0, rejected: bool = False) -> None:
+             prompt_tokens: int = 0, completion_tokens: int = 0, rejected: bool = False,
+             cached_tokens: int = 0) -> None:
+        """``cached_tokens``: of the prompt's, those the instance's prefix cache saved (its hit rate)."""
         now = datetime.now(UTC)
         minute = _minute(now)
         for inst in {instance_id, "_all"}:
@@ -91,6 +93,7 @@ class UsageRecorder:
             inc["errors"] += 0 if ok else 1
             inc["prompt_tokens"] += prompt_tokens
             inc["completion_tokens"] += completion_tokens
+            inc["cached_prompt_tokens"] += cached_tokens
             inc["latency_ms_sum"] += latency_ms
             if ttft_ms is not None:
                 inc["ttft_ms_sum"] += ttft_ms
@@ -161,10 +164,13 @@ def _summarize(rows: list[dict]) -> dict:
         for k, v in r.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 total[k] += v
-    requests = total["requests"]
+    requests, prompt = total["requests"], total["prompt_tokens"]
     return {
         "requests": int(requests), "errors": int(total["errors"]), "rejected": int(total["rejected"]),
-        "prompt_tokens": int(total["prompt_tokens"]), "completion_tokens": int(total["completion_tokens"]),
+        "prompt_tokens": int(prompt), "completion_tokens": int(total["completion_tokens"]),
+        # The instances' prefix cache: how much of the prompts it did not compute again.
+        "cached_prompt_tokens": int(total["cached_prompt_tokens"]),
+        "prefix_cache_hit_rate": round(total["cached_prompt_tokens"] / prompt, 4) if prompt else None,
         "avg_latency_ms": round(total["latency_ms_sum"] / requests, 1) if requests else None,
         "avg_ttft_ms": round(total["ttft_ms_sum"] / total["ttft_count"], 1) if total["ttft_count"] else None,
     }

@@ -4,7 +4,8 @@ Continuous batching: every iteration the scheduler admits waiting requests into 
 (one prefill each), then runs ONE decode step for all live sequences of all requests together.
 Decode is bound by reading the weights, so a step for 8 sequences costs little more than for one
 (benchmarks/bench_decode.py). onnxruntime releases the GIL while it runs, so the server's event
-loop keeps serving meanwhile.
+loop keeps serving meanwhile. A prompt that starts like an earlier prompt or answer takes their keys
+and values from the prefix cache and prefills only the rest (``prefix_cache``).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from services.lib.inference.kv_gqa import GqaBackend
 from services.lib.inference.logprobs import TokenLogprob, token_logprob
 from services.lib.inference.model_files import context_length, eos_token_ids, plan_model
 from services.lib.inference.params import InvalidParameter, SamplingParams
+from services.lib.inference.prefix_cache import DEFAULT_BLOCK_SIZE, DEFAULT_PREFIX_CACHE_BYTES, PrefixCache
 from services.lib.inference.providers import select_providers
 from services.lib.inference.sampling import TokenHistory, apply_penalties, choose_token, make_rngs
 from services.lib.inference.sequence import ChoiceDelta, Sequence, Update
@@ -55,6 +57,7 @@ class Completion:
     choices: list[Choice]
     prompt_tokens: int
     prompt_logprobs: list[TokenLogprob | None] | None = None   # when the request asked (params.prompt_logprobs)
+    cached_tokens: int = 0   # of the prompt, whose keys and values came from the prefix cache
 
     @property
     def completion_tokens(self) -> int:
@@ -80,6 +83,7 @@ class _Request:
     beam: BeamSearch | None = None
     cancelled: bool = False
     prompt_logprobs: list[TokenLogprob | None] | None = None   # computed at the prefill, sent with the first update
+    cached_tokens: int = 0   # prompt tokens found in the prefix cache (not computed again)
 
     @property
     def streams(self) -> bool:
@@ -139,11 +143,15 @@ class Engine:
     def __init__(self, model_dir: Path, *, max_model_len: int | None = None,
                  max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, providers: list[str] | None = None,
                  threads: int | None = None, spinning: bool | None = False,
-                 compute_niceness: int = cpu_priority.DEFAULT_COMPUTE_NICENESS):
+                 compute_niceness: int = cpu_priority.DEFAULT_COMPUTE_NICENESS,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES, prefix_block_size: int = DEFAULT_BLOCK_SIZE):
         """``spinning``: let onnxruntime's idle threads busy-wait (None: its default, which is on).
         Off by default: the scheduler thread and the HTTP loop need the cores between runs.
         ``compute_niceness``: how much lower than the caller's the CPU priority of the scheduler
-        thread and of onnxruntime's threads is (0: the same); see ``cpu_priority``."""
+        thread and of onnxruntime's threads is (0: the same); see ``cpu_priority``.
+        ``prefix_cache_bytes``: memory for the KV cache of earlier prompts and answers that later
+        prompts starting alike reuse (0: off); see ``prefix_cache``."""
+        self.prefix_cache = PrefixCache(capacity_bytes=prefix_cache_bytes, block_size=prefix_block_size)
         self.model_dir = Path(model_dir)
         plan = plan_model(self.model_dir, providers=providers or select_providers())
         from transformers import AutoTokenizer
@@ -380,7 +388,11 @@ class Engine:
         ``prompt_logprobs`` also score every prompt token (request.prompt_logprobs)."""
         slot, prompt, top = request.slots[0], request.prompt, request.params.prompt_logprobs
         if top is None:
-            return self.backend.prefill(slot, prompt)
+            salt = request.params.cache_salt
+            request.cached_tokens, cached = self.prefix_cache.match(prompt, salt=salt)
+            logits = self.backend.prefill(slot, prompt, cached=cached)
+            self.prefix_cache.insert(prompt, len(prompt), partial(self.backend.kv, slot), salt=salt)
+            return logits
         scored: list[TokenLogprob | None] = [None]
 
         def score(start: int, rows: np.ndarray) -> None:
@@ -397,12 +409,14 @@ class Engine:
             for pos in range(1, len(prompt)):
                 score(pos - 1, logits[None, :])
                 logits = self.backend.decode([slot], [int(prompt[pos])])[0]
+        self.prefix_cache.insert(prompt, len(prompt), partial(self.backend.kv, slot), salt=request.params.cache_salt)
         request.prompt_logprobs = scored
         return logits
 
     @staticmethod
     def _sink(request: _Request, update: Update) -> None:
         """Hand the request an update; the prompt's logprobs ride on the first one."""
+        update.cached_tokens = request.cached_tokens
         if request.prompt_logprobs is not None:
             update.prompt_logprobs, request.prompt_logprobs = request.prompt_logprobs, None
         request.sink(update)
@@ -421,8 +435,17 @@ class Engine:
             seq.logprobs.append(token_logprob(row, token, params.top_logprobs))
         seq.append(token, params=params, eos_ids=self.eos_ids, room=self._room(seq.slot))
         if seq.finished and seq.slot is not None:
+            self._remember(request, seq)
             self._free_slot(request, seq.slot)
             seq.slot = None
+
+    def _remember(self, request: _Request, seq: Sequence) -> None:
+        """Cache the keys and values of a finished answer too: the next turn of the conversation
+        resends it after the prompt."""
+        if self.prefix_cache.enabled:
+            tokens = np.concatenate([request.prompt, np.asarray(seq.tokens, dtype=np.int64)])
+            self.prefix_cache.insert(tokens, self.backend.length(seq.slot), partial(self.backend.kv, seq.slot),
+                                     salt=request.params.cache_salt)
 
     def _step(self) -> None:
         slots, tokens, owners = [], [], []
@@ -506,7 +529,7 @@ class Engine:
 def collect(updates: Iterator[Update], n: int, prompt_tokens: int) -> Completion:
     """Fold a request's updates into the full completion."""
     choices = {i: Choice(index=i) for i in range(n)}
-    prompt_logprobs = None
+    prompt_logprobs, cached_tokens = None, 0
     for update in updates:
         if update.prompt_logprobs is not None:
             prompt_logprobs = update.prompt_logprobs
@@ -519,5 +542,6 @@ def collect(updates: Iterator[Update], n: int, prompt_tokens: int) -> Completion
                 choice.token_ids = delta.token_ids or []
             if delta.logprobs is not None:
                 choice.logprobs = (choice.logprobs or []) + delta.logprobs
-        prompt_tokens = update.prompt_tokens
-    return Completion(sorted(choices.values(), key=lambda c: c.index), prompt_tokens, prompt_logprobs)
+        prompt_tokens, cached_tokens = update.prompt_tokens, update.cached_tokens
+    return Completion(sorted(choices.values(), key=lambda c: c.index), prompt_tokens, prompt_logprobs,
+                      cached_tokens)

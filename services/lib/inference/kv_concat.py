@@ -119,16 +119,26 @@ class ConcatBackend:
     # These graphs return the logits of every position they are given.
     all_logits = True
 
-    def prefill(self, slot: int, token_ids: np.ndarray, on_logits=None) -> np.ndarray:
-        """Run the prompt into ``slot``; logits of the last position (``on_logits(0, rows)``: of all)."""
+    def prefill(self, slot: int, token_ids: np.ndarray, on_logits=None, *,
+                cached: np.ndarray | None = None) -> np.ndarray:
+        """Run the prompt into ``slot``; logits of the last position (``on_logits(0, rows)``: of all).
+
+        ``cached``: keys and values of the prompt's first positions (2 x layers, kv_heads, p, head_dim),
+        from the prefix cache: only the rest runs, with them as the past."""
         ids = np.asarray(token_ids, dtype=np.int64)[None, :]
         n = ids.shape[1]
         if n > self.max_len:
             raise ValueError(f"prompt of {n} tokens exceeds the maximum length {self.max_len}")
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self._kv_dtype)
-        logits, present = self._run(ids, np.ones((1, n), dtype=np.int64),
-                                    np.arange(n, dtype=np.int64)[None, :],
-                                    [self._ortvalue(empty)] * (2 * self.num_layers), every=on_logits is not None)
+        p = 0 if cached is None else int(cached.shape[2])
+        if p and on_logits is not None:
+            raise ValueError("a prefill from a cached prefix has no logits for the cached positions")
+        if p:
+            past = [self._ortvalue(cached[i][None].astype(self._kv_dtype, copy=False)) for i in range(len(cached))]
+        else:
+            empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self._kv_dtype)
+            past = [self._ortvalue(empty)] * (2 * self.num_layers)
+        logits, present = self._run(ids[:, p:], np.ones((1, n), dtype=np.int64),
+                                    np.arange(p, n, dtype=np.int64)[None, :], past, every=on_logits is not None)
         if on_logits is not None:
             on_logits(0, logits[0])
             logits = logits[:, -1, :]
@@ -136,6 +146,12 @@ class ConcatBackend:
         self._alone[slot] = [v.numpy()[0] for v in present]
         self.lengths[slot] = n
         return logits[0]
+
+    def kv(self, slot: int, start: int, end: int) -> np.ndarray:
+        """A copy of the keys and values of positions [start, end) of ``slot``:
+        (2 x layers, kv_heads, end - start, head_dim)."""
+        host = self._batch_host() if slot not in self._alone else None
+        return np.stack([a[:, start:end] for a in self._host_kv(slot, host)])
 
     def decode(self, slots: list[int], tokens: list[int]) -> np.ndarray:
         if self._batch != list(slots):

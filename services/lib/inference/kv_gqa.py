@@ -121,18 +121,29 @@ class GqaBackend:
 
     # -- backend API ---------------------------------------------------------------------------
 
-    def prefill(self, slot: int, token_ids: np.ndarray, on_logits=None) -> np.ndarray:
+    def prefill(self, slot: int, token_ids: np.ndarray, on_logits=None, *,
+                cached: np.ndarray | None = None) -> np.ndarray:
         """Run the prompt into ``slot`` (replacing what it held); logits of the last position.
 
         ``on_logits(start, rows)``: called with the logits of every position, chunk by chunk (only
-        where ``all_logits``), so a long prompt never holds (length, vocabulary) floats at once."""
+        where ``all_logits``), so a long prompt never holds (length, vocabulary) floats at once.
+        ``cached``: keys and values of the prompt's first positions (2 x layers, kv_heads, p, head_dim),
+        from the prefix cache: written into the slot's buffer, and only the rest runs (as a chunk
+        after them)."""
         ids = np.asarray(token_ids, dtype=np.int64)[None, :]
         n = ids.shape[1]
         if n > self.max_len:
             raise ValueError(f"prompt of {n} tokens exceeds the KV buffer of {self.max_len}")
         if on_logits is not None and not self.all_logits:
             raise ValueError("this graph computes the last position's logits only")
-        for start in range(0, n, self.prefill_chunk):
+        p = 0 if cached is None else int(cached.shape[2])
+        if p and on_logits is not None:
+            raise ValueError("a prefill from a cached prefix has no logits for the cached positions")
+        if p:
+            for layer, (bk, bv) in enumerate(self._buffers):
+                bk[slot, :, :p] = cached[2 * layer]
+                bv[slot, :, :p] = cached[2 * layer + 1]
+        for start in range(p, n, self.prefill_chunk):
             end = min(n, start + self.prefill_chunk)
             logits = self._run(slot, ids[:, start:end], np.ones((1, end), dtype=np.int64),
                                np.arange(start, end, dtype=np.int64)[None, :], every=on_logits is not None)
@@ -162,6 +173,11 @@ class GqaBackend:
         logits = self._run(0, ids, mask, lengths[:, None].copy())
         self.lengths[slots] += 1
         return logits[slots]
+
+    def kv(self, slot: int, start: int, end: int) -> np.ndarray:
+        """A copy of the keys and values of positions [start, end) of ``slot``:
+        (2 x layers, kv_heads, end - start, head_dim)."""
+        return np.stack([b[slot, :, start:end] for pair in self._buffers for b in pair])
 
     def copy(self, src: int, dst: int) -> None:
         """Make ``dst`` a copy of ``src``'s cache (n > 1 samples and beams share a prefix)."""

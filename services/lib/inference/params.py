@@ -52,6 +52,9 @@ class SamplingParams:
     # The grammar every sequence's tokens must follow (services.lib.inference.grammar: response_format,
     # tool calls), as a spec or compiled: the output then always parses unless max_tokens cuts it.
     grammar: Any = field(default=None, repr=False, compare=False)
+    # Whose prefix-cache entries the request may reuse (services.lib.inference.prefix_cache): the
+    # caller's account, as the gateway says; "" for callers of the instance itself.
+    cache_salt: str = field(default="", repr=False)
 
     def __post_init__(self):
         if isinstance(self.stop, str):

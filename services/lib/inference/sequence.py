@@ -38,6 +38,7 @@ class Update:
     # On a request's first update when it asked for them: one per prompt token, None for the first
     # (nothing precedes it).
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    cached_tokens: int = 0   # of the prompt's, taken from the prefix cache (usage.prompt_tokens_details)
 
 
 @dataclass

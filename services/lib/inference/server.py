@@ -3,7 +3,9 @@
     python -m services.lib.inference.server --model-dir DIR --port P [--served-model-name NAME] [--max-model-len N]
 
 The deployer starts one such process per service instance; the gateway forwards users' calls to it.
-Besides ``/v1/chat/completions``, ``/v1/completions`` (the legacy API) and ``/v1/models`` it offers vLLM's ``POST /tokenize`` and ``POST /detokenize``.
+Besides ``/v1/chat/completions``, ``/v1/completions`` (the legacy API) and ``/v1/models`` it offers vLLM's
+``POST /tokenize`` and ``POST /detokenize``, and ``GET /metrics`` (Prometheus text: requests, prefix
+cache hits; ``--prefix-cache-bytes`` sizes the cache).
 Every call must carry the instance's secret (``MAAS_INSTANCE_SECRET``, see services.lib.inference.auth);
 ``--no-auth`` runs a standalone server for local experiments. ``GET /health`` answers 503 until the
 model is loaded (an export on first use can take a while), then 200; if loading fails the process
@@ -23,7 +25,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -41,6 +43,7 @@ from contracts.openai import (
     FunctionCall,
     ModelCard,
     ModelList,
+    PromptTokensDetails,
     TokenizeRequest,
     TokenizeResponse,
     ToolCall,
@@ -53,8 +56,10 @@ from services.lib.inference.completions import LegacyLogprobs, parse_prompts
 from services.lib.inference.cpu_priority import DEFAULT_COMPUTE_NICENESS
 from services.lib.inference.engine import DEFAULT_MAX_NUM_SEQS, Engine, EngineError, UpdateStream
 from services.lib.inference.grammar import JsonGrammar, ToolGrammar
+from services.lib.inference.instance_metrics import PROMETHEUS_TEXT, instance_metrics
 from services.lib.inference.logprobs import TokenText
 from services.lib.inference.params import InvalidParameter, SamplingParams
+from services.lib.inference.prefix_cache import CACHE_SALT_HEADER, DEFAULT_PREFIX_CACHE_BYTES
 from services.lib.inference.tool_calls import Content, ToolCallParser, parse_tool_calls
 
 log = logging.getLogger("services.lib.inference.server")
@@ -86,10 +91,11 @@ class ModelState:
     """The engine once loaded; what /health reports meanwhile."""
 
     def __init__(self, *, model_dir: Path, served_model_name: str, max_model_len: int | None,
-                 max_num_seqs: int, threads: int | None, compute_niceness: int = DEFAULT_COMPUTE_NICENESS):
+                 max_num_seqs: int, threads: int | None, compute_niceness: int = DEFAULT_COMPUTE_NICENESS,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):
         self.model_dir, self.name = Path(model_dir), served_model_name
         self._options = dict(max_model_len=max_model_len, max_num_seqs=max_num_seqs, threads=threads,
-                             compute_niceness=compute_niceness)
+                             compute_niceness=compute_niceness, prefix_cache_bytes=prefix_cache_bytes)
         self.engine: Engine | None = None
         self.error: str | None = None
         self.created = int(time.time())
@@ -127,14 +133,20 @@ def _response_grammar(req: ChatCompletionRequest) -> JsonGrammar | None:
 
 
 def _sampling_params(req: ChatCompletionRequest, forced_prefix: str,
-                     grammar: JsonGrammar | ToolGrammar | None) -> SamplingParams:
+                     grammar: JsonGrammar | ToolGrammar | None, cache_salt: str) -> SamplingParams:
     return SamplingParams(
         max_tokens=req.resolved_max_tokens(), temperature=req.temperature, top_p=req.top_p,
         top_k=req.top_k, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
         repetition_penalty=req.repetition_penalty, stop=req.stop or (), n=req.n, best_of=req.best_of,
         use_beam_search=req.use_beam_search, length_penalty=req.length_penalty,
         ignore_eos=req.ignore_eos, seed=req.seed, logprobs=bool(req.logprobs), top_logprobs=req.top_logprobs or 0,
-        forced_prefix=forced_prefix, grammar=grammar)
+        forced_prefix=forced_prefix, grammar=grammar, cache_salt=cache_salt)
+
+
+def _usage(prompt: int, completion: int, cached: int) -> Usage:
+    """OpenAI's usage, with how much of the prompt the prefix cache saved (``prompt_tokens_details``)."""
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                 prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
 
 
 def _tool_call(call) -> ToolCall:
@@ -144,7 +156,7 @@ def _tool_call(call) -> ToolCall:
 class ChatHandler:
     """One /v1/chat/completions request, validated up front so errors are 400s, not broken streams."""
 
-    def __init__(self, state: ModelState, req: ChatCompletionRequest):
+    def __init__(self, state: ModelState, req: ChatCompletionRequest, *, cache_salt: str = ""):
         self.state, self.req = state, req
         self.engine = state.ready_engine()
         if req.model != state.name:
@@ -168,7 +180,7 @@ class ChatHandler:
                 grammar = ToolGrammar.for_request(req.tools, req.tool_choice, self.prompt.forced_prefix,
                                                   single=single)
             # The grammar is compiled later, off the event loop (prepare); its rules are checked now.
-            self.params = _sampling_params(req, self.prompt.forced_prefix, grammar)
+            self.params = _sampling_params(req, self.prompt.forced_prefix, grammar, cache_salt)
             self.ids = encode(self.engine.tokenizer, self.prompt.text)
             self.engine.check(self.ids, self.params)
         except InvalidParameter as exc:
@@ -223,8 +235,7 @@ class ChatHandler:
             choices.append(Choice(index=c.index, message=AssistantMessage(content=content, tool_calls=calls),
                                   logprobs=self._logprobs(c.logprobs or []), finish_reason=finish,
                                   stop_reason=c.stop_reason))
-        usage = Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                      total_tokens=result.prompt_tokens + result.completion_tokens)
+        usage = _usage(result.prompt_tokens, result.completion_tokens, result.cached_tokens)
         return ChatCompletion(id=self.id, created=self.created, model=self.state.name, choices=choices,
                               usage=usage).model_dump(mode="json")
 
@@ -256,9 +267,11 @@ class ChatHandler:
         parsers = {i: ToolCallParser() for i in range(n)} if self.prompt.tools_enabled else {}
         held = {i: "" for i in range(n)}        # whitespace that may only separate tool calls
         tokens = {i: 0 for i in range(n)}
+        cached = 0
         try:
             self.open()
             async for update in self.updates:
+                cached = update.cached_tokens
                 for d in update.choices:
                     tokens[d.index] = d.completion_tokens
                     # The tokens' logprobs ride on the first chunk of their text, else on the finish.
@@ -279,10 +292,8 @@ class ChatHandler:
             yield "data: [DONE]\n\n"
             return
         if self.req.stream_options and self.req.stream_options.include_usage:
-            completion = sum(tokens.values())
-            usage = {"prompt_tokens": len(self.ids), "completion_tokens": completion,
-                     "total_tokens": len(self.ids) + completion}
-            yield self._chunk([], usage=usage)
+            usage = _usage(len(self.ids), sum(tokens.values()), cached)
+            yield self._chunk([], usage=usage.model_dump(mode="json"))
         yield "data: [DONE]\n\n"
 
     @staticmethod
@@ -315,7 +326,7 @@ class CompletionHandler:
     """One /v1/completions request (OpenAI's legacy API): every prompt is one engine request with ``n``
     choices; choice ``i * n + j`` is prompt i's j-th. Validated up front so errors are 400s."""
 
-    def __init__(self, state: ModelState, req: CompletionRequest):
+    def __init__(self, state: ModelState, req: CompletionRequest, *, cache_salt: str = ""):
         self.state, self.req = state, req
         self.engine = _engine_for(state, req.model)
         max_tokens = req.resolved_max_tokens()
@@ -332,7 +343,7 @@ class CompletionHandler:
                 presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
                 repetition_penalty=req.repetition_penalty, stop=req.stop or (), n=req.n, best_of=req.best_of,
                 ignore_eos=req.ignore_eos, seed=req.seed, logprobs=want, top_logprobs=req.logprobs or 0,
-                prompt_logprobs=prompt_logprobs)
+                prompt_logprobs=prompt_logprobs, cache_salt=cache_salt)
             for prompt in self.prompts:
                 self.engine.check(prompt.ids, self.params)
         except InvalidParameter as exc:
@@ -377,9 +388,8 @@ class CompletionHandler:
                     logprobs = tail if head is None else {k: head[k] + tail[k] for k in head}
                 choices.append(CompletionChoice(index=i * n + c.index, text=text, logprobs=logprobs,
                                                 finish_reason=c.finish_reason, stop_reason=c.stop_reason))
-        completion = sum(r.completion_tokens for r in results)
-        usage = Usage(prompt_tokens=self.prompt_tokens, completion_tokens=completion,
-                      total_tokens=self.prompt_tokens + completion)
+        usage = _usage(self.prompt_tokens, sum(r.completion_tokens for r in results),
+                       sum(r.cached_tokens for r in results))
         return Completion(id=self.id, created=self.created, model=self.state.name, choices=choices,
                           usage=usage).model_dump(mode="json")
 
@@ -396,14 +406,16 @@ class CompletionHandler:
                 "stop_reason": stop_reason}
 
     async def stream(self) -> AsyncIterator[str]:
-        n, completion = self.params.n, 0
+        n, completion, cached = self.params.n, 0, 0
         try:
             self.open()
             for i, (prompt, updates) in enumerate(zip(self.prompts, self.updates)):
                 legacy = {j: self._legacy() for j in range(n)}
                 echoed = not self.req.echo
                 tokens = {j: 0 for j in range(n)}
+                cached_now = 0
                 async for update in updates:
+                    cached_now = update.cached_tokens
                     if not echoed:   # the prompt goes first, with its logprobs (they come on the first update)
                         echoed = True
                         for j in range(n):
@@ -418,14 +430,14 @@ class CompletionHandler:
                                                             d.finish_reason if d.finished else None,
                                                             d.stop_reason if d.finished else None)])
                 completion += sum(tokens.values())
+                cached += cached_now
         except EngineError as exc:
             yield f"data: {json.dumps(error_body(str(exc), type='server_error'))}\n\n"
             yield "data: [DONE]\n\n"
             return
         if self.req.stream_options and self.req.stream_options.include_usage:
-            usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
-                     "total_tokens": self.prompt_tokens + completion}
-            yield self._chunk([], usage=usage)
+            usage = _usage(self.prompt_tokens, completion, cached)
+            yield self._chunk([], usage=usage.model_dump(mode="json"))
         yield "data: [DONE]\n\n"
 
 
@@ -471,12 +483,13 @@ def _engine_for(state: ModelState, model: str | None) -> Engine:
 def create_app(*, model_dir: Path, served_model_name: str | None = None, max_model_len: int | None = None,
                max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, threads: int | None = None,
                compute_niceness: int = DEFAULT_COMPUTE_NICENESS, on_load_failure=None,
-               secret: str | None) -> FastAPI:
+               secret: str | None, prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> FastAPI:
     """``secret``: what every call but the health probe must bring; None only for a standalone server."""
     name = served_model_name or Path(model_dir).name
     guard = InstanceSecret(secret=secret) if secret is not None else None
     state = ModelState(model_dir=model_dir, served_model_name=name, max_model_len=max_model_len,
-                       max_num_seqs=max_num_seqs, threads=threads, compute_niceness=compute_niceness)
+                       max_num_seqs=max_num_seqs, threads=threads, compute_niceness=compute_niceness,
+                       prefix_cache_bytes=prefix_cache_bytes)
 
     async def lifespan(app: FastAPI):
         def load():
@@ -523,6 +536,12 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
         status = "loading" if state.error is None else "failed"
         return JSONResponse({"status": status, "model": name, "error": state.error}, status_code=503)
 
+    @app.get("/metrics")
+    async def metrics():
+        """Prometheus text: requests in the engine and the prefix cache's use (tokens, as vLLM counts)."""
+        engine = state.ready_engine()
+        return PlainTextResponse(instance_metrics(engine, model=name), media_type=PROMETHEUS_TEXT)
+
     @app.get("/v1/models")
     async def models():
         # No root: the model folder is a path on the instance's machine, none of the caller's business.
@@ -533,7 +552,7 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = _parse(ChatCompletionRequest, await _json_body(request))
-        handler = ChatHandler(state, req)
+        handler = ChatHandler(state, req, cache_salt=request.headers.get(CACHE_SALT_HEADER, ""))
         await handler.prepare()
         if req.stream:
             handler.open()
@@ -543,7 +562,7 @@ def create_app(*, model_dir: Path, served_model_name: str | None = None, max_mod
     @app.post("/v1/completions")
     async def completions(request: Request):
         req = _parse(CompletionRequest, await _json_body(request))
-        handler = CompletionHandler(state, req)
+        handler = CompletionHandler(state, req, cache_salt=request.headers.get(CACHE_SALT_HEADER, ""))
         if req.stream:
             handler.open()
             return _EventStream(handler)
@@ -598,6 +617,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compute-niceness", type=int, default=DEFAULT_COMPUTE_NICENESS, choices=range(0, 20),
                         metavar="0-19", help="how much lower the CPU priority of the decode threads is than the "
                         "HTTP loop's, so relaying tokens never waits behind a decode step (0: the same)")
+    parser.add_argument("--prefix-cache-bytes", type=int, default=DEFAULT_PREFIX_CACHE_BYTES, metavar="BYTES",
+                        help="memory for the KV cache of earlier prompts and answers, reused by requests that "
+                             "start alike (system prompt, earlier turns); least recently used first out; 0: off "
+                             f"(default {DEFAULT_PREFIX_CACHE_BYTES})")
     parser.add_argument("--no-auth", action="store_true",
                         help=f"answer calls without the secret in ${SECRET_ENV} (a standalone server for local "
                              "experiments; never one the platform routes to)")
@@ -607,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     if secret is None and not args.no_auth:
         parser.error(f"{SECRET_ENV} is not set: every call must carry the instance's secret "
                      "(the deployer sets it); pass --no-auth to serve without one")
+    if args.prefix_cache_bytes < 0:
+        parser.error(f"--prefix-cache-bytes must be >= 0 (0 turns the prefix cache off), got {args.prefix_cache_bytes}")
     if secret is not None and args.no_auth:
         parser.error(f"--no-auth and {SECRET_ENV} contradict each other: give one")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s [%(levelname)s] %(message)s")
@@ -622,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(model_dir=args.model_dir, served_model_name=args.served_model_name,
                      max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                      threads=args.threads, compute_niceness=args.compute_niceness,
-                     on_load_failure=on_load_failure, secret=secret)
+                     on_load_failure=on_load_failure, secret=secret, prefix_cache_bytes=args.prefix_cache_bytes)
     # log_config=None: uvicorn keeps the logging set up above instead of replacing it.
     # No access log: the gateway records every call already, and a line per call costs the first token.
     server = uvicorn.Server(server_config(app, host=args.host, port=args.port, log_config=None, access_log=False))
