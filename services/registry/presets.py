@@ -109,6 +109,8 @@ async def import_preset(platform: Platform, template: Template) -> bool:
 async def import_all_presets(platform: Platform, *, recheck_seconds: float = 60.0) -> None:
     """Import each template's preset weights once. One whose import another process holds is checked
     again until it is ready: if that process died, its lease runs out and this one takes over."""
+    if not platform.settings.import_presets:
+        return
     waiting = [t for t in default_catalog().list() if t.preset_weights is not None]
     while waiting:
         held = []

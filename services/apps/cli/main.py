@@ -5,8 +5,8 @@ import os
 
 import typer
 
-from services.apps.cli import (account_cmds, audit_cmds, auth_cmds, chat_cmds, compress_cmds, groups_cmds, keys_cmds,
-                          models_cmds, notify_cmds, packages_cmds, platform_cmds, policies_cmds, pools_cmds,
+from services.apps.cli import (account_cmds, audit_cmds, auth_cmds, backup_cmds, chat_cmds, compress_cmds, groups_cmds,
+                          keys_cmds, models_cmds, notify_cmds, packages_cmds, platform_cmds, policies_cmds, pools_cmds,
                           services_cmds, storage_cmds, templates_cmds, tuning_cmds, users_cmds)
 from services.lib.common.log_setup import configure_logging
 
@@ -15,6 +15,7 @@ app = typer.Typer(help="OpenMaaS: self-hosted Model-as-a-Service.", no_args_is_h
                   pretty_exceptions_show_locals=False)
 
 platform_cmds.register(app)
+backup_cmds.register(app)
 auth_cmds.register(app)
 app.add_typer(templates_cmds.app, name="templates")
 app.add_typer(models_cmds.app, name="models")

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     # (every delivery is in the maas_event_delivery_seconds histogram).
     slow_event_seconds: float = Field(5.0, gt=0, description="warn when an event is delivered later than this")
 
+    import_presets: bool = Field(True, description="import the model square's preset weights (SmolLM2, ~540 MB "
+                                                   "converted) at first start; off: no preset services")
+
     # Work area for workers (downloads of weights etc.). In cluster mode every compute node must
     # mount it at the same path (a shared volume): job work reads and writes its files there.
     work_dir: str = ""

@@ -9,6 +9,7 @@ One folder holds everything, owner-only (folders 0700, files 0600; the servers r
       mongo/             SecantusDB (WiredTiger) storage, fsync on every commit
       logs/<server>.log  stdout+stderr of each server (appended, one header per start)
       .lock              flock: one EmbeddedServers per data_dir at a time
+      endpoints.json     the running servers' addresses (no secrets), for ``maas backup``; removed at stop
 
 Servers, all bound to 127.0.0.1 on free ports (or the ports given):
 
@@ -314,14 +315,18 @@ class EmbeddedServers:
         self.stop()
 
     # ---- start ----------------------------------------------------------------------------
-    def start(self, *, timeout: float = 60) -> None:
+    def start(self, *, timeout: float = 60, only: tuple[str, ...] = SERVER_NAMES) -> None:
         """Start nanio, secantus and tansu in order, each waited for until healthy.
 
         ``timeout`` applies to each server's health wait. On any failure everything already
         started is stopped and :class:`EmbeddedServerError` (with the log tail) is raised.
+        ``only``: a subset of the servers (``maas restore`` writes Tansu's bucket with Tansu stopped);
+        Kafka needs S3.
         """
         if self._started:
             raise RuntimeError("EmbeddedServers already started")
+        if set(only) - set(SERVER_NAMES) or ("kafka" in only and "s3" not in only):
+            raise ValueError(f"only: a subset of {SERVER_NAMES}, with 's3' wherever 'kafka' is: {only}")
         # Every tenant's objects and documents, and the S3 credentials, live here: owner-only.
         for d in (self.data_dir, self.s3_dir, self.mongo_dir, self.logs_dir):
             private_dir(d)
@@ -332,15 +337,29 @@ class EmbeddedServers:
             self._load_credentials()
             self.ports = {n: self._fixed_ports.get(n) or free_port() for n in SERVER_NAMES}
             self.startup_times = {}
-            self._start_s3(timeout)
-            self._start_mongo(timeout)
-            self._start_kafka(timeout)
+            starters = {"s3": self._start_s3, "mongo": self._start_mongo, "kafka": self._start_kafka}
+            for name in SERVER_NAMES:
+                if name in only:
+                    starters[name](timeout)
+            self._write_endpoints(only)
         except BaseException:
             self.stop()
             raise
         log.info("embedded servers up in %s: s3 %s, mongo %s, kafka %s (startup s: %s)", self.data_dir,
                  self.s3_endpoint, self.mongo_url, self.kafka_bootstrap,
                  {k: round(v, 2) for k, v in self.startup_times.items()})
+
+    @property
+    def endpoints_path(self) -> Path:
+        return self.data_dir / "endpoints.json"
+
+    def _write_endpoints(self, running: tuple[str, ...]) -> None:
+        """Where the running servers listen (their ports change on every start), so that another process
+        (``maas backup``) can reach them; the S3 secret stays in credentials.json."""
+        addresses = {"s3": self.s3_endpoint, "mongo": self.mongo_url, "kafka": self.kafka_bootstrap}
+        body = {"pid": os.getpid(), "kafka_bucket": self.kafka_bucket,
+                **{name: addresses[name] for name in SERVER_NAMES if name in running}}
+        write_private_text(self.endpoints_path, json.dumps(body, indent=2) + "\n")
 
     def _acquire_lock(self) -> None:
         fd = os.open(self.data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -623,6 +642,9 @@ class EmbeddedServers:
                 self._terminate(["mongo", "s3"])
             finally:
                 self._procs.clear()
+                if self._started:
+                    with contextlib.suppress(OSError):
+                        self.endpoints_path.unlink()
                 self._started = False
                 self._release_lock()
                 self._unregister_atexit()
