@@ -246,6 +246,7 @@ async def test_compress_deploy_call_with_the_copied_curl_monitor_chat_and_manage
     await console.goto(f"/console/services/{service_id}")
     await page.get_by_role("tab", name="Monitoring").click()
     await expect(page.get_by_test_id("metric-requests")).not_to_have_text(re.compile(r"^(0|-)$"), timeout=30_000)
+    await expect(page.get_by_test_id("metric-prefix-cache")).to_have_text(re.compile(r"^\d+(\.\d)?%$"))
     await console.shot("service-monitoring")
     await page.get_by_role("tab", name="Events").click()
     await expect(page.get_by_test_id("service-events")).to_be_visible()

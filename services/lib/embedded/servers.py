@@ -337,10 +337,9 @@ class EmbeddedServers:
             self._load_credentials()
             self.ports = {n: self._fixed_ports.get(n) or free_port() for n in SERVER_NAMES}
             self.startup_times = {}
-            starters = {"s3": self._start_s3, "mongo": self._start_mongo, "kafka": self._start_kafka}
             for name in SERVER_NAMES:
                 if name in only:
-                    starters[name](timeout)
+                    self._starter(name)(timeout)
             self._write_endpoints(only)
         except BaseException:
             self.stop()
@@ -348,6 +347,9 @@ class EmbeddedServers:
         log.info("embedded servers up in %s: s3 %s, mongo %s, kafka %s (startup s: %s)", self.data_dir,
                  self.s3_endpoint, self.mongo_url, self.kafka_bootstrap,
                  {k: round(v, 2) for k, v in self.startup_times.items()})
+
+    def _starter(self, name: str) -> Callable[[float], None]:
+        return {"s3": self._start_s3, "mongo": self._start_mongo, "kafka": self._start_kafka}[name]
 
     @property
     def endpoints_path(self) -> Path:
@@ -586,14 +588,13 @@ class EmbeddedServers:
         with self._lifecycle:
             if not self._started:
                 return restarted
-            starters = {"s3": self._start_s3, "mongo": self._start_mongo, "kafka": self._start_kafka}
             for name in SERVER_NAMES:
                 proc = self._procs.get(name)
                 if proc is None or proc.alive:
                     continue
                 log.warning("embedded %s server (pid %d) exited with code %s; restarting it on port %d with "
                             "the same data", name, proc.popen.pid, proc.popen.returncode, self.ports[name])
-                starters[name](timeout)
+                self._starter(name)(timeout)
                 log.warning("embedded %s server restarted (pid %d)", name, self._procs[name].popen.pid)
                 restarted.append(name)
         return restarted

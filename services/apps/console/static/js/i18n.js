@@ -354,6 +354,7 @@ const zh = {
   'Tokens': 'Tokens',
   'Avg latency (ms)': '平均时延 (ms)',
   'Time to first token (ms)': '首Token时延 (ms)',
+  'Prefix cache hit rate': '前缀缓存命中率',
   'Ready instances': '就绪实例',
   'Stop the service?': '确定停止服务？',
   'Start the service? A running service is billed.': '确定启动服务？服务运行中会产生费用。',

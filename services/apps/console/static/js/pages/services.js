@@ -376,6 +376,7 @@ function MonitoringPanel({ service }) {
       <div class="stat"><span>${t('Tokens')}</span><strong>${fmtNumber((totals.prompt_tokens || 0) + (totals.completion_tokens || 0))}</strong></div>
       <div class="stat"><span>${t('Avg latency (ms)')}</span><strong>${fmtNumber(totals.avg_latency_ms, 1)}</strong></div>
       <div class="stat"><span>${t('Time to first token (ms)')}</span><strong>${fmtNumber(totals.avg_ttft_ms, 1)}</strong></div>
+      <div class="stat"><span>${t('Prefix cache hit rate')}</span><strong data-testid="metric-prefix-cache">${totals.prefix_cache_hit_rate == null ? '–' : `${fmtNumber(100 * totals.prefix_cache_hit_rate, 1)}%`}</strong></div>
       <div class="stat"><span>${t('Ready instances')}</span><strong>${service.ready_instances}/${service.instance_count}</strong></div>
     </div>
     ${series && series.x.length ? html`<div class="grid-2">
