@@ -3,11 +3,40 @@ tests/conftest.py (shared with the browser tests)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
 from contextlib import asynccontextmanager
 
 import httpx
 
 from contracts import new_id
+
+
+def serve_process(services: str, env: dict[str, str], log_file) -> tuple[subprocess.Popen, int]:
+    """``maas serve --services <services>`` as a process of its own on a free port, as production
+    runs one component; ``env`` over this process's environment. Returns it and its port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "services.apps.cli", "serve", "--services", services,
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT)
+    return proc, port
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """A clean stop (SIGTERM, its shutdown), killed if it takes over a minute."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
 
 
 async def wait_for(predicate, *, timeout: float = 90, interval: float = 0.3):

@@ -21,7 +21,7 @@ from motor.motor_asyncio import AsyncIOMotorClient
 from services.lib.common.leader import LEADERS, LeaderLease, dead_on_this_machine
 from services.lib.mlkit.tiny import build_tiny_model
 from tests.conftest import serve_platform
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import serve_process, stop_process, wait_for
 from tests.integration.test_serving_api import settled, upload_folder, wait_status
 
 pytestmark = pytest.mark.integration
@@ -72,17 +72,8 @@ def _dead_pid() -> int:
     return proc.pid
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_deployer(env: dict, log_file) -> subprocess.Popen:
-    """A deployer process, as production runs it: ``maas serve --services deployer``."""
-    return subprocess.Popen([sys.executable, "-m", "services.apps.cli", "serve", "--services", "deployer",
-                             "--host", "127.0.0.1", "--port", str(_free_port())],
-                            env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT)
+    return serve_process("deployer", env, log_file)[0]
 
 
 async def test_a_killed_leading_deployer_is_replaced_by_the_standby_and_the_service_answers_again(
@@ -153,13 +144,7 @@ async def test_a_killed_leading_deployer_is_replaced_by_the_standby_and_the_serv
                 assert (await api.delete(f"/api/v1/services/{service['id']}")).status_code == 204
         finally:
             for proc in procs.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=60)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait(timeout=30)
+                stop_process(proc)
             for f in logs.values():
                 f.close()
 

@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 from collections import Counter
 
 import httpx
 import psutil
 import pytest
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import serve_process, stop_process, wait_for
 from tests.integration.test_serving_api import api_key, deploy, serving_tmp, tiny_model  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -28,12 +23,6 @@ pytestmark = pytest.mark.integration
 QPS = 4
 SECONDS = 10
 KINDS = ("plain", "stream", "leave")      # leave: the client goes after the first token
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _call(client: httpx.AsyncClient, kind: str, model: str) -> tuple[int, str]:
@@ -93,11 +82,8 @@ async def test_twice_the_qps_limit_answers_200_or_a_proper_429_and_the_gateways_
     model = await tiny_model(api, serving_tmp)
     service = await deploy(api, name="tiny-load", model_id=model["id"], qps_limit=QPS)
     key = await api_key(api)
-    port = _free_port()
     with open(tmp_path / "gateway.log", "wb") as log:
-        gateway = subprocess.Popen([sys.executable, "-m", "services.apps.cli", "serve", "--services", "gateway",
-                                    "--host", "127.0.0.1", "--port", str(port)],
-                                   env={**os.environ, **platform_env}, stdout=log, stderr=subprocess.STDOUT)
+        gateway, port = serve_process("gateway", platform_env, log)
     url = f"http://127.0.0.1:{port}"
     try:
         async def up():
@@ -117,10 +103,5 @@ async def test_twice_the_qps_limit_answers_200_or_a_proper_429_and_the_gateways_
             rss.append(psutil.Process(gateway.pid).memory_info().rss)
         assert rss[1] <= rss[0] * 1.10, f"gateway RSS grew from {rss[0] >> 20} MiB to {rss[1] >> 20} MiB"
     finally:
-        gateway.send_signal(signal.SIGTERM)
-        try:
-            gateway.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
-            gateway.wait(timeout=30)
+        stop_process(gateway)
         assert (await api.delete(f"/api/v1/services/{service['id']}")).status_code == 204

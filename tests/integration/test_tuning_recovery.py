@@ -4,33 +4,23 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 
 import pytest
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import serve_process, wait_for
 from tests.integration.test_tuning_jobs import (ITERATION, alpaca_rows, create_model, created, job_body, jsonl, put,
                                                 upload_model)
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_worker_process(platform_env: dict, work_dir, log_file) -> subprocess.Popen:
     """A second tuning worker, as production runs it: ``maas serve --services tuning-worker``."""
-    env = {**os.environ, **platform_env, "MAAS_WORK_DIR": str(work_dir),
+    env = {**platform_env, "MAAS_WORK_DIR": str(work_dir),
            # A short lease so that its death is noticed within seconds (long enough for a busy CI box).
            "MAAS_TUNING_LEASE_SECONDS": "8", "MAAS_TUNING_HEARTBEAT_SECONDS": "1", "MAAS_TUNING_POLL_SECONDS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "services.apps.cli", "serve", "--services", "tuning-worker",
-                             "--host", "127.0.0.1", "--port", str(_free_port())],
-                            env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    return serve_process("tuning-worker", env, log_file)[0]
 
 
 async def test_a_killed_workers_job_resumes_on_another_worker(api, platform_env, running_platform, tmp_path,
