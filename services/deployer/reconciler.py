@@ -109,31 +109,39 @@ class Reconciler:
 
     # ------------------------------------------------------------------------------------ scheduling
 
-    def nudge(self, service_id: str, *, retry: bool = False) -> None:
-        """Reconcile this service soon; ``retry`` also retries starts that failed for this generation."""
+    def nudge(self, service_id: str, *, retry: bool = False, generation: int | None = None) -> None:
+        """Reconcile this service soon; ``retry`` also retries starts that failed for this generation.
+
+        ``generation``: that of the request event asking for the retry. Every request bumps the
+        generation, so one about a generation this deployer already gave up on is a redelivery (or
+        an older event after a newer one): it must not start a failed service again."""
         if retry:
-            self._state.setdefault(service_id, _State()).gave_up = None
+            state = self._state.setdefault(service_id, _State())
+            if generation is None or state.gave_up is None or generation > state.gave_up:
+                state.gave_up = None
         self._dirty.add(service_id)
         task = self._tasks.get(service_id)
         if task is None or task.done():
             self._tasks[service_id] = asyncio.create_task(self._run(service_id), name=f"reconcile-{service_id}")
 
-    async def request(self, service_id: str, *, retry: bool) -> None:
+    async def request(self, service_id: str, *, retry: bool, generation: int | None = None) -> None:
         """A service event arrived: act on it here if this deployer leads, else hand it to the leader
-        (its consumer group shares the topic's partitions with standbys)."""
+        (its consumer group shares the topic's partitions with standbys). ``generation``: the event's."""
         if self.leading:
-            self.nudge(service_id, retry=retry)
+            self.nudge(service_id, retry=retry, generation=generation)
             return
-        # A retry stays a retry when a plain nudge follows it.
+        # A retry stays a retry when a plain nudge follows it (for the newest generation asked for).
         update = {"$set": {"at": _now(), "retry": True}} if retry else \
             {"$set": {"at": _now()}, "$setOnInsert": {"retry": False}}
+        if retry and generation is not None:
+            update["$max"] = {"generation": generation}
         await self.platform.mongo[NUDGES].update_one({"_id": service_id}, update, upsert=True)
 
     async def take_handed_nudges(self) -> None:
         """The leader acts on what standbys were told."""
         async for doc in self.platform.mongo[NUDGES].find({}):
             if (await self.platform.mongo[NUDGES].delete_one({"_id": doc["_id"]})).deleted_count:
-                self.nudge(doc["_id"], retry=bool(doc.get("retry")))
+                self.nudge(doc["_id"], retry=bool(doc.get("retry")), generation=doc.get("generation"))
 
     async def step_down(self) -> None:
         """Another deployer leads now: stop acting and stop the instances this one runs (the leader

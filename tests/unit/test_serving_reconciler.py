@@ -207,6 +207,28 @@ async def test_instances_that_never_get_ready_make_the_service_failed(world):
     assert len([e for e in platform.log if e[0] == "start"]) == SETTINGS.start_attempts
 
 
+async def test_a_redelivered_start_request_does_not_start_a_failed_service_again(world):
+    """Duplicate and reordered delivery (issue 18): the request event of a generation that already
+    failed, delivered again (a consumer-group rewind), must not retry; a new request does."""
+    platform, backend, reconciler = world
+    reconciler.leading = True
+    backend.fail_starts = 10
+    await _service(platform, count=1)
+    await reconciler.request("svc", retry=True, generation=1)      # ServiceDeployRequested
+    await reconciler.idle()
+    assert _reports(platform)[-1].status == "failed"
+    starts = len([e for e in platform.log if e[0] == "start"])
+    for generation in (1, 1):                                       # the same event, twice
+        await reconciler.request("svc", retry=True, generation=generation)
+        await reconciler.idle()
+    assert len([e for e in platform.log if e[0] == "start"]) == starts
+    # The user starts it again: a new generation, new attempts.
+    await _update(platform, status="deploying")
+    await reconciler.request("svc", retry=True, generation=2)
+    await reconciler.idle()
+    assert len([e for e in platform.log if e[0] == "start"]) == starts + SETTINGS.start_attempts
+
+
 async def test_a_partial_start_is_an_alarm(world):
     platform, backend, reconciler = world
     await _service(platform, count=1)
