@@ -22,6 +22,8 @@ def test_platform_commands_keep_their_options():
     assert serve["services"].default == "all" and serve["host"].envvar == "MAAS_API_HOST"
     assert serve["port"].default == 8000 and serve["port"].envvar == "MAAS_API_PORT"
     assert "bootstrap-admin" in group.commands
+    for name in ("backup", "restore"):   # the data folder of `maas up`, like up itself
+        assert "--data-dir" in _params(group.commands[name])["data_dir"].opts
     assert callable(main)
 
 
