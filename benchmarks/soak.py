@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,7 +35,8 @@ for path in (ROOT, ROOT / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from bench_gateway import console, deploy, free_port, make_model, step, wait  # noqa: E402
+from bench_gateway import console, deploy, make_model, step  # noqa: E402
+from platform_process import platform_process  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from services.runtime import SERVICES  # noqa: E402
@@ -137,71 +135,38 @@ async def event_lag(bootstrap: str, prefix: str) -> int | None:
 
 
 async def main(args) -> dict:
-    import httpx
     import psutil
 
-    from services.gateway.accounts.identity import ensure_bootstrap_admin
     from services.lib.common.context import Platform
     from services.lib.common.outbox import OUTBOX
-    from services.lib.common.settings import get_settings
-    from services.lib.embedded.servers import EmbeddedServers
 
-    work = Path(tempfile.mkdtemp(prefix="soak-"))
-    folder = await asyncio.to_thread(make_model, "tiny", work)
-    step("starting embedded servers")
-    servers = EmbeddedServers(work / "data")
-    servers.start(timeout=120)
-    env = {**os.environ, **servers.settings_env(), "MAAS_WORK_DIR": str(work / "work")}
-    os.environ.update(servers.settings_env())
-    get_settings.cache_clear()
-    settings = get_settings()
-    admin = await ensure_bootstrap_admin(Platform.connect(settings))
-    port = free_port()
-    step("starting the platform (maas serve --services all)")
-    log = open(work / "platform.log", "wb")
-    platform = subprocess.Popen([sys.executable, "-m", "services.apps.cli", "serve", "--services", "all",
-                                 "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     samples: list[dict] = []
     statuses: Counter = Counter()
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=600,
-                                     headers={"Authorization": f"Bearer {admin.token}"}) as api:
-            async def up():
-                with contextlib.suppress(httpx.HTTPError):
-                    return (await api.get("/healthz")).status_code == 200
-            await wait(up, 300, "platform start")
-            step("deploying the tiny model")
-            service, key = await deploy(api, None, folder, "tiny")
-            jobs = await start_jobs(api, service["model_id"])
-            proc = psutil.Process(platform.pid)
-            outbox = Platform.connect(settings).mongo[OUTBOX]
-            until = time.monotonic() + args.minutes * 60
-            step(f"soaking for {args.minutes} min at {args.qps} calls/s, sampling every {args.sample_seconds} s")
-            load = asyncio.create_task(traffic(url, key, service["name"], args.qps, until, statuses))
-            start = time.monotonic()
-            while time.monotonic() < until:
-                await asyncio.sleep(args.sample_seconds)
-                states = [(await api.get(f"/api/v1/{kind}/{jid}")).json()["status"] for kind, jid in jobs]
-                samples.append({
-                    "t_s": round(time.monotonic() - start), "rss_mib": proc.memory_info().rss >> 20,
-                    "open_files": proc.num_fds(), "mongo_conns": connections_to(proc, servers.ports["mongo"]),
-                    "kafka_conns": connections_to(proc, servers.ports["kafka"]),
-                    "event_lag": await event_lag(servers.kafka_bootstrap, settings.topic_prefix),
-                    "outbox_backlog": await outbox.count_documents({"published": False}),
-                    "calls": sum(statuses.values()), "non_200": sum(v for k, v in statuses.items() if k != 200),
-                    "jobs": "/".join(states)})
-                console.print(samples[-1])
-            await load
-    finally:
-        platform.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            platform.wait(timeout=120)
-        if platform.poll() is None:
-            platform.kill()
-        log.close()
-        servers.stop()
+    async with platform_process("soak-") as running:
+        api, servers, settings = running.api, running.servers, running.settings
+        folder = await asyncio.to_thread(make_model, "tiny", running.work)
+        step("deploying the tiny model")
+        service, key = await deploy(api, None, folder, "tiny")
+        jobs = await start_jobs(api, service["model_id"])
+        proc = psutil.Process(running.proc.pid)
+        outbox = Platform.connect(settings).mongo[OUTBOX]
+        until = time.monotonic() + args.minutes * 60
+        step(f"soaking for {args.minutes} min at {args.qps} calls/s, sampling every {args.sample_seconds} s")
+        load = asyncio.create_task(traffic(running.url, key, service["name"], args.qps, until, statuses))
+        start = time.monotonic()
+        while time.monotonic() < until:
+            await asyncio.sleep(args.sample_seconds)
+            states = [(await api.get(f"/api/v1/{kind}/{jid}")).json()["status"] for kind, jid in jobs]
+            samples.append({
+                "t_s": round(time.monotonic() - start), "rss_mib": proc.memory_info().rss >> 20,
+                "open_files": proc.num_fds(), "mongo_conns": connections_to(proc, servers.ports["mongo"]),
+                "kafka_conns": connections_to(proc, servers.ports["kafka"]),
+                "event_lag": await event_lag(servers.kafka_bootstrap, settings.topic_prefix),
+                "outbox_backlog": await outbox.count_documents({"published": False}),
+                "calls": sum(statuses.values()), "non_200": sum(v for k, v in statuses.items() if k != 200),
+                "jobs": "/".join(states)})
+            console.print(samples[-1])
+        await load
 
     table = Table(title=f"soak: {args.minutes} min at {args.qps} calls/s with a tuning and a compression job")
     for col in samples[0] if samples else ():
