@@ -25,6 +25,7 @@ from services.lib.common.errors import install_error_handlers
 from services.lib.common.http import BodySizeLimit
 from services.lib.common.migrations import migrate
 from services.lib.common.openapi_errors import document_errors
+from services.lib.common.notices import StallNotice
 from services.lib.common.service_spec import Consumer, PlatformBucket, ServiceSpec, envelope_handler_types
 from services.lib.common.settings import Settings, get_settings
 from services.lib.readmodels.buckets import reserve_platform_buckets
@@ -193,6 +194,7 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
                                        exclude_spans=["send", "receive"])
     isolate_request_context(app)  # outside the instrumentation: one trace per request, always
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, exempt_prefixes=("/api/v1/storage/objects/",))
+    app.add_middleware(StallNotice, stall=platform.relay.stall)
     app.add_middleware(audit.AuditTrail, mongo=platform.mongo)   # outermost: it sees every answer
     for router in [r for spec in specs for r in spec.hot_routers]:
         app.include_router(router)

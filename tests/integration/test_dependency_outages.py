@@ -2,62 +2,36 @@
 it answer 503 with Retry-After and the API's error shape (OpenAI's on /v1) instead of hanging, and
 everything is well again once the server is back on the same port and data.
 
+With Kafka down a write still answers 201 (state and events commit together); the answers that follow
+say, in a ``Warning`` header, that the work it starts waits, until the events are through.
+
 Each test runs its own embedded servers and platform, so killing one leaves the session's alone.
 """
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-
 import httpx
 import pytest
 
-from services.lib.common.settings import Settings
-from services.lib.embedded.servers import EmbeddedServers
-from tests.conftest import serve_platform
-from tests.integration.conftest import wait_for
+from services.lib.mlkit.tiny import build_tiny_model
+from tests.integration.conftest import kill_server, private_platform, restart_server, wait_for
+from tests.integration.test_compression_api import create_model, upload_folder
 
 pytestmark = pytest.mark.integration
 
-SERVICES = "gateway,registry"   # the console API (accounts, keys, storage, models) and /v1
+# The console API (accounts, keys, storage, models), /v1, and weight validation (work an event starts).
+SERVICES = "gateway,registry,registry-worker"
 
 
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory):
     """Private embedded servers with a platform on them: ``{"servers", "url", "admin"}``. Each test
     brings back what it killed."""
-    tmp_path = tmp_path_factory.mktemp("outages")
-    env_before = dict(os.environ)   # the platform's compute cluster sets RAY_* variables
-    servers = EmbeddedServers(tmp_path / "data")
-    await asyncio.to_thread(servers.start, timeout=60)
-    env = servers.settings_env()
-    settings = Settings(kafka_bootstrap=env["MAAS_KAFKA_BOOTSTRAP"], mongo_url=env["MAAS_MONGO_URL"],
-                        s3_endpoint=env["MAAS_S3_ENDPOINT"], s3_access_key=env["MAAS_S3_ACCESS_KEY"],
-                        s3_secret_key=env["MAAS_S3_SECRET_KEY"], s3_secure=False,
-                        work_dir=str(tmp_path / "work"), topic_prefix="maas-outage")
-    try:
-        async with serve_platform(settings, services=SERVICES) as running:
-            async with httpx.AsyncClient(base_url=running["url"], timeout=60,
-                                         headers={"Authorization": f"Bearer {running['admin'].token}"}) as admin:
-                yield {"servers": servers, "url": running["url"], "admin": admin}
-    finally:
-        await asyncio.to_thread(servers.stop)
-        for name in set(os.environ) - set(env_before):
-            del os.environ[name]
-        os.environ.update(env_before)
+    async with private_platform(tmp_path_factory.mktemp("outages"), services=SERVICES,
+                                topic_prefix="maas-outage") as running:
+        yield running
 
 
-async def _kill(servers: EmbeddedServers, name: str) -> None:
-    pid = servers.pids()[name]
-    os.kill(pid, signal.SIGKILL)
-    while servers.running:   # reaped: the servers see it gone
-        await asyncio.sleep(0.05)
-
-
-async def _restart(servers: EmbeddedServers, name: str) -> None:
-    """The killed server again, on its port and data (what `maas up`'s supervisor does every 2 s)."""
-    assert await asyncio.to_thread(servers.restart_dead, timeout=60) == [name]
+_kill, _restart = kill_server, restart_server
 
 
 async def _health(client: httpx.AsyncClient) -> httpx.Response:
@@ -138,3 +112,37 @@ async def test_with_object_storage_down_calls_fail_fast_with_503_and_recover(sta
     await wait_for(lambda: _reports(admin, "object_store", "up"), timeout=60)
     r = await admin.get("/api/v1/storage/objects", params={"path": bucket})
     assert r.status_code == 200, r.text
+
+
+def _warning(r: httpx.Response) -> str | None:
+    value = r.headers.get("warning", "")
+    return value if value.startswith("199 openmaas ") else None
+
+
+async def test_with_kafka_down_a_write_is_saved_answers_say_its_work_waits_and_it_runs_once_kafka_is_back(
+        stack, tmp_path):
+    admin, servers = stack["admin"], stack["servers"]
+    bucket = (await admin.get("/api/v1/auth/me")).json()["default_bucket"]
+    weights = await upload_folder(admin, build_tiny_model(tmp_path / "tiny"), f"{bucket}/outage/tiny")
+    assert _warning(await admin.get("/api/v1/models")) is None
+    await _kill(servers, "kafka")
+
+    model = await create_model(admin, name="outage-tiny", weights_path=weights, validate=True, wait=False)
+    assert model["status"] == "creating"
+
+    async def warned():
+        r = await admin.get(f"/api/v1/models/{model['id']}")
+        return r if _warning(r) else None
+    r = await wait_for(warned, timeout=60)
+    assert r.status_code == 200 and r.json()["status"] == "creating"
+    assert "Kafka" in _warning(r) and "saved" in _warning(r)
+    # Model calls do not wait on events: no word there.
+    assert _warning(await admin.get("/v1/models")) is None
+
+    await _restart(servers, "kafka")
+
+    async def validated():
+        r = await admin.get(f"/api/v1/models/{model['id']}")
+        return r if r.json()["status"] != "creating" and not _warning(r) else None
+    r = await wait_for(validated, timeout=180)
+    assert r.json()["status"] == "created", r.json()

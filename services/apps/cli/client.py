@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -40,6 +41,14 @@ def error_from_response(response: httpx.Response) -> CliError:
     return CliError(message, status=response.status_code, code=code, field=field, details=details, hint=hint)
 
 
+def platform_warning(response: httpx.Response) -> str | None:
+    """The text of a ``Warning: 199 openmaas "..."`` header, if the answer has one."""
+    value = response.headers.get("warning", "")
+    if not value.startswith("199 openmaas "):
+        return None
+    return value[len("199 openmaas "):].strip().strip('"')
+
+
 def _hint_401(response: httpx.Response) -> str:
     """What to do about a refused credential, by which one was refused: a password while logging in,
     an API key on /v1, or the stored login token everywhere else."""
@@ -64,6 +73,7 @@ class Client:
         # httpx logs every request at INFO: noise in a CLI's output.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._warned: set[str] = set()
 
     def close(self) -> None:
         self.http.close()
@@ -85,9 +95,18 @@ class Client:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
+        self._warn(response)
         if response.status_code >= 400:
             raise error_from_response(response)
         return response
+
+    def _warn(self, response: httpx.Response) -> None:
+        """The platform's ``Warning`` header (e.g. its event bus is down: the change is saved, the work it
+        starts waits), on stderr once per command."""
+        text = platform_warning(response)
+        if text and text not in self._warned:
+            self._warned.add(text)
+            print(f"warning: {text}", file=sys.stderr)
 
     def call(self, method: str, path: str, **kwargs) -> Any:
         response = self.request(method, path, **kwargs)

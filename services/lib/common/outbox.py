@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Callable
 
@@ -104,26 +106,52 @@ class UnitOfWork:
         await self.mongo[OUTBOX].insert_many(docs, session=self.session)
 
 
+@dataclass(frozen=True)
+class Stall:
+    """The relay cannot publish: since when (UTC) and why."""
+    since: datetime
+    reason: str
+
+
 class OutboxRelay:
-    """Publishes committed outbox documents to Kafka in order."""
+    """Publishes committed outbox documents to Kafka in order.
+
+    While it cannot publish (the broker is down, or a publish hangs for ``STALLED_AFTER_S``) it is
+    *stalled*: the state changes are saved, the work their events start waits. ``stall()`` says so,
+    for the API to tell its callers (``services.lib.common.notices``); the log says it once when the
+    relay stalls and once when it is through again, not once per retry."""
+
+    STALLED_AFTER_S = 5.0
 
     def __init__(self, mongo: Mongo, broker, settings: Settings, *, batch: int = 100):
         self.mongo, self.broker, self.settings, self.batch = mongo, broker, settings, batch
         self._wake = asyncio.Event()
         self._stopped = False
+        self._failing: Stall | None = None
+        self._publishing_since: tuple[float, datetime] | None = None   # (monotonic, UTC) of a publish under way
 
     def nudge(self) -> None:
         self._wake.set()
+
+    def stall(self) -> Stall | None:
+        if self._failing is not None:
+            return self._failing
+        under_way = self._publishing_since
+        if under_way is not None and time.monotonic() - under_way[0] >= self.STALLED_AFTER_S:
+            return Stall(since=under_way[1], reason="the Kafka broker does not answer")
+        return None
 
     async def publish_pending(self) -> int:
         published = 0
         cursor = self.mongo[OUTBOX].find({"published": False}).sort("seq", ASCENDING).limit(self.batch)
         async for doc in cursor:
             token = otel_context.attach(propagate.extract(doc.get("trace") or {}))
+            self._publishing_since = self._publishing_since or (time.monotonic(), datetime.now(UTC))
             try:
                 await publish_envelope(self.broker, topic=doc["topic"], envelope=Envelope.model_validate(doc["envelope"]))
             finally:
                 otel_context.detach(token)
+            self._publishing_since = None
             await self.mongo[OUTBOX].update_one(
                 {"_id": doc["_id"]}, {"$set": {"published": True, "published_at": datetime.now(UTC)}})
             published += 1
@@ -134,15 +162,30 @@ class OutboxRelay:
             try:
                 while await self.publish_pending() == self.batch:
                     pass
+                self._recovered()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # broker or database hiccup: keep the events, try again shortly
-                log.exception("outbox relay failed; retrying")
+            except Exception as exc:  # broker or database hiccup: keep the events, try again shortly
+                self._failed(exc)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.outbox_poll_seconds)
             except TimeoutError:
                 pass
             self._wake.clear()
+
+    def _failed(self, exc: Exception) -> None:
+        under_way, self._publishing_since = self._publishing_since, None
+        if self._failing is None:
+            self._failing = Stall(since=under_way[1] if under_way else datetime.now(UTC),
+                                  reason=f"{type(exc).__name__}: {exc}"[:200])
+            log.warning("outbox relay cannot publish events (%s); the state changes are saved and their events "
+                        "wait until it can (logged once until then)", self._failing.reason)
+
+    def _recovered(self) -> None:
+        if self._failing is not None:
+            waited = (datetime.now(UTC) - self._failing.since).total_seconds()
+            self._failing = None
+            log.warning("outbox relay publishes again; events had waited up to %.0f s", waited)
 
     def stop(self) -> None:
         self._stopped = True

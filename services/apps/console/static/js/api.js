@@ -22,6 +22,15 @@ export const auth = {
 let onUnauthorized = () => {};
 export function setUnauthorizedHandler(fn) { onUnauthorized = fn; }
 
+// The platform's word while changes wait (its event bus is down): a `Warning: 199 openmaas "..."`
+// header on console-API answers; the handler gets its text, or null once answers come without it.
+let onPlatformWarning = () => {};
+export function setPlatformWarningHandler(fn) { onPlatformWarning = fn; }
+function platformWarning(response) {
+  const value = response.headers.get('Warning') || '';
+  return value.startsWith('199 openmaas ') ? value.slice('199 openmaas '.length).replace(/^"|"$/g, '') : null;
+}
+
 export class ApiError extends Error {
   constructor(status, body) {
     const error = (body && body.error) || {};
@@ -62,6 +71,7 @@ export async function api(method, path, body, { query } = {}) {
   } catch (e) {
     throw new ApiError(0, { error: { message: `network error: ${e.message}` } });
   }
+  if (path.startsWith('/api/v1/')) onPlatformWarning(platformWarning(response));
   const data = await parse(response);
   if (!response.ok) {
     if (response.status === 401 && !path.startsWith('/api/v1/auth/login')) onUnauthorized();

@@ -1,6 +1,6 @@
 // The console shell: login gate, left navigation (the guide's order), language switch, page routing.
 import { html, render, useEffect, useState } from './lib.js';
-import { auth, get, setUnauthorizedHandler } from './api.js';
+import { auth, get, setPlatformWarningHandler, setUnauthorizedHandler } from './api.js';
 import { getLang, onLangChange, setLang, t } from './i18n.js';
 import { Link, match, navigate, useLocation } from './router.js';
 import { PageAccess, Toasts } from './ui.js';
@@ -112,6 +112,8 @@ function NavItem({ href, label, icon, path }) {
 function Shell({ path, children }) {
   const user = auth.user;
   const me = useMe();
+  const [warning, setWarning] = useState(null);
+  useEffect(() => { setPlatformWarningHandler(setWarning); return () => setPlatformWarningHandler(() => {}); }, []);
   const logout = () => { auth.clear(); navigate('/console/login'); };
   return html`<div class="shell">
     <aside class="sidebar">
@@ -131,6 +133,7 @@ function Shell({ path, children }) {
           <button class="btn btn-small" onClick=${logout}>${t('Log out')}</button>
         </div>
       </header>
+      ${warning ? html`<div class="notice notice-warn" role="status" data-testid="platform-warning">${warning}</div>` : null}
       <main class="content">${children}</main>
     </div>
   </div>`;
