@@ -185,7 +185,7 @@ def build_app(settings: Settings | None = None, *, services: str | None = None) 
     app.state.platform = platform
     app.state.components = components
     app.state.services = [s.name for s in specs]
-    install_error_handlers(app, retry_after=settings.unavailable_retry_after_seconds)
+    install_error_handlers(app, retry_after=settings.unavailable_retry_after_seconds, disk_watch=platform.disk)
     document_errors(app)  # the OpenAPI document shows the 400/401/404/... bodies the handlers answer
     # No span per ASGI send/receive: a streamed chat answer would otherwise cost one span per chunk;
     # none for probes and the console's static files either (they would crowd out the traces).

@@ -13,6 +13,9 @@ from contextlib import asynccontextmanager
 import httpx
 
 from contracts import new_id
+from services.lib.common.settings import Settings
+from services.lib.embedded.servers import EmbeddedServers
+from tests.conftest import serve_platform
 
 
 def serve_process(services: str, env: dict[str, str], log_file) -> tuple[subprocess.Popen, int]:
@@ -65,3 +68,41 @@ async def signed_in_tenant(api, url: str, *, name: str, timeout: float = 60):
                                  headers={"Authorization": f"Bearer {r.json()['token']}"}) as client:
         client.default_bucket = bucket
         yield client
+
+
+@asynccontextmanager
+async def private_platform(folder, *, services: str, topic_prefix: str, **settings):
+    """Embedded servers of its own (data under ``folder``) with a platform of ``services`` on them, so a
+    test may kill a server without touching the session's: yields ``{"servers", "platform", "url",
+    "admin"}`` (``admin``: an httpx client with the bootstrap admin's token). ``settings``: more
+    ``Settings`` fields. The environment is restored afterwards (the compute cluster sets RAY_*)."""
+    env_before = dict(os.environ)
+    servers = EmbeddedServers(folder / "data")
+    await asyncio.to_thread(servers.start, timeout=60)
+    env = servers.settings_env()
+    config = Settings(kafka_bootstrap=env["MAAS_KAFKA_BOOTSTRAP"], mongo_url=env["MAAS_MONGO_URL"],
+                      s3_endpoint=env["MAAS_S3_ENDPOINT"], s3_access_key=env["MAAS_S3_ACCESS_KEY"],
+                      s3_secret_key=env["MAAS_S3_SECRET_KEY"], s3_secure=False,
+                      work_dir=str(folder / "work"), topic_prefix=topic_prefix, **settings)
+    try:
+        async with serve_platform(config, services=services) as running:
+            async with httpx.AsyncClient(base_url=running["url"], timeout=60,
+                                         headers={"Authorization": f"Bearer {running['admin'].token}"}) as admin:
+                yield {"servers": servers, "platform": running["platform"], "url": running["url"], "admin": admin}
+    finally:
+        await asyncio.to_thread(servers.stop)
+        for name in set(os.environ) - set(env_before):
+            del os.environ[name]
+        os.environ.update(env_before)
+
+
+async def kill_server(servers: EmbeddedServers, name: str) -> None:
+    """``kill -9`` of one embedded server; returns once the servers see it gone."""
+    os.kill(servers.pids()[name], signal.SIGKILL)
+    while servers.running:
+        await asyncio.sleep(0.05)
+
+
+async def restart_server(servers: EmbeddedServers, name: str) -> None:
+    """The killed server again, on its port and data (what `maas up`'s supervisor does every 2 s)."""
+    assert await asyncio.to_thread(servers.restart_dead, timeout=60) == [name]

@@ -60,10 +60,10 @@ async def test_healthz_reports_each_dependency_up(stack):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "ok"
-    assert set(body["dependencies"]) == {"mongodb", "object_store", "kafka"}
+    assert set(body["dependencies"]) == {"mongodb", "object_store", "kafka", "disk"}   # disk: work_dir is set
     for dependency in body["dependencies"].values():
         assert dependency["status"] == "up" and dependency["required"] is True and dependency["error"] is None
-    assert body["checks"] == {"mongodb": "ok", "object_store": "ok", "kafka": "ok"}
+    assert body["checks"] == {"mongodb": "ok", "object_store": "ok", "kafka": "ok", "disk": "ok"}
 
 
 async def test_a_dead_kafka_broker_is_reported_and_its_return_too(stack):

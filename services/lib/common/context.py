@@ -13,6 +13,7 @@ from pymongo.errors import PyMongoError
 
 from services.lib.common.bus import make_broker
 from services.lib.common.cluster import ComputeCluster, connect_cluster
+from services.lib.common.disk import DiskWatch
 from services.lib.common.mongo import Mongo
 from services.lib.common.objectstore import ObjectStore
 from services.lib.common.outbox import OutboxRelay, UnitOfWork
@@ -27,9 +28,11 @@ class Platform:
     broker: KafkaBroker
     cluster: ComputeCluster | None = None     # None: the one ``Settings`` selects
     relay: OutboxRelay = field(init=False)
+    disk: DiskWatch = field(init=False)
 
     def __post_init__(self) -> None:
         self.relay = OutboxRelay(self.mongo, self.broker, self.settings)
+        self.disk = DiskWatch.of(self.settings)
         if self.cluster is None:
             self.cluster = connect_cluster(self.settings)
 

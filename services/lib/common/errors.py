@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from services.lib.common import unavailable
+from services.lib.common import disk, unavailable
 
 
 class ErrorDetail(BaseModel):
@@ -124,11 +124,26 @@ def unavailable_response(path: str, dependency: str, *, retry_after: int) -> JSO
     return JSONResponse(body, status_code=503, headers={"Retry-After": str(retry_after)})
 
 
-def install_error_handlers(app: FastAPI, *, retry_after: int = 5) -> None:
-    """``retry_after``: seconds a client is told to wait when a backing server is unavailable."""
+def insufficient_storage_response(path: str) -> JSONResponse:
+    """507: the platform's disk is full (the servers said only "internal error"; the watch says why)."""
+    return JSONResponse(error_body(path, 507, "insufficient_storage", disk.USER_MESSAGE), status_code=507)
+
+
+def install_error_handlers(app: FastAPI, *, retry_after: int = 5, disk_watch: disk.DiskWatch | None = None) -> None:
+    """``retry_after``: seconds a client is told to wait when a backing server is unavailable;
+    ``disk_watch``: tells a failure on a full disk from an outage or a bug."""
     outages = unavailable.OutageLog()
 
+    def _disk_full(request: Request, exc: Exception) -> JSONResponse | None:
+        low = disk_watch.low() if disk_watch is not None else None
+        if low is None:
+            return None
+        outages.note(unavailable.DISK, exc, path=request.url.path, detail=low.describe())
+        return insufficient_storage_response(request.url.path)
+
     async def _unavailable(request: Request, exc: Exception):
+        if (full := _disk_full(request, exc)) is not None:
+            return full
         dependency = unavailable.dependency_of(exc) or unavailable.OBJECT_STORE   # one of ERRORS: never None
         outages.note(dependency, exc, path=request.url.path)
         return unavailable_response(request.url.path, dependency, retry_after=retry_after)
@@ -165,6 +180,8 @@ def install_error_handlers(app: FastAPI, *, retry_after: int = 5) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
+        if (full := _disk_full(request, exc)) is not None:
+            return full
         dependency = unavailable.dependency_of(exc)
         if dependency is not None:   # raised from a connection error (or in a middleware): not our fault
             outages.note(dependency, exc, path=request.url.path)

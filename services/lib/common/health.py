@@ -18,7 +18,7 @@ router = APIRouter(tags=["health"])
 
 HEALTH_TOPIC = "health"   # logical topic /healthz writes a tiny record to (created with the others)
 KAFKA_WRITE_EVERY_S = 10.0
-REQUIRED = ("mongodb", "object_store", "kafka")   # the platform serves nothing without any of them
+REQUIRED = ("mongodb", "object_store", "kafka", "disk")   # the platform serves nothing without any of them
 
 
 async def _mongo(platform: Platform) -> None:
@@ -42,6 +42,12 @@ async def _kafka(platform: Platform, timeout: float, state) -> None:
     state.kafka_written_at = time.monotonic()
 
 
+async def _disk(platform: Platform) -> None:
+    low = platform.disk.low()
+    if low is not None:
+        raise OSError(f"disk full: {low.describe()}")
+
+
 async def _check(probe: Awaitable[None], timeout: float) -> dict:
     started = time.monotonic()
     try:
@@ -63,6 +69,8 @@ async def healthz(request: Request, platform: Platform = Depends(get_platform)):
     timeout = platform.settings.health_timeout_seconds
     probes = {"mongodb": _mongo(platform), "object_store": _object_store(platform),
               "kafka": _kafka(platform, timeout, request.app.state)}
+    if platform.disk.watching:   # the folders this process writes to (and the embedded servers' data)
+        probes["disk"] = _disk(platform)
     results = await asyncio.gather(*(_check(probe, timeout) for probe in probes.values()))
     dependencies = {name: {**result, "required": name in REQUIRED} for name, result in zip(probes, results)}
     ok = all(d["status"] == "up" for d in dependencies.values() if d["required"])

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     # Work area for workers (downloads of weights etc.). In cluster mode every compute node must
     # mount it at the same path (a shared volume): job work reads and writes its files there.
     work_dir: str = ""
+    # The embedded servers' data folder (`maas up` sets it): its free space is watched with work_dir's.
+    data_dir: str = Field("", description="the embedded servers' data folder, watched for free space")
+    min_free_disk_bytes: int = Field(256 * 2**20, ge=0, description=(
+        "below this many free bytes in data_dir or work_dir the disk counts as full: /healthz says so and "
+        "calls that fail on storage answer 507"))
 
     # Compute: empty = this machine is the one node of the public pool; an address = a Ray cluster
     # whose nodes carry the label openmaas.io/pool=<pool> (docs/cluster.md).

@@ -15,7 +15,7 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 log = logging.getLogger(__name__)
 
-MONGODB, OBJECT_STORE = "mongodb", "object_store"
+MONGODB, OBJECT_STORE, DISK = "mongodb", "object_store", "disk"
 LABELS = {MONGODB: "MongoDB", OBJECT_STORE: "object storage (S3)"}
 
 # ConnectionFailure covers ServerSelectionTimeoutError, AutoReconnect and NetworkTimeout; minio
@@ -50,9 +50,13 @@ class OutageLog:
         self.every_s = every_s
         self._last: dict[str, float] = {}
 
-    def note(self, dependency: str, exc: BaseException, *, path: str) -> None:
+    def note(self, dependency: str, exc: BaseException, *, path: str, detail: str = "") -> None:
         now = time.monotonic()
         if now - self._last.get(dependency, -self.every_s) >= self.every_s:
             self._last[dependency] = now
+            if dependency == DISK:
+                log.warning("the disk is full: %s; calls that fail on storage answer 507 (first call: %s, "
+                            "%s: %s; logged once a minute)", detail, path, type(exc).__name__, str(exc)[:300])
+                return
             log.warning("%s unavailable (%s: %s); answering 503 (first call: %s; logged once a minute)",
                         LABELS.get(dependency, dependency), type(exc).__name__, str(exc)[:300], path)

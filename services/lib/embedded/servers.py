@@ -302,6 +302,7 @@ class EmbeddedServers:
             "MAAS_S3_ACCESS_KEY": self.s3_access_key,
             "MAAS_S3_SECRET_KEY": self.s3_secret_key,
             "MAAS_S3_SECURE": "false",
+            "MAAS_DATA_DIR": str(self.data_dir),   # its free space is watched (services/lib/common/disk.py)
             # No MAAS_WEBHOOK_ALLOW_PRIVATE here: these very servers listen on 127.0.0.1, and a
             # tenant's webhook must not reach them. An operator who wants local receivers sets it.
         }
