@@ -39,6 +39,7 @@ from bench_gateway import console, deploy, make_model, step  # noqa: E402
 from platform_process import platform_process  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from services.lib.common.bus import end_offsets  # noqa: E402
 from services.runtime import SERVICES  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Hi"}]
@@ -109,12 +110,12 @@ async def event_lag(bootstrap: str, prefix: str) -> int | None:
     None where the broker does not answer the offset requests."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, max_partition_fetch_bytes=1024)
     await probe.start()
     try:
         topics = [t for t in await probe.topics() if t.startswith(prefix + ".")]
         partitions = [TopicPartition(t, p) for t in topics for p in probe.partitions_for_topic(t) or ()]
-        ends = await probe.end_offsets(partitions)
+        ends = await end_offsets(probe, partitions)
     finally:
         await probe.stop()
     lag = 0

@@ -7,6 +7,7 @@ import logging
 from aiokafka import TopicPartition
 
 from services.lib.common import metrics
+from services.lib.common.bus import end_offsets
 from services.lib.common.outbox import OUTBOX
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ class ConsumerLag:
             from aiokafka.admin import AIOKafkaAdminClient
 
             admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False,
+                                        max_partition_fetch_bytes=1024)   # fetched for the high watermark only
             await admin.start()
             await consumer.start()
             self._admin, self._consumer = admin, consumer
@@ -41,7 +43,7 @@ class ConsumerLag:
         prefix = f"{self.settings.topic_prefix}."
         topics = sorted(t for t in await consumer.topics() if t.startswith(prefix))
         partitions = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        ends = await consumer.end_offsets(partitions) if partitions else {}
+        ends = await end_offsets(consumer, partitions)
         lag: dict[tuple[str, str], int] = {}
         for group_id, *_ in await admin.list_consumer_groups():
             if not group_id.startswith(prefix) or not partitions:

@@ -5,14 +5,15 @@ import asyncio
 import json
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from cloudevents.core.bindings import kafka as kafka_binding
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from contracts import Envelope, new_id
 from contracts.events import ModelVersionStatusChanged, TaskRecordChanged, WeightValidationCompleted
-from services.lib.common.bus import topic_name
+from services.lib.common.bus import end_offsets, topic_name
 from services.lib.common.outbox import OUTBOX
 from services.lib.common.telemetry import tracer_provider
 from services.lib.mlkit.tiny import build_tiny_model
@@ -199,3 +200,29 @@ async def test_one_trace_runs_from_the_http_request_through_kafka_to_the_worker(
                 if s.context.trace_id == trace_id and s.kind.name == "CONSUMER"]
     spans = await wait_for(worker_span, timeout=60)
     assert any("registry.events" in s.name for s in spans)
+
+
+async def test_end_offsets_count_every_record_of_a_batch(embedded_servers):
+    """Consumer lag is end offset minus committed offset: the end offset must count each record of a
+    batch (Tansu's ListOffsets alone answered 1 for a batch of 10)."""
+    bootstrap, topic = embedded_servers.kafka_bootstrap, f"maas-offsets-{new_id()[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 2, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=200)   # one batch of ten records
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, b"record", partition=0) for _ in range(10)]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=1024)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, 0), TopicPartition(topic, 1)]
+        assert await end_offsets(consumer, partitions) == {partitions[0]: 10, partitions[1]: 0}
+    finally:
+        await consumer.stop()

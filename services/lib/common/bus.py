@@ -1,6 +1,7 @@
 """Kafka through FastStream: broker factory, topic names and envelope publishing."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from faststream.kafka import KafkaBroker
@@ -57,3 +58,24 @@ async def ensure_topics(settings: Settings, logical_topics: list[str], *, partit
                 pass
     finally:
         await admin.close()
+
+
+async def end_offsets(consumer, partitions: list, *, timeout: float = 3.0) -> dict:
+    """Each partition's end offset (its high watermark), as a started ``AIOKafkaConsumer`` of no group
+    sees it; the consumer is left assigned to ``partitions``.
+
+    ListOffsets alone is not enough: Tansu 0.6.0 answers it with a too-low offset after a batch of
+    several records (10 records gave 1). A fetch's high watermark is right on every broker, so the
+    partitions are fetched (from ListOffsets' answer on, a KiB at most each) and the larger of the two
+    kept; a partition no fetch answered for within ``timeout`` keeps ListOffsets' answer."""
+    if not partitions:
+        return {}
+    listed = await consumer.end_offsets(partitions)
+    consumer.assign(partitions)
+    for tp in partitions:
+        consumer.seek(tp, listed.get(tp, 0))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while any(consumer.highwater(tp) is None for tp in partitions) and loop.time() < deadline:
+        await consumer.getmany(timeout_ms=200, max_records=len(partitions))
+    return {tp: max(listed.get(tp, 0), consumer.highwater(tp) or 0) for tp in partitions}
