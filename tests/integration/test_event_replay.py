@@ -32,7 +32,7 @@ from tests.conftest import serve_platform
 from tests.integration.conftest import wait_for
 from tests.integration.test_compression_api import job_body as compression_body
 from tests.integration.test_compression_jobs import settled_job
-from tests.integration.test_serving_api import deploy, settled, tiny_model, wait_status
+from tests.integration.test_serving_api import add_version, deploy, settled, tiny_model, wait_status
 from tests.integration.test_tuning_jobs import alpaca_rows, job_body, job_in, jsonl, put, submit
 
 pytestmark = pytest.mark.integration
@@ -200,8 +200,9 @@ def _consumed() -> Counter:
 
 
 async def _journey(api, tmp_root) -> None:
-    """Touches every consumer group: registry (validation, artifacts, deletion), tuning, compression,
-    serving and deployer (a service through its life), notifier (all of it; a rule from the tuning job)."""
+    """Touches every consumer group: registry (validation, versions, artifacts, deletion), tuning (and a
+    checkpoint's conversion), compression, serving and deployer (a service through its life, an upgrade
+    included), notifier (all of it; a rule from the tuning job)."""
     model = await tiny_model(api, tmp_root, name="replay-tiny")
     bucket = (await api.get("/api/v1/auth/me")).json()["default_bucket"]
     dataset = await put(api, f"{bucket}/replay/alpaca8.jsonl", jsonl(alpaca_rows(8)))
@@ -233,6 +234,12 @@ async def _journey(api, tmp_root) -> None:
     await wait_status(api, service["id"], "stopped")
     assert (await api.post(f"{url}/start")).status_code == 200
     await wait_status(api, service["id"], "running")
+    # A second version of the model, and the service upgraded to it.
+    number = await add_version(api, tmp_root, model, seed=1)
+    r = await api.post(f"{url}/upgrade", json={"version": f"V{number}"})
+    assert r.status_code == 200, r.text
+    await settled(api, url, lambda s: s["status"] == "running" and s["version_number"] == number
+                  and s["operation"] is None)
     r = await api.put(f"{url}/instance-count", json={"instance_count": 2})
     assert r.status_code == 200, r.text
     await settled(api, url, lambda s: s["status"] == "running" and s["ready_instances"] == 2)
@@ -242,6 +249,19 @@ async def _journey(api, tmp_root) -> None:
 
     await job_in(api, tune["id"], "completed")
     assert (await settled_job(api, compression["id"]))["status"] == "completed"
+    # A checkpoint of the tuning job made a model of its own (a weight conversion).
+    iteration = (await api.get(f"/api/v1/tuning-jobs/{tune['id']}/checkpoints")).json()["items"][0]["iteration"]
+    r = await api.post(f"/api/v1/tuning-jobs/{tune['id']}/checkpoints/{iteration}/models",
+                       json={"target": "new_model", "model_name": "replay-ckpt"})
+    assert r.status_code == 202, r.text
+    conversion = r.json()
+
+    async def converted():
+        items = (await api.get(f"/api/v1/tuning-jobs/{tune['id']}/conversions")).json()["items"]
+        item = next(c for c in items if c["id"] == conversion["id"])
+        assert item["status"] != "failed", item
+        return item if item.get("version_id") else None
+    await wait_for(converted, timeout=180, interval=1)
 
     async def outputs_created():
         jobs = [(await api.get(f"/api/v1/tuning-jobs/{tune['id']}")).json(),
