@@ -31,8 +31,12 @@ class MiniCluster:
                  log_to_driver=False)
         return self
 
-    def add_node(self, pool: str, *, cpus: float = 1):
-        node = self.cluster.add_node(num_cpus=cpus, labels={POOL_LABEL: pool})
+    def add_node(self, pool: str, *, cpus: float = 1, memory_gb: float | None = None):
+        """A node of ``pool``. Its memory is stated (default: 4 GiB per CPU, as the instance specs
+        size it), never detected: every node of this one machine would report the machine's memory,
+        which depends on the machine and its load, and the platform's admissions read it."""
+        memory = int((4 * cpus if memory_gb is None else memory_gb) * 2**30)
+        node = self.cluster.add_node(num_cpus=cpus, memory=memory, labels={POOL_LABEL: pool})
         self.cluster.wait_for_nodes()
         self.nodes.setdefault(pool, []).append(node)
         return node

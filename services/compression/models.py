@@ -9,6 +9,7 @@ from pymongo import ASCENDING, DESCENDING
 
 from contracts.notifications import EventNotification
 from services.lib.common.cluster import Resources
+from services.lib.pools.specs import COMPRESSION_SPECS
 from services.lib.common.mongo import IndexSpec
 from services.lib.common.jobs import PermanentLog, SourceModel
 from services.lib.jobs import resources
@@ -49,15 +50,10 @@ STRATEGY_LABELS = {Strategy.smoothquant_w8a8: "SmoothQuant-W8A8", Strategy.awq_w
 
 JobName = TaskName   # table 7-3: the guide's name rule for jobs (no '.')
 
-# 实例规格 for compression: the worker's threads follow the spec's CPUs.
-INSTANCE_SPECS: dict[str, tuple[int, str]] = {
-    "cpu.2u8g": (2, "CPU 2 vCPUs | 8 GiB"),
-    "cpu.4u16g": (4, "CPU 4 vCPUs | 16 GiB"),
-    "cpu.8u32g": (8, "CPU 8 vCPUs | 32 GiB"),
-}
-# What a job of each spec takes from its pool (the job runs as one process, whatever the count).
-# Memory is not reserved yet: pools account CPUs and accelerators (docs/cluster.md).
-SPEC_RESOURCES: dict[str, Resources] = {spec: Resources(cpus=cpus) for spec, (cpus, _) in INSTANCE_SPECS.items()}
+# 实例规格 for compression (services.lib.pools.specs): the worker's threads follow the spec's CPUs.
+INSTANCE_SPECS: dict[str, tuple[int, str]] = {s.id: (s.cpus, s.name) for s in COMPRESSION_SPECS.values()}
+# What a job of each spec takes from its pool: its vCPUs and memory (one process, whatever the count).
+SPEC_RESOURCES: dict[str, Resources] = {s.id: s.resources for s in COMPRESSION_SPECS.values()}
 DEFAULT_SPEC = "cpu.2u8g"
 
 

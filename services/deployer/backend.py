@@ -25,6 +25,8 @@ class InstanceLaunch:
     cpus: int = 1                  # from the instance spec
     env: dict[str, str] = field(default_factory=dict)
     pool: str = "public"           # the service's resource pool (where a cluster backend places it)
+    memory_bytes: int = 0          # from the instance spec (reserved where the backend reserves pool capacity)
+    node_id: str | None = None     # the pool's node the ledger gave it (cluster backends start it there)
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ holding the lead acts (``services.deployer.runtime``, docs/operations.md).
 
 Resource pools: on a backend that reserves pool capacity (Ray), an instance is admitted in its
 service's pool (``services.lib.pools.ledger``) in the same unit of work that records it, and released
-in the one that forgets it. An instance that does not fit is not recorded: the service says what it
-waits for (status message), is listed in the pool's queue, and the pass is repeated when an
-instance of that pool goes away, or on the next resync.
+in the one that forgets it. The ledger picks the node (one with the instance's CPUs and memory
+free) and the backend starts the instance there. An instance that does not fit is not recorded: the
+service says what it waits for (status message), is listed in the pool's queue, and the pass is
+repeated when an instance of that pool goes away, or on the next resync.
 """
 from __future__ import annotations
 
@@ -36,16 +37,13 @@ from services.lib.common.cluster import PUBLIC_POOL, Resources
 from services.lib.common.context import Platform, transact
 from services.lib.pools import ledger
 from services.lib.pools.service import capacity
+from services.lib.pools.specs import inference_spec, instance_resources
 from services.lib.readmodels.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
 from services.deployer.backend import Health, InstanceBackend, InstanceHandle, InstanceLaunch
 from services.deployer.models import NUDGES
 from services.deployer.settings import DeployerSettings
 
 log = logging.getLogger(__name__)
-
-# Instance flavours -> engine threads (kept in step with services.serving.models.INSTANCE_SPECS).
-SPEC_CPUS = {"cpu.1u4g": 1, "cpu.2u8g": 2, "cpu.4u16g": 4}
-
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -57,7 +55,7 @@ def placement_of(svc: dict) -> tuple[str, Resources]:
     stored = svc.get("placement")
     if stored:
         return stored["pool"], Resources.from_dict(stored)
-    return PUBLIC_POOL, Resources(cpus=SPEC_CPUS.get(svc.get("instance_spec", ""), 1))
+    return PUBLIC_POOL, instance_resources(svc.get("instance_spec", ""))
 
 
 def allocation_key(instance_id: str) -> str:
@@ -381,13 +379,13 @@ class Reconciler:
                "status": "starting", "url": None, "node": None, "details": {}, "secret": secret,
                "backend": self.backend.name, "pool": pool, "started_at": _now(), "ready_at": None, "message": None}
         try:
-            await self._record_and_admit(doc, pool=pool, resources=resources)
+            node_ids = await self._record_and_admit(doc, pool=pool, resources=resources)
         except ledger.NoRoom as no_room:
-            return _Outcome(ok=False, waiting=True,
-                            message=f"waiting for {', '.join(no_room.lacking)} in pool '{pool}'")
+            return _Outcome(ok=False, waiting=True, message=no_room.reason)
         launch = InstanceLaunch(instance_id=doc["_id"], service_id=svc["_id"], served_model_name=svc["name"],
                                 model_uri=model["storage_uri"], max_model_len=svc["max_model_len"],
-                                secret=secret, cpus=SPEC_CPUS.get(svc.get("instance_spec", ""), 1), pool=pool)
+                                secret=secret, cpus=inference_spec(svc.get("instance_spec", "")).cpus, pool=pool,
+                                memory_bytes=resources.memory_bytes, node_id=node_ids[0] if node_ids else None)
         try:
             handle = await self.backend.start(launch)
         except Exception as exc:
@@ -399,19 +397,24 @@ class Reconciler:
         doc.update(fields)
         return await self._await_ready(svc, doc)
 
-    async def _record_and_admit(self, doc: dict, *, pool: str, resources: Resources) -> None:
+    async def _record_and_admit(self, doc: dict, *, pool: str, resources: Resources) -> list[str]:
         """Record the instance and, where instances reserve capacity, take its share of the pool
-        in the same unit of work (raises ledger.NoRoom, recording nothing, when it lacks room)."""
-        total = (await capacity(self.platform, pool))[0] if self.backend.reserves_pool_capacity else None
+        on one of its nodes in the same unit of work (raises ledger.NoRoom, recording nothing, when
+        no node has room); the node's id (none where nothing is reserved)."""
+        room = await capacity(self.platform, pool) if self.backend.reserves_pool_capacity else None
+        given: list[str] = []
 
         async def record(uow) -> None:
-            if total is not None:
+            if room is not None:
                 holder = ledger.Holder(kind="instance", collection=INSTANCES, job_id=doc["_id"], run_id=doc["_id"],
                                        tenant_id=doc["tenant_id"], leased=False)
-                await ledger.admit(uow, holder=holder, pool=pool, request=resources, capacity=total)
+                given[:] = await ledger.admit(uow, holder=holder, pool=pool, request=resources, capacity=room[0],
+                                              nodes=room[1])
+                doc["assigned_node"] = given[0] if given else None
             await uow.collection(INSTANCES).insert_one(doc, session=uow.session)
             self._emit_instance(uow, doc, "starting", None)
         await transact(self.platform, record)
+        return given
 
     async def _await_ready(self, svc: dict, doc: dict) -> _Outcome:
         handle = handle_of(doc)

@@ -12,6 +12,8 @@ from contracts.timestamps import Timestamp
 from services.lib.common.cluster import Resources
 from services.lib.common.mongo import IndexSpec
 from services.lib.pools.models import PoolChoice
+from services.lib.pools.specs import DEFAULT_INFERENCE_SPEC, INFERENCE_SPECS
+from services.lib.pools.specs import instance_resources as spec_resources
 from services.lib.readmodels.serving_refs import INSTANCES, SERVICE_LOGS, SERVICES
 from services.lib.common.validation import TaskName, limited_text
 
@@ -65,21 +67,17 @@ class InstanceSpec(BaseModel):
     accelerator: str | None = None
 
 
-INSTANCE_SPECS: dict[str, InstanceSpec] = {s.id: s for s in (
-    InstanceSpec(id="cpu.1u4g", name="CPU 1 vCPU | 4 GiB", cpus=1, memory_gb=4),
-    InstanceSpec(id="cpu.2u8g", name="CPU 2 vCPUs | 8 GiB", cpus=2, memory_gb=8),
-    InstanceSpec(id="cpu.4u16g", name="CPU 4 vCPUs | 16 GiB", cpus=4, memory_gb=16),
-)}
-DEFAULT_SPEC = "cpu.1u4g"
+# The table lives in services.lib.pools.specs (the deployer reads it too).
+INSTANCE_SPECS: dict[str, InstanceSpec] = {
+    s.id: InstanceSpec(id=s.id, name=s.name, cpus=s.cpus, memory_gb=s.memory_gb) for s in INFERENCE_SPECS.values()}
+DEFAULT_SPEC = DEFAULT_INFERENCE_SPEC
 RESOURCE_POOLS = ("public", "dedicated")   # 公共资源池 / 专属资源池 (or a dedicated pool by name)
 
 
 def instance_resources(spec_id: str) -> Resources:
-    """What one instance of a spec takes from its pool. Memory is not reserved yet: pools account
-    CPUs and accelerators (docs/cluster.md). An unknown spec (a misconfigured preset) counts as 1 CPU,
-    the engine threads the deployer gives it."""
-    spec = INSTANCE_SPECS.get(spec_id)
-    return Resources(cpus=spec.cpus if spec else 1)
+    """What one instance of a spec takes from its pool: its vCPUs and memory (an unknown spec, a
+    misconfigured preset, counts as the default spec, as the deployer runs it)."""
+    return spec_resources(spec_id)
 
 
 class AutoStop(BaseModel):

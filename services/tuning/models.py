@@ -10,6 +10,7 @@ from pymongo import ASCENDING, DESCENDING
 from contracts.notifications import EventNotification
 from contracts.timestamps import Timestamp, instants
 from services.lib.common.cluster import Resources
+from services.lib.pools.specs import rank_resources
 from services.lib.common.mongo import IndexSpec
 from services.lib.common.jobs import PermanentLog, SourceModel
 from services.lib.common.objectstore import ObjectPath
@@ -80,9 +81,9 @@ FLAVORS: dict[str, tuple[int, str]] = {
 
 
 def node_resources(flavor: str) -> Resources:
-    """What one node (rank) of a job of ``flavor`` takes from its pool: its cards, or one CPU."""
-    cards = FLAVORS[flavor][0]
-    return Resources(cpus=1.0) if flavor.startswith("cpu.") else Resources(cpus=1.0, gpus=float(cards))
+    """What one node (rank) of a job of ``flavor`` takes from its pool: its cards (or one CPU) and a
+    rank's memory (services.lib.pools.specs)."""
+    return rank_resources(cards=FLAVORS[flavor][0], accelerated=not flavor.startswith("cpu."))
 
 
 class Strict(BaseModel):

@@ -128,7 +128,8 @@ class TuningJobs:
         ranks = None
         if placement.nodes > 1 and self.platform.cluster.kind == "ray":   # one rank per node of the pool
             ranks = {"pool": placement.pool, "cpus_per_rank": placement.per_node.cpus,
-                     "gpus_per_rank": placement.per_node.gpus, "group_name": f"maas-train-{run.job_id}"}
+                     "gpus_per_rank": placement.per_node.gpus, "memory_per_rank": placement.per_node.memory_bytes,
+                     "node_ids": list(placement.node_ids), "group_name": f"maas-train-{run.job_id}"}
         result = await self.executor.run(Work(entry=work.TRAIN, workdir=run.work / "proc", placement=placement, args={
             "model_dir": base, "examples": examples, "config": dataclasses.asdict(config),
             "output_dir": run.work / "out", "resume_from": resume, "ranks": ranks}), run.relay(on_message))
@@ -139,7 +140,9 @@ class TuningJobs:
         final = Path(result["final_dir"])
         if job["tune_type"] == "lora":
             run.say("merging the LoRA adapter into the base weights")
-            one_node = dataclasses.replace(placement, resources=placement.per_node, nodes=1)
+            # On rank 0's node, whose share the run holds (the ranks have ended).
+            one_node = dataclasses.replace(placement, resources=placement.per_node, nodes=1,
+                                           node_ids=placement.node_ids[:1])
             final = Path(await self.executor.run(Work(entry=work.MERGE, workdir=run.work / "merge-proc",
                                                       placement=one_node, args={
                 "base_dir": base, "adapter_dir": final, "out_dir": run.work / "merged"}), run.relay(ignore_messages)))

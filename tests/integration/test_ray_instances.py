@@ -173,7 +173,8 @@ async def test_a_service_spreads_over_its_pools_nodes_and_survives_losing_one(
         queue = (await team_a.get(f"/api/v1/pools/{POOL}")).json()["queue"]
         return queue if [(q["kind"], q["job_id"]) for q in queue] == [("service", later["id"])] else None
     [entry] = await wait_for(queued, timeout=120, interval=1)
-    assert entry["position"] == 1 and entry["reason"] == f"waiting for 1 CPUs (0 available) in pool '{POOL}'"
+    assert entry["position"] == 1 and entry["reason"] == (f"waiting for 1 CPUs (0 available), 4.0 GiB memory "
+                                                          f"(0.0 GiB available) in pool '{POOL}'")
     waiting = (await team_a.get(f"/api/v1/services/{later['id']}")).json()
     assert waiting["status"] == "deploying" and waiting["message"] == entry["reason"], waiting
     assert (await team_b.get(f"/api/v1/pools/{POOL}")).status_code == 404   # B sees neither pool nor queue
@@ -196,3 +197,74 @@ async def test_a_service_spreads_over_its_pools_nodes_and_survives_losing_one(
         p = (await team_a.get(f"/api/v1/pools/{POOL}")).json()
         return p if not p["allocations"] and not await instance_docs(platform, later["id"]) else None
     assert (await wait_for(released, timeout=120, interval=1))["free"]["cpus"] == 2
+
+
+FRAG = "frag-a"
+
+
+async def test_an_instance_that_fits_the_pool_but_no_node_waits_in_the_queue_until_a_node_frees(
+        team_a, ray_serving, ray_cluster, tiny_folder):  # noqa: F811
+    """Node-level admission: two nodes of 2 CPUs with 1 CPU free on each hold no 2-CPU instance. It
+    is not handed to Ray to hang there: it waits in the pool's queue saying so, and starts on the
+    node that frees — the one the ledger gives it, where Ray finds the room."""
+    platform = ray_serving["platform"]
+    ray_cluster.add_node(FRAG, cpus=2)
+    ray_cluster.add_node(FRAG, cpus=2)
+    r = await team_a.post("/api/v1/pools", json={"name": FRAG})
+    assert r.status_code == 201 and r.json()["capacity"]["memory_bytes"] == 16 * 2**30, r.text
+    model = await tiny_model_of(team_a, tiny_folder, "frag-tiny")
+
+    async def deploy(name: str, spec: str = "cpu.1u4g") -> dict:
+        r = await team_a.post("/api/v1/services", json={"name": name, "model_id": model["id"], "qps_limit": 5,
+                                                        "resource_pool": FRAG, "instance_spec": spec})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def status_of(service: dict, *wanted: str):
+        s = (await team_a.get(f"/api/v1/services/{service['id']}")).json()
+        return s if s["status"] in wanted else None
+
+    small = [await deploy(f"frag-{n}") for n in range(3)]
+    for service in small:
+        assert (await wait_for(lambda s=service: status_of(s, "running", "failed"), timeout=300,
+                               interval=1))["status"] == "running"
+    node_of = {s["id"]: (await instance_docs(platform, s["id"]))[0]["node"] for s in small}
+    # Best fit packs: two instances share a node, the third has the other to itself.
+    [shared] = [n for n in set(node_of.values()) if list(node_of.values()).count(n) == 2]
+    paired = [s for s in small if node_of[s["id"]] == shared]
+    [alone] = [s for s in small if node_of[s["id"]] != shared]
+    assert (await team_a.post(f"/api/v1/services/{paired[0]['id']}/stop")).status_code == 200
+
+    async def fragmented():   # one CPU free on each node: 2 in the pool, none on one node
+        p = (await team_a.get(f"/api/v1/pools/{FRAG}")).json()
+        return p if p["free"]["cpus"] == 2 and len(p["allocations"]) == 2 else None
+    await wait_for(fragmented, timeout=120, interval=1)
+
+    big = await deploy("frag-big", "cpu.2u8g")
+    reason = (f"waiting for a node of pool '{FRAG}' with 2 CPUs, 8.0 GiB memory free; "
+              "largest free share is 1 CPUs, 4.0 GiB memory")
+
+    async def queued():
+        queue = (await team_a.get(f"/api/v1/pools/{FRAG}")).json()["queue"]
+        return queue if [(q["kind"], q["job_id"]) for q in queue] == [("service", big["id"])] else None
+    [entry] = await wait_for(queued, timeout=120, interval=1)
+    assert entry["position"] == 1 and entry["reason"] == reason
+    waiting = (await team_a.get(f"/api/v1/services/{big['id']}")).json()
+    assert waiting["status"] == "deploying" and waiting["message"] == reason, waiting
+    assert not await instance_docs(platform, big["id"])     # nothing handed to Ray to hang there
+
+    # The instance alone on its node stops: that node is free whole, and the big instance starts there.
+    assert (await team_a.post(f"/api/v1/services/{alone['id']}/stop")).status_code == 200
+    assert (await wait_for(lambda: status_of(big, "running", "failed"), timeout=300, interval=1))["status"] == "running"
+    [instance] = await instance_docs(platform, big["id"])
+    assert instance["node"] == node_of[alone["id"]]
+    pool = (await team_a.get(f"/api/v1/pools/{FRAG}")).json()
+    assert pool["queue"] == [] and pool["free"] == {"cpus": 1.0, "gpus": 0.0, "memory_bytes": 4 * 2**30}
+
+    for service in (*small, big):
+        assert (await team_a.delete(f"/api/v1/services/{service['id']}")).status_code == 204
+
+    async def released():
+        p = (await team_a.get(f"/api/v1/pools/{FRAG}")).json()
+        return p if not p["allocations"] else None
+    assert (await wait_for(released, timeout=120, interval=1))["free"]["cpus"] == 4

@@ -5,7 +5,7 @@ does not fit now waits in the pool's queue — visible, with its position — an
 capacity frees, never over-committing the pool.
 
 The cluster (``ray_cluster``): a head without CPUs, a ``public`` node and a ``team-a`` node of 2 CPUs
-each. The platform here has its own database and topics on the session's embedded servers."""
+and 8 GiB each. The platform here has its own database and topics on the session's embedded servers."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -102,7 +102,8 @@ async def test_jobs_run_on_their_pools_nodes_and_queue_for_room(team_a, ray_clus
             name=f"on-a-{n}", source={"model_id": model["id"]}, output_model_name=f"a-w8a8-{n}",
             resource_pool="dedicated", instance_spec="cpu.2u8g"))
         assert r.status_code == 201, r.text
-        assert r.json()["placement"] == {"pool": "team-a", "cpus": 2.0, "gpus": 0.0, "memory_bytes": 0, "nodes": 1}
+        assert r.json()["placement"] == {"pool": "team-a", "cpus": 2.0, "gpus": 0.0, "memory_bytes": 8 * 2**30,
+                                         "nodes": 1}
         ids.append(r.json()["id"])
 
     async def one_runs_one_queues():
@@ -161,7 +162,8 @@ async def test_a_job_queued_behind_an_instance_starts_when_the_service_stops(tea
         return j if j["queue"] else None
     waiting = await wait_for(queued, timeout=120, interval=0.5)
     assert waiting["status"] == "pending" and waiting["queue"]["position"] == 1
-    assert waiting["queue"]["reason"] == "waiting for 2 CPUs (0 available) in pool 'team-a'"
+    assert waiting["queue"]["reason"] == ("waiting for 2 CPUs (0 available), 8.0 GiB memory (0.0 GiB available) "
+                                          "in pool 'team-a'")
     pool = (await team_a.get("/api/v1/pools/team-a")).json()
     assert [a["kind"] for a in pool["allocations"]] == ["instance"]
     assert [(q["kind"], q["job_id"]) for q in pool["queue"]] == [("compression", job["id"])]

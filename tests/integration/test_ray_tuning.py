@@ -54,7 +54,7 @@ async def test_ranks_on_two_nodes_and_a_lost_node_resumes_from_the_checkpoint(te
         auto_restart={"enabled": True, "max_restarts": 3}))
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
-    assert r.json()["placement"] == {"pool": POOL, "cpus": 2.0, "gpus": 0.0, "memory_bytes": 0, "nodes": 2}
+    assert r.json()["placement"] == {"pool": POOL, "cpus": 2.0, "gpus": 0.0, "memory_bytes": 8 * 2**30, "nodes": 2}
 
     async def checkpointed():
         job = (await team.get(f"/api/v1/tuning-jobs/{job_id}")).json()

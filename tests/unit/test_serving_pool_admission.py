@@ -33,14 +33,16 @@ class PoolBackend(FakeBackend):
 
 
 class FakeCluster:
+    """Pools of nodes: ``team=2`` is one node of 2 CPUs, ``team=(2, 2)`` two nodes of 2 CPUs each."""
     kind = "ray"
 
-    def __init__(self, **pools: float):
-        self.pools = pools
+    def __init__(self, **pools: float | tuple):
+        self.pools = {pool: (cpus if isinstance(cpus, tuple) else (cpus,)) for pool, cpus in pools.items()}
 
     async def nodes(self):
-        return [Node(id=f"node-{pool}", pool=pool, address="127.0.0.1", resources=Resources(cpus=cpus))
-                for pool, cpus in self.pools.items()]
+        return [Node(id=f"node-{pool}" + (f"-{i}" if i else ""), pool=pool, address="127.0.0.1",
+                     resources=Resources(cpus=cpus, memory_bytes=int(cpus * 4 * 2**30)))
+                for pool, sizes in self.pools.items() for i, cpus in enumerate(sizes)]
 
 
 def _world(backend_class, **pools):
@@ -51,11 +53,12 @@ def _world(backend_class, **pools):
 
 
 async def _service(platform, service_id: str, *, count: int, pool: str = "team", cpus: float = 1,
-                   desired: str = "running") -> None:
+                   desired: str = "running", memory_gb: int = 0, spec: str = "cpu.1u4g") -> None:
     doc = {"_id": service_id, "tenant_id": "t", "name": service_id, "instance_count": count, "desired": desired,
            "model": {"version_id": "v1", "storage_uri": "s3://b/v1/", "template_id": "x"}, "status": "deploying",
-           "generation": 1, "max_model_len": 2048, "instance_spec": "cpu.1u4g",
-           "placement": {"pool": pool, "cpus": cpus, "gpus": 0.0, "memory_bytes": 0}, "created_at": datetime.now(UTC)}
+           "generation": 1, "max_model_len": 2048, "instance_spec": spec,
+           "placement": {"pool": pool, "cpus": cpus, "gpus": 0.0, "memory_bytes": memory_gb * 2**30},
+           "created_at": datetime.now(UTC)}
     await platform.mongo[SERVICES].replace_one({"_id": service_id}, doc, upsert=True)
 
 
@@ -160,12 +163,53 @@ async def test_local_processes_take_no_share_of_the_pool():
     assert _reports(platform)[-1].status == "running"
 
 
-@pytest.mark.parametrize("stored, pool, cpus", [
-    ({"pool": "team", "cpus": 2.0, "gpus": 0.0, "memory_bytes": 0}, "team", 2.0),
-    (None, "public", 1.0),   # recorded before pools existed
+@pytest.mark.parametrize("stored, pool, resources", [
+    ({"pool": "team", "cpus": 2.0, "gpus": 0.0, "memory_bytes": 0}, "team", Resources(cpus=2.0)),
+    (None, "public", Resources(cpus=1.0, memory_bytes=4 * 2**30)),   # recorded before pools existed: its spec
 ])
-def test_an_instances_placement_comes_from_the_service(stored, pool, cpus):
+def test_an_instances_placement_comes_from_the_service(stored, pool, resources):
     from services.deployer.reconciler import placement_of
 
     svc = {"instance_spec": "cpu.1u4g", **({"placement": stored} if stored else {})}
-    assert placement_of(svc) == (pool, Resources(cpus=cpus))
+    assert placement_of(svc) == (pool, resources)
+
+
+async def test_each_instance_is_started_on_the_node_the_ledger_gave_it_with_its_memory():
+    platform, backend, reconciler = _world(PoolBackend, team=(2, 2))
+    await _service(platform, "svc", count=3, memory_gb=4)
+    await reconciler.reconcile("svc")
+    launches = list(backend.launches.values())
+    assert sorted(launch.node_id for launch in launches) == ["node-team", "node-team", "node-team-1"]   # packed
+    assert all(launch.memory_bytes == 4 * 2**30 and launch.cpus == 1 for launch in launches)
+    allocations = {a["job_id"]: a["nodes"] for a in await _allocations(platform)}
+    assert allocations == {i: [launch.node_id] for i, launch in backend.launches.items()}
+
+
+async def test_an_instance_that_fits_the_pool_but_no_node_waits_until_a_node_frees():
+    """Fragmentation: two nodes with 1 CPU free each hold no 2-CPU instance; it waits in the queue
+    (not in Ray) with a reason that says so, and starts once one node is free enough."""
+    platform, backend, reconciler = _world(PoolBackend, team=(2, 2))
+    for name in ("s1", "s2", "s3"):
+        await _service(platform, name, count=1, memory_gb=4)
+        await reconciler.reconcile(name)
+    node_of = {launch.service_id: launch.node_id for launch in backend.launches.values()}
+    assert node_of["s1"] == node_of["s2"] != node_of["s3"]
+    await platform.mongo[SERVICES].update_one({"_id": "s1"}, {"$set": {"desired": "stopped"}})
+    await reconciler.reconcile("s1")          # now 1 CPU free on each node: 2 in the pool
+    assert await _used(platform, "team") == 2
+
+    await _service(platform, "big", count=1, cpus=2, memory_gb=8, spec="cpu.2u8g")
+    await reconciler.reconcile("big")
+    reason = ("waiting for a node of pool 'team' with 2 CPUs, 8.0 GiB memory free; "
+              "largest free share is 1 CPUs, 4.0 GiB memory")
+    assert await _queue(platform) == [("big", 1, reason)]
+    report = _reports(platform)[-1]
+    assert (report.service_id, report.status, report.message) == ("big", "deploying", reason)
+    assert not [d async for d in platform.mongo[INSTANCES].find({"service_id": "big"})]
+
+    await platform.mongo[SERVICES].update_one({"_id": "s3"}, {"$set": {"desired": "stopped"}})
+    await reconciler.reconcile("s3")          # s3's node is free whole: the big one starts there
+    await reconciler.idle()
+    [big] = [launch for launch in backend.launches.values() if launch.service_id == "big"]
+    assert big.node_id == node_of["s3"] and big.cpus == 2 and big.memory_bytes == 8 * 2**30
+    assert await _queue(platform) == [] and _reports(platform)[-1].status == "running"

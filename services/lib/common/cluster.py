@@ -67,6 +67,23 @@ class Resources:
             lacking.append(f"{_gib(self.memory_bytes)} memory ({_gib(max(available.memory_bytes, 0))} {where})")
         return lacking
 
+    @property
+    def is_empty(self) -> bool:
+        return self.cpus <= 1e-9 and self.gpus <= 1e-9 and self.memory_bytes <= 0
+
+    def describe(self) -> str:
+        """In words, what is not zero ("2 CPUs, 8.0 GiB memory"; "nothing" for none)."""
+        parts = [f"{self.cpus:g} CPUs"] if self.cpus > 1e-9 else []
+        if self.gpus > 1e-9:
+            parts.append(f"{self.gpus:g} accelerators")
+        if self.memory_bytes > 0:
+            parts.append(f"{_gib(self.memory_bytes)} memory")
+        return ", ".join(parts) or "nothing"
+
+    def clamped(self) -> "Resources":
+        """Never below zero (what is free of a node whose usage outgrew a shrunken capacity)."""
+        return Resources(max(self.cpus, 0.0), max(self.gpus, 0.0), max(self.memory_bytes, 0))
+
     def as_dict(self) -> dict:
         return {"cpus": self.cpus, "gpus": self.gpus, "memory_bytes": self.memory_bytes}
 
@@ -96,13 +113,24 @@ class ComputeCluster(Protocol):
         ...
 
 
+# The instance specs give each vCPU 4 GiB (services.lib.pools.specs); on the local machine memory
+# never refuses what its CPUs admit (see LocalMachine).
+LOCAL_MEMORY_PER_CPU = 4 * 2**30
+
+
 class LocalMachine:
-    """This machine as the single node of the public pool."""
+    """This machine as the single node of the public pool.
+
+    Its memory is the machine's, but never less than 4 GiB per CPU of the pool: the specs' memory
+    (4 GiB per vCPU) is what a job may use at most, and the models of a small machine need far
+    less. Without the floor a laptop or CI runner of 7 GiB would refuse the default compression
+    spec (8 GiB) that it runs fine; with it, the CPUs bind first unless the machine has more memory
+    to account. ``MAAS_LOCAL_POOL_MEMORY_BYTES`` sets it exactly (no floor)."""
     kind = "local"
 
     def __init__(self, settings: Settings):
         cpus = settings.local_pool_cpus or float(os.cpu_count() or 1)
-        memory = settings.local_pool_memory_bytes or _machine_memory()
+        memory = settings.local_pool_memory_bytes or max(_machine_memory(), int(cpus * LOCAL_MEMORY_PER_CPU))
         self._node = Node(id="local", pool=PUBLIC_POOL, address="127.0.0.1", resources=Resources(cpus, 0.0, memory))
 
     async def nodes(self) -> list[Node]:
@@ -159,6 +187,17 @@ class RayCluster:
                 resources=Resources(float(res.get("CPU", 0)), float(res.get("GPU", 0) + res.get("NPU", 0)),
                                     int(res.get("memory", 0)))))
         return nodes
+
+
+def placed_on(pool: str, node_ids: tuple[str, ...] | list[str] = ()):
+    """Ray's scheduling strategy for work of ``pool`` (a task or an actor): on the node the pool's
+    ledger gave it (hard affinity: the room was reserved there, and a fragment of free capacity on
+    another node must not take it), or, without one, on any node of the pool (hard label constraint)."""
+    from ray.util.scheduling_strategies import In, NodeAffinitySchedulingStrategy, NodeLabelSchedulingStrategy
+
+    if node_ids:
+        return NodeAffinitySchedulingStrategy(node_id=node_ids[0], soft=False)
+    return NodeLabelSchedulingStrategy(hard={POOL_LABEL: In(pool)})
 
 
 def connect_cluster(settings: Settings) -> ComputeCluster:

@@ -29,6 +29,8 @@ class Placement:
     pool: str = PUBLIC_POOL
     resources: Resources = Resources(cpus=1.0)   # in all: ``nodes`` equal shares on distinct nodes
     nodes: int = 1
+    # The node(s) the pool's ledger gave the run (one per share; cluster mode): the work runs there.
+    node_ids: tuple[str, ...] = ()
 
     @property
     def per_node(self) -> Resources:

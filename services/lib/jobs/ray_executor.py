@@ -6,9 +6,12 @@ listener here. The channel is a small actor (``Mailbox``) created for the run: t
 messages to it, the executor takes them and posts answers back. Everything in the messages is JSON
 text — Ray pickles only our own code's calls, never anything a user wrote.
 
-Placement: the task asks for the placement's CPUs, accelerators and memory and may only run on a
-node labelled ``openmaas.io/pool=<pool>`` (a hard label constraint), so it never lands outside its
-pool. The platform admitted it first (``services.lib.pools.ledger``), so Ray finds the room free.
+Placement: the task asks for the placement's CPUs, accelerators and memory (Ray enforces the same
+reservation as the platform's ledger) and runs on the node the pool's ledger gave it (a hard node
+affinity: ``services.lib.pools.ledger`` admitted it there, so Ray finds the room free on that node,
+never a fragment spread over several). Work without a node of its own (it takes no share, or it
+only coordinates ranks that have theirs) may only run on a node labelled ``openmaas.io/pool=<pool>``
+(a hard label constraint), so nothing lands outside its pool.
 Ray's own retries are off: a lost node fails the run (``WorkFailed("NodeLost")``) and the job
 engine's restart rules decide, as for a local process that died.
 
@@ -23,9 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
-from ray.util.scheduling_strategies import In, NodeAffinitySchedulingStrategy, NodeLabelSchedulingStrategy
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from services.lib.common.cluster import POOL_LABEL, RayCluster, Resources
+from services.lib.common.cluster import RayCluster, Resources, placed_on
 from services.lib.jobs.child import resolve
 from services.lib.jobs.executor import NOT_OVER, Listener, Work, WorkFailed, ending, error_report
 from services.lib.jobs.local_process import encode
@@ -33,8 +36,10 @@ from services.lib.jobs.local_process import encode
 _TAKE_SECONDS = 0.5
 _LOST_GRACE_SECONDS = 10
 # Ray's errors that mean "the process or its machine went away", not "the code raised".
+# Unschedulable: the node the ledger gave the task died before Ray placed it there.
 _LOST = (ray.exceptions.NodeDiedError, ray.exceptions.WorkerCrashedError, ray.exceptions.ActorDiedError,
-         ray.exceptions.ObjectLostError, ray.exceptions.RaySystemError)
+         ray.exceptions.ObjectLostError, ray.exceptions.RaySystemError, ray.exceptions.TaskUnschedulableError,
+         ray.exceptions.ActorUnschedulableError)
 
 
 @ray.remote(num_cpus=0, max_restarts=0)
@@ -140,10 +145,9 @@ class RayExecutor:
         placement = work.placement
         # Work over several nodes: this task only coordinates; its ranks reserve the resources.
         resources = placement.resources if placement.nodes == 1 else Resources()
-        options: dict[str, Any] = {
-            "num_cpus": resources.cpus, "num_gpus": resources.gpus,
-            "scheduling_strategy": NodeLabelSchedulingStrategy(hard={POOL_LABEL: In(placement.pool)}),
-        }
+        options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus,
+                                   "scheduling_strategy": placed_on(placement.pool, placement.node_ids
+                                                                    if placement.nodes == 1 else ())}
         if resources.memory_bytes:
             options["memory"] = resources.memory_bytes
         if work.env:

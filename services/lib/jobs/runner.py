@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -226,7 +227,7 @@ class JobRunner:
                     await self._claim(candidate["_id"], self.placement_of(candidate))
                     continue
                 except ledger.NoRoom as no_room:
-                    blocked[pool] = f"waiting for {', '.join(no_room.lacking)} in pool '{pool}'"
+                    blocked[pool] = no_room.reason
             waiting.setdefault(pool, []).append(candidate)
         for pool, jobs in waiting.items():
             await ledger.list_waiting(self.platform.mongo, pool=pool, kind=self.kind.name, collection=self.kind.jobs,
@@ -260,24 +261,30 @@ class JobRunner:
         (nothing changed then: the admission is part of the claim's unit of work)."""
         if not self.has_capacity() or job_id in self.runs:
             return False
-        total, _ = await capacity(self.platform, placement.pool)
+        total, nodes = await capacity(self.platform, placement.pool)
+        # Each share runs on a node of its own (a job's work, a training rank); the local machine is
+        # one node that runs every rank of a job, so there the job takes its total from that node.
+        spread = placement.nodes if self.platform.cluster.kind != "local" else 1
         run_id, at = new_id(), now()
         run = {"run_id": run_id, "worker_id": self.worker_id, "started_at": at, "active": True,
                "lease_until": at + timedelta(seconds=self.settings.lease_seconds)}
+        given: list[str] = []
 
         async def claim_and_admit(uow) -> dict | None:
             job = await self.kind.claim(uow, job_id=job_id, run=run)
             if job is not None:
                 holder = ledger.Holder(kind=self.kind.name, collection=self.kind.jobs, job_id=job_id, run_id=run_id,
                                        tenant_id=job["tenant_id"])
-                await ledger.admit(uow, holder=holder, pool=placement.pool, request=placement.resources,
-                                   capacity=total)
+                given[:] = await ledger.admit(uow, holder=holder, pool=placement.pool, request=placement.resources,
+                                              capacity=total, nodes=nodes, spread=spread)
                 await uow.collection(ledger.QUEUE).delete_one({"_id": holder.key}, session=uow.session)
             return job
 
         job = await transact(self.platform, claim_and_admit)
         if job is None:
             return False   # another runner was faster, or the job was stopped or deleted meanwhile
+        if self.platform.cluster.kind != "local":   # placed on the nodes it was given (cluster mode)
+            placement = dataclasses.replace(placement, node_ids=tuple(given))
         await self.platform.mongo[self.kind.jobs].update_one({"_id": job_id, "started_at": None},
                                                              {"$set": {"started_at": at}})
         task = asyncio.create_task(self._run(job, run_id, placement), name=f"{self.kind.name}-{job_id}")

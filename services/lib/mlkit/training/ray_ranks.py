@@ -1,6 +1,7 @@
 """Data-parallel ranks on different nodes of a Ray cluster: the same ranks as ``distributed`` (the
 same ``run_rank``, gloo, the same payload), placed by a Ray placement group with one bundle per rank
-spread over distinct nodes of the job's pool (``STRICT_SPREAD`` + the pool's node label).
+spread over distinct nodes of the job's pool (``STRICT_SPREAD`` + the pool's node label), each on
+the node the pool's ledger gave that rank when it gave the job its nodes (``node_ids``).
 
 Rank 0 hosts the gloo rendezvous on its node; it reaches the coordinator (this process, the job's
 work) over a TCP connection authenticated with a one-time key and speaks the same JSON messages as
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import ray
 from ray.util import get_node_ip_address, placement_group, remove_placement_group
+from ray.util.placement_group import NODE_ID_LABEL_KEY
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from services.lib.common.cluster import POOL_LABEL
@@ -38,13 +40,22 @@ class RayPlacement:
     pool: str
     cpus_per_rank: float = 1.0
     gpus_per_rank: float = 0.0
+    memory_per_rank: int = 0        # bytes
+    node_ids: tuple[str, ...] = ()  # rank i on node_ids[i] (admitted there); () = any distinct nodes
     shared_dir: str = ""            # "" = next to the job's output folder (which lies in the work folder)
     # The placement group's name, one per job: a group outlives the task that made it (Ray ties it to
     # the driver), so when a coordinator dies with its node, the next run removes its orphan by name.
     group_name: str = ""
 
     def bundle(self) -> dict[str, float]:
-        return {"CPU": self.cpus_per_rank, **({"GPU": self.gpus_per_rank} if self.gpus_per_rank else {})}
+        return {"CPU": self.cpus_per_rank, **({"GPU": self.gpus_per_rank} if self.gpus_per_rank else {}),
+                **({"memory": float(self.memory_per_rank)} if self.memory_per_rank else {})}
+
+    def selectors(self, world_size: int) -> list[dict[str, str]]:
+        """Each bundle's label selector: the pool, and the rank's own node when the ledger chose it."""
+        if len(self.node_ids) == world_size:
+            return [{POOL_LABEL: self.pool, NODE_ID_LABEL_KEY: node} for node in self.node_ids]
+        return [{POOL_LABEL: self.pool}] * world_size
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -109,11 +120,13 @@ def run_on_ray(inputs: RunInputs, hooks: Hooks, *, world_size: int, threads_per_
     """Train with ``world_size`` ranks on distinct nodes of ``placement.pool``; rank 0's callbacks
     reach ``hooks`` here. Returns when every rank has finished."""
     shared = Path(placement.shared_dir or inputs.output_dir.parent)
+    gone = set(placement.node_ids) - {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+    if gone:   # a node given to a rank was lost since: environmental, the restart is admitted afresh
+        raise RankNodeLost(f"training ranks: the node(s) {', '.join(sorted(gone))} given to them are gone")
     if placement.group_name:
         _remove_orphan(placement.group_name)
     group = placement_group([placement.bundle()] * world_size, strategy="STRICT_SPREAD",
-                            bundle_label_selector=[{POOL_LABEL: placement.pool}] * world_size,
-                            name=placement.group_name)
+                            bundle_label_selector=placement.selectors(world_size), name=placement.group_name)
     refs: list = []
     try:
         if not group.wait(timeout_seconds=timeout_s):
@@ -129,7 +142,9 @@ def run_on_ray(inputs: RunInputs, hooks: Hooks, *, world_size: int, threads_per_
             for rank in range(world_size):
                 strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=rank)
                 refs.append(_rank.options(scheduling_strategy=strategy, num_cpus=placement.cpus_per_rank,
-                                          num_gpus=placement.gpus_per_rank).remote(
+                                          num_gpus=placement.gpus_per_rank,
+                                          **({"memory": placement.memory_per_rank} if placement.memory_per_rank
+                                             else {})).remote(
                     rank, str(payload), listener.address if rank == 0 else None, key if rank == 0 else None))
             ranks = _RayRanks(refs)
             conn = _accept(listener, ranks, timeout_s=timeout_s)
