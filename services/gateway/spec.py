@@ -14,6 +14,7 @@ from services.lib.iam import store as iam_store
 from services.lib.pools import api as pools_api
 from services.lib.pools import ledger as pool_ledger
 from services.lib.pools import models as pool_models
+from services.lib.pools import provisioning as pool_provisioning
 from services.lib.pools import usage as pool_usage
 
 GATEWAY = ServiceSpec(
@@ -25,7 +26,7 @@ GATEWAY = ServiceSpec(
     indexes=identity.INDEXES + sessions.INDEXES + login_throttle.INDEXES + keys.INDEXES + key_limits.INDEXES
     + quotas.INDEXES + metering.INDEXES + iam_store.INDEXES + pool_models.INDEXES + pool_ledger.INDEXES
     + pool_usage.INDEXES + ratelimit.INDEXES,
-    background=[chat.run_gateway],
+    background=[chat.run_gateway, pool_provisioning.reconcile_pool_nodes],   # the latter: kuberay only
     component=chat.build_gateway,
     publishes=[PresetServiceWakeRequested],
 )

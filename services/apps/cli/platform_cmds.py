@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import threading
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from services.apps.cli.local_ray import LocalRayHead
+from services.apps.cli.local_ray import LocalRayHead, LocalRayWorkers
 from services.lib.common.log_setup import LEVELS, configure_logging, parse_level
 
 console = Console()
+log = logging.getLogger(__name__)
 
 
 def _default_data_dir() -> Path:
@@ -105,6 +108,48 @@ def _show_admin(admin, url: str) -> None:
         console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
+class PoolNodeSupervisor:
+    """``maas up --ray``'s local provisioner at work: a thread that reconciles each dedicated pool's
+    desired nodes (``node_count`` in MongoDB) with ``ray start`` children of this process
+    (``LocalRayWorkers``), the process that owns the Ray head; ``stop()`` ends them all."""
+
+    def __init__(self, head: LocalRayHead):
+        self.workers = LocalRayWorkers(head)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "PoolNodeSupervisor":
+        from services.lib.common.mongo import Mongo
+        from services.lib.common.settings import get_settings
+        from services.lib.pools.provisioning import reconcile_forever, ray_node_reader
+
+        get_settings.cache_clear()
+        settings = get_settings()
+
+        async def reconcile() -> None:
+            mongo = Mongo(settings)
+            try:
+                await reconcile_forever(mongo=mongo, provisioner=self.workers, read_nodes=ray_node_reader(settings),
+                                        interval=settings.pool_reconcile_seconds, stop=self._stop)
+            finally:
+                mongo.close()
+
+        def run() -> None:
+            try:
+                asyncio.run(reconcile())
+            except Exception:   # noqa: BLE001 - said once; the platform serves on without resizing
+                log.exception("the pool node supervisor stopped")
+        self._thread = threading.Thread(target=run, name="pool-nodes", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        self.workers.stop_all()
+
+
 def up(
     data_dir: Path = typer.Option(None, "--data-dir", help="where all data lives (default: the user data dir)"),
     host: str = typer.Option("127.0.0.1", help="API bind address"),
@@ -133,12 +178,16 @@ def up(
     os.environ.setdefault("MAAS_WORK_DIR", str(data_dir / "work"))
     private_dir(Path(os.environ["MAAS_WORK_DIR"]))
     head = LocalRayHead(data_dir=data_dir) if ray else None
+    pool_nodes: PoolNodeSupervisor | None = None
     try:
         if head is not None:
             with console.status("starting a one-node Ray cluster…"):
                 os.environ["MAAS_RAY_ADDRESS"] = head.start()
             os.environ.update(head.driver_env)   # the platform joins it as a driver: its token, loopback
+            # Dedicated pools resized through the API get their nodes as `ray start` children of this process.
+            os.environ["MAAS_POOL_PROVISIONER"] = "local"
             console.print(f"  MAAS_RAY_ADDRESS={head.address} (this machine: pool 'public')")
+            pool_nodes = PoolNodeSupervisor(head).start()
         for name, value in servers.settings_env().items():
             console.print(f"  {name}={value}" if "SECRET" not in name else f"  {name}=***")
         url = f"http://{host}:{port}"
@@ -147,6 +196,9 @@ def up(
         console.print(f"API and console: [bold]{url}[/bold]   OpenAPI: {url}/docs   (Ctrl-C stops everything)")
         _serve(host=host, port=port, services="all", log_level=log_level)
     finally:
+        if pool_nodes is not None:
+            with console.status("stopping the nodes of dedicated pools…"):
+                pool_nodes.stop()
         if head is not None:
             with console.status("stopping the Ray cluster…"):
                 head.stop()

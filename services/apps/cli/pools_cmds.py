@@ -1,5 +1,5 @@
 """``maas pools``: the resource pools my account may use (the public pool and my dedicated ones), what
-each holds and who waits for it; creating and deleting dedicated pools."""
+each holds and who waits for it; creating, resizing and deleting dedicated pools."""
 from __future__ import annotations
 
 from urllib.parse import quote
@@ -21,9 +21,17 @@ def _path(name: str) -> str:
     return f"{POOLS}/{quote(name, safe='')}"
 
 
+def _nodes(p: dict) -> str:
+    """Joined nodes, and where the platform starts them, the desired count and the state."""
+    if p.get("node_count") is None:
+        return str(p["nodes"])
+    text = f"{p['nodes']} of {p['node_count']} ({p.get('status', 'ready')})"
+    return f"{text}: {p['status_message']}" if p.get("status_message") else text
+
+
 def render_pool(p: dict) -> None:
     fields([("name", p["name"]), ("type", p["type"]), ("cluster", p["cluster"]), ("description", p.get("description")),
-            ("created", when(p.get("created_at"))), ("nodes", p["nodes"]),
+            ("created", when(p.get("created_at"))), ("nodes", _nodes(p)),
             ("CPUs (allocated / capacity)", share(p["allocated"], p["capacity"], "cpus")),
             ("free CPUs", amount(p["free"]["cpus"])),
             ("accelerators (allocated / capacity)", share(p["allocated"], p["capacity"], "gpus")),
@@ -90,3 +98,22 @@ def delete(name: str = typer.Argument(..., help="a dedicated pool of my account"
     with client() as c:
         c.delete(_path(name))
     console.print(f"deleted pool {name}", highlight=False)
+
+
+@command(app)
+def resize(name: str = typer.Argument(..., help="a dedicated pool of my account"),
+           nodes: int = typer.Option(..., "--nodes", "-n", help="how many nodes the platform keeps in the pool"),
+           cpus: int = typer.Option(None, "--cpus", help="CPUs of each node (with --memory-gb)"),
+           memory_gb: float = typer.Option(None, "--memory-gb", help="memory of each node in GiB (with --cpus)"),
+           as_json: bool = JsonOption) -> None:
+    """Resize a dedicated pool: the platform starts or stops its nodes (where it manages them; it
+    never removes a node that runs work)."""
+    body: dict = {"node_count": nodes}
+    if cpus is not None or memory_gb is not None:
+        if cpus is None or memory_gb is None:
+            raise typer.BadParameter("give both --cpus and --memory-gb, or neither")
+        body["node_resources"] = {"cpus": cpus, "memory_gb": memory_gb}
+    with client() as c:
+        data = c.patch(_path(name), body)
+    emit(data, as_json=as_json, render=lambda p: console.print(
+        f"pool [bold]{p['name']}[/bold]: nodes {_nodes(p)}", highlight=False))

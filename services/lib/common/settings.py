@@ -110,8 +110,22 @@ class Settings(BaseSettings):
     # whose nodes carry the label openmaas.io/pool=<pool> (docs/cluster.md).
     ray_address: str = Field("", description="Ray cluster address (host:port or ray://host:port); empty = local")
     ray_namespace: str = Field("openmaas", description="Ray namespace of this platform's actors and tasks")
+    # Resizing dedicated pools from the API (docs/cluster.md "Resizing a dedicated pool"): who starts
+    # and stops the nodes. none: the platform engineer labels nodes; local: `maas up --ray` starts Ray
+    # worker processes on this machine; kuberay: the pool's worker group of the RayCluster is scaled.
+    pool_provisioner: str = Field("none", pattern="^(none|local|kuberay)$", description=(
+        "who starts a dedicated pool's nodes: none | local (maas up --ray) | kuberay"))
+    pool_max_nodes: int = Field(8, ge=0, le=1000, description="most nodes one dedicated pool may ask for")
+    pool_node_max_cpus: float = Field(64, gt=0, le=1024, description="most CPUs one node of a pool may ask for")
+    pool_node_max_memory_gb: float = Field(512, gt=0, le=16384, description="most memory (GiB) one node may ask for")
+    pool_reconcile_seconds: float = Field(2.0, gt=0, le=300, description="how often pool nodes are reconciled")
+    kuberay_cluster: str = Field("openmaas-ray", description="the RayCluster whose worker groups are the pools")
+    kuberay_namespace: str = Field("openmaas", description="the namespace of that RayCluster")
+    kubernetes_api_url: str = Field("https://kubernetes.default.svc", description=(
+        "the Kubernetes API the kuberay provisioner patches (in-cluster, with its service account)"))
     local_pool_cpus: float = Field(0, ge=0, description="CPUs of the local public pool; 0 = the machine's")
-    local_pool_memory_bytes: int = Field(0, ge=0, description="memory of the local public pool; 0 = the machine's")
+    local_pool_memory_bytes: int = Field(0, ge=0, description="memory of the local public pool; 0 = the machine's, "
+                                                              "at least 4 GiB per CPU of the pool")
 
     @field_validator("metrics_token")
     @classmethod

@@ -36,13 +36,19 @@ async def create_pool(request: PoolCreate, principal: Principal = Authorized("ma
     return await uc.create_pool(platform, tenant_id=principal.tenant_id, user_id=principal.user_id, request=request)
 
 
-@router.patch("/{name}", response_model=PoolDetail, summary="Change a dedicated pool's description")
+@router.patch("/{name}", response_model=PoolDetail,
+              summary="Change a dedicated pool's description, or resize it (node_count, node_resources)",
+              description="Resizing needs a platform that starts nodes (MAAS_POOL_PROVISIONER local or kuberay; "
+                          "409 otherwise), and never below what is allocated in the pool now (409 with the "
+                          "numbers). The pool's status is 'scaling' until its nodes match.")
 async def update_pool(name: str, request: PoolUpdate, principal: Principal = Authorized("maas:pools:update"),
                       platform: Platform = Depends(get_platform)):
     return await uc.update_pool(platform, tenant_id=principal.tenant_id, name=name, request=request)
 
 
-@router.delete("/{name}", status_code=204, summary="Delete a dedicated pool nothing runs or waits on")
+@router.delete("/{name}", status_code=204, summary="Delete a dedicated pool nothing runs or waits on",
+               description="A pool whose nodes the platform started has them removed first; its name stays "
+                           "taken until they are gone.")
 async def delete_pool(name: str, principal: Principal = Authorized("maas:pools:delete"),
                       platform: Platform = Depends(get_platform)):
     await uc.delete_pool(platform, tenant_id=principal.tenant_id, name=name)

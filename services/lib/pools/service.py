@@ -7,6 +7,8 @@ accounts do not leak through errors beyond the name being taken at creation.
 """
 from __future__ import annotations
 
+import math
+
 from pymongo.errors import DuplicateKeyError
 
 from services.lib.common.auth import USERS
@@ -15,8 +17,13 @@ from services.lib.common.context import Platform, transact
 from services.lib.common.errors import bad_request, conflict, not_found
 from services.lib.common.jobs import now
 from services.lib.pools import ledger
-from services.lib.pools.models import (DEDICATED, POOLS, RESERVED_NAMES, AllocationView, NodeView,
-                                   PoolCreate, PoolDetail, PoolUpdate, PoolView, QueuedView, ResourcesView)
+from services.lib.pools.models import (DEDICATED, DEFAULT_NODE, POOLS, RESERVED_NAMES, AllocationView, NodeResources,
+                                   NodeView, PoolCreate, PoolDetail, PoolUpdate, PoolView, QueuedView, ResourcesView)
+from services.lib.pools.provisioning import GIB, refusal
+
+# A pool being deleted keeps its document (and its name) until its last node is gone; it is no
+# longer any account's to see or use.
+LIVE = {"deleting": {"$ne": True}}
 
 
 def _res(r: Resources) -> ResourcesView:
@@ -34,17 +41,24 @@ async def capacity(platform: Platform, pool: str) -> tuple[Resources, list[Node]
 async def _own_pool(platform: Platform, *, tenant_id: str, name: str) -> dict | None:
     if name == PUBLIC_POOL:
         return {"_id": PUBLIC_POOL, "tenant_id": None, "description": "shared by every account", "created_at": None}
-    return await platform.mongo[POOLS].find_one({"_id": name, "tenant_id": tenant_id})
+    return await platform.mongo[POOLS].find_one({"_id": name, "tenant_id": tenant_id, **LIVE})
 
 
 async def _view(platform: Platform, doc: dict, *, detail_for: str | None = None) -> PoolView | PoolDetail:
     name = doc["_id"]
     total, nodes = await capacity(platform, name)
     used = await ledger.usage(platform.mongo[ledger.USAGE], name)
+    desired = doc.get("node_count")
+    # Scaling only where a provisioner works on it (a size kept from `maas up --ray` means nothing on
+    # the embedded default).
+    scaling = desired is not None and len(nodes) != desired and refusal(platform.settings, name) is None
     common = dict(name=name, type="public" if name == PUBLIC_POOL else "dedicated",
                   description=doc.get("description", ""), created_at=doc.get("created_at"),
                   cluster=platform.cluster.kind, nodes=len(nodes), capacity=_res(total), allocated=_res(used),
-                  free=_res(total - used))
+                  free=_res(total - used), node_count=desired,
+                  node_resources=NodeResources(**doc["node_resources"]) if doc.get("node_resources") else None,
+                  status="scaling" if scaling else "ready",
+                  status_message=doc.get("status_message", "") if scaling else "")
     if detail_for is None:
         return PoolView(**common)
     allocations = [AllocationView(kind=a["kind"], job_id=a["job_id"], resources=_res(Resources.from_dict(a["resources"])),
@@ -60,7 +74,7 @@ async def _view(platform: Platform, doc: dict, *, detail_for: str | None = None)
 
 async def list_pools(platform: Platform, *, tenant_id: str) -> list[PoolView]:
     docs = [await _own_pool(platform, tenant_id=tenant_id, name=PUBLIC_POOL)]
-    docs += [d async for d in platform.mongo[POOLS].find({"tenant_id": tenant_id}).sort("_id", 1)]
+    docs += [d async for d in platform.mongo[POOLS].find({"tenant_id": tenant_id, **LIVE}).sort("_id", 1)]
     return [await _view(platform, d) for d in docs]
 
 
@@ -76,6 +90,9 @@ async def create_pool(platform: Platform, *, tenant_id: str, user_id: str, reque
         raise bad_request(f"name: '{request.name}' is reserved; choose another name", field="name")
     doc = {"_id": request.name, "tenant_id": tenant_id, "description": request.description,
            "created_by": user_id, "created_at": now()}
+    if request.node_count is not None or request.node_resources is not None:
+        doc.update(await _size(platform, pool=request.name, node_count=request.node_count, shape=request.node_resources,
+                         current={}))
     try:
         await transact(platform, lambda uow: uow.collection(POOLS).insert_one(doc, session=uow.session))
     except DuplicateKeyError:
@@ -86,23 +103,100 @@ async def create_pool(platform: Platform, *, tenant_id: str, user_id: str, reque
 async def update_pool(platform: Platform, *, tenant_id: str, name: str, request: PoolUpdate) -> PoolDetail:
     if name == PUBLIC_POOL:
         raise bad_request("name: the public pool cannot be changed", field="name")
+    doc = await _own_pool(platform, tenant_id=tenant_id, name=name)
+    if doc is None:
+        raise not_found("resource pool", name)
+    changes: dict = {}
+    if request.description is not None:
+        changes["description"] = request.description
+    if request.node_count is not None or request.node_resources is not None:
+        changes.update(await _size(platform, pool=name, node_count=request.node_count,
+                                   shape=request.node_resources, current=doc))
+        await _require_room_for_allocations(platform, pool=name, node_count=changes["node_count"],
+                                            shape=changes.get("node_resources"))
+    if not changes:
+        raise bad_request("body: give description, node_count or node_resources to change", field="body")
     doc = await platform.mongo[POOLS].find_one_and_update(
-        {"_id": name, "tenant_id": tenant_id}, {"$set": {"description": request.description}}, return_document=True)
+        {"_id": name, "tenant_id": tenant_id, **LIVE}, {"$set": changes}, return_document=True)
     if doc is None:
         raise not_found("resource pool", name)
     return await _view(platform, doc, detail_for=tenant_id)
 
 
+async def _size(platform: Platform, *, pool: str, node_count: int | None, shape: NodeResources | None,
+                current: dict) -> dict:
+    """The ``node_count`` / ``node_resources`` to store for a resize request, within the settings'
+    limits; 409 where this platform does not start nodes."""
+    settings = platform.settings
+    why_not = refusal(settings, pool)
+    if why_not:
+        raise conflict(why_not, code="pool_nodes_not_managed", field="node_count")
+    if node_count is not None and node_count > settings.pool_max_nodes:
+        raise bad_request(f"node_count: at most {settings.pool_max_nodes} nodes per pool on this platform "
+                          f"(setting pool_max_nodes); asked for {node_count}", field="node_count")
+    if shape is not None and shape.cpus > settings.pool_node_max_cpus:
+        raise bad_request(f"node_resources.cpus: at most {settings.pool_node_max_cpus:g} CPUs per node on this "
+                          f"platform (setting pool_node_max_cpus); asked for {shape.cpus}",
+                          field="node_resources.cpus")
+    if shape is not None and shape.memory_gb > settings.pool_node_max_memory_gb:
+        raise bad_request(f"node_resources.memory_gb: at most {settings.pool_node_max_memory_gb:g} GiB per node "
+                          f"on this platform (setting pool_node_max_memory_gb); asked for {shape.memory_gb:g}",
+                          field="node_resources.memory_gb")
+    count = node_count if node_count is not None else current.get("node_count")
+    if count is None:   # a shape alone: keep the nodes the pool has now
+        count = len((await capacity(platform, pool))[1])
+    if shape is None and not current.get("node_resources") and settings.pool_provisioner == "local":
+        shape = DEFAULT_NODE      # local nodes need a size; on KubeRay the worker group's template has one
+    changes: dict = {"node_count": count}
+    if shape is not None:
+        changes["node_resources"] = shape.model_dump()
+    return changes
+
+
+async def _require_room_for_allocations(platform: Platform, *, pool: str, node_count: int,
+                                        shape: dict | None) -> None:
+    """Shrinking never kills work: refuse a size whose nodes could not hold what is allocated in the
+    pool now (CPUs, accelerators and memory: what pools account)."""
+    used = await ledger.usage(platform.mongo[ledger.USAGE], pool)
+    if used.cpus <= 1e-9 and used.gpus <= 1e-9 and used.memory_bytes <= 0:
+        return
+    if shape is not None:
+        per_node = Resources(cpus=float(shape["cpus"]), memory_bytes=int(shape["memory_gb"] * GIB))
+    else:   # the cluster's template decides the shape: judge by the pool's largest node now
+        _, nodes = await capacity(platform, pool)
+        per_node = max((n.resources for n in nodes), key=lambda r: (r.cpus, r.gpus), default=Resources())
+    room = per_node.times(node_count)
+    lacking = used.shortfall(room, where=f"on {node_count} nodes")
+    if not lacking:
+        return
+
+    def nodes_for(amount: float, each: float) -> int:
+        return math.ceil(amount / each - 1e-9) if each else (node_count + 1 if amount > 1e-9 else 0)
+    need = max(nodes_for(used.cpus, per_node.cpus), nodes_for(used.gpus, per_node.gpus),
+               nodes_for(used.memory_bytes, per_node.memory_bytes))
+    raise conflict(f"node_count: work running in pool '{pool}' holds {', '.join(lacking)}; keep at least "
+                   f"{need} nodes of this size, or stop work in the pool first", code="pool_in_use",
+                   field="node_count")
+
+
 async def delete_pool(platform: Platform, *, tenant_id: str, name: str) -> None:
     if name == PUBLIC_POOL:
         raise bad_request("name: the public pool cannot be deleted", field="name")
-    if await platform.mongo[POOLS].find_one({"_id": name, "tenant_id": tenant_id}) is None:
+    doc = await _own_pool(platform, tenant_id=tenant_id, name=name)
+    if doc is None:
         raise not_found("resource pool", name)
     in_use = await platform.mongo[ledger.ALLOCATIONS].count_documents({"pool": name})
     queued = await platform.mongo[ledger.QUEUE].count_documents({"pool": name})
     if in_use or queued:
         raise conflict(f"the pool '{name}' is in use: {in_use} running and {queued} queued jobs or instances; "
                        "stop or delete them first", code="pool_in_use")
+    if doc.get("node_count") is not None and refusal(platform.settings, name) is None:
+        _, nodes = await capacity(platform, name)
+        if doc["node_count"] or nodes:
+            # Its nodes go first (the provisioner scales the pool to 0, then drops the document).
+            await platform.mongo[POOLS].update_one({"_id": name, "tenant_id": tenant_id},
+                                                   {"$set": {"deleting": True, "node_count": 0}})
+            return
     await platform.mongo[POOLS].delete_one({"_id": name, "tenant_id": tenant_id})
 
 
@@ -112,7 +206,8 @@ async def resolve_pool(platform: Platform, *, tenant_id: str, requested: str, fi
     if requested == PUBLIC_POOL:
         return PUBLIC_POOL
     if requested == DEDICATED:
-        names = [d["_id"] async for d in platform.mongo[POOLS].find({"tenant_id": tenant_id}, {"_id": 1}).limit(10)]
+        names = [d["_id"] async for d in platform.mongo[POOLS].find({"tenant_id": tenant_id, **LIVE},
+                                                                     {"_id": 1}).limit(10)]
         if len(names) == 1:
             return names[0]
         if not names:
@@ -120,7 +215,7 @@ async def resolve_pool(platform: Platform, *, tenant_id: str, requested: str, fi
                               "or use 'public'", field=field)
         raise bad_request(f"{field}: your account has several dedicated pools; name one of {', '.join(names)}",
                           field=field)
-    if await platform.mongo[POOLS].find_one({"_id": requested, "tenant_id": tenant_id}, {"_id": 1}) is None:
+    if await platform.mongo[POOLS].find_one({"_id": requested, "tenant_id": tenant_id, **LIVE}, {"_id": 1}) is None:
         raise bad_request(f"{field}: '{requested}' is not a resource pool of your account; use 'public' or one of "
                           "your dedicated pools (GET /api/v1/pools)", field=field)
     return requested

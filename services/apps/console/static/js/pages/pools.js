@@ -2,7 +2,7 @@
 // capacity, what is allocated and free; a pool's nodes, my allocations and my waiting jobs; my compute
 // usage (CPU-hours, accelerator-hours, package vs on-demand) and my packages (套餐包).
 import { html, useState } from '../lib.js';
-import { del, get, post } from '../api.js';
+import { api, del, get, post } from '../api.js';
 import { t } from '../i18n.js';
 import { Link, navigate } from '../router.js';
 import {
@@ -65,6 +65,38 @@ function CreatePoolDialog({ onClose, onCreated }) {
           onInput=${(e) => setDescription(e.target.value)}></textarea><//>
       <p class="muted small">${t('The pool gets its capacity from the cluster nodes the platform engineer starts with the label openmaas.io/pool=<name>.')}</p>
       ${err && !fieldError(err, 'name', 'description') ? html`<${ErrorBox} error=${err} />` : null}
+    </div>
+  <//>`;
+}
+
+// PATCH node_count / node_resources (docs/cluster.md "Resizing a dedicated pool"): the platform starts
+// and stops the nodes; it refuses (409) where it does not manage them or work would not fit.
+function ResizePoolDialog({ pool, onClose, onResized }) {
+  const shape = pool.node_resources || {};
+  const [count, setCount] = useState(String(pool.node_count ?? pool.nodes));
+  const [cpus, setCpus] = useState(shape.cpus ? String(shape.cpus) : '');
+  const [memory, setMemory] = useState(shape.memory_gb ? String(shape.memory_gb) : '');
+  const action = useAction(async () => {
+    const body = { node_count: Number(count) };
+    if (cpus || memory) body.node_resources = { cpus: Number(cpus), memory_gb: Number(memory) };
+    const updated = await api('PATCH', `/api/v1/pools/${encodeURIComponent(pool.name)}`, body);
+    toast(`${updated.name} ✓`);
+    onResized(updated);
+    onClose();
+  });
+  const err = action.error;
+  return html`<${Modal} title=${t('Resize pool')} onClose=${onClose} footer=${html`
+      <button class="btn" onClick=${onClose}>${t('Cancel')}</button>
+      <button class="btn btn-primary" data-testid="resize-pool-ok" disabled=${action.busy} onClick=${() => action.run()}>${t('OK')}</button>`}>
+    <div class="form" data-testid="resize-pool-form">
+      <${Field} label=${t('Node count')} required id="node_count" error=${fieldError(err, 'node_count')}>
+        <input class="input" type="number" min="0" name="node_count" value=${count} onInput=${(e) => setCount(e.target.value)} /><//>
+      <${Field} label=${t('CPUs per node')} id="cpus" error=${fieldError(err, 'node_resources.cpus')}>
+        <input class="input" type="number" min="1" step="1" name="cpus" value=${cpus} onInput=${(e) => setCpus(e.target.value)} /><//>
+      <${Field} label=${t('Memory per node (GiB)')} id="memory_gb" error=${fieldError(err, 'node_resources.memory_gb')}>
+        <input class="input" type="number" min="1" name="memory_gb" value=${memory} onInput=${(e) => setMemory(e.target.value)} /><//>
+      <p class="muted small">${t('The platform starts and stops the nodes of the pool; it removes only nodes that run nothing.')}</p>
+      ${err && !fieldError(err, 'node_count', 'node_resources.cpus', 'node_resources.memory_gb') ? html`<${ErrorBox} error=${err} />` : null}
     </div>
   <//>`;
 }
@@ -183,19 +215,24 @@ function ResourcesText({ r }) {
 }
 
 export function PoolPage({ name }) {
-  const { data: pool, error } = usePoll(() => get(`/api/v1/pools/${encodeURIComponent(name)}`), [name], 5000);
+  const { data: pool, error, reload } = usePoll(() => get(`/api/v1/pools/${encodeURIComponent(name)}`), [name], 5000);
   const [deleting, setDeleting] = useState(false);
+  const [resizing, setResizing] = useState(false);
   if (error && !pool) return html`<div><${PageHead} title=${name} back="/console/pools" /><${ErrorBox} error=${error} /></div>`;
   if (!pool) return html`<${Spinner} />`;
   return html`<div>
     <${PageHead} title=${pool.name} back="/console/pools">
+      ${pool.type === 'dedicated' ? html`<${ActionButton} action="maas:pools:update" class="btn" data-action="resize-pool"
+        onClick=${() => setResizing(true)}>${t('Resize')}<//>` : null}
       ${pool.type === 'dedicated' ? html`<${ActionButton} action="maas:pools:delete" class="btn btn-danger" data-action="delete-pool"
         onClick=${() => setDeleting(true)}>${t('Delete')}<//>` : null}
     <//>
     <${ErrorBox} error=${error} />
     <${Section} title=${t('Details')}>
       <div class="grid-2" data-testid="pool-details">
-        <${KV} items=${[[t('Type'), poolTypeLabel(pool)], [t('Cluster'), pool.cluster], [t('Nodes'), pool.nodes],
+        <${KV} items=${[[t('Type'), poolTypeLabel(pool)], [t('Cluster'), pool.cluster], [t('Nodes'), html`<span data-testid="pool-node-count">${pool.node_count == null ? pool.nodes
+            : `${pool.nodes} / ${pool.node_count}`} ${pool.status === 'scaling' ? html`<span class="tag">${t('scaling')}</span>` : null}
+            ${pool.status_message ? html`<span class="muted small">${pool.status_message}</span>` : null}</span>`],
           [t('Description'), pool.description], [t('Created'), fmtTime(pool.created_at)]]} />
         <${KV} items=${[[t('Capacity'), html`<${ResourcesText} r=${pool.capacity} />`],
           [t('Allocated'), html`<${ResourcesText} r=${pool.allocated} />`],
@@ -233,5 +270,6 @@ export function PoolPage({ name }) {
         </table>`}
     <//>
     ${deleting ? html`<${DeletePool} pool=${pool} onClose=${() => setDeleting(false)} onDeleted=${() => navigate('/console/pools')} />` : null}
+    ${resizing ? html`<${ResizePoolDialog} pool=${pool} onClose=${() => setResizing(false)} onResized=${reload} />` : null}
   </div>`;
 }
