@@ -126,6 +126,21 @@ class _FakeHead:
         _FakeHead.stopped = True
 
 
+class _FakePoolNodes:
+    """The dedicated pools' node supervisor (it would dial the fake head's Ray)."""
+    started = stopped = False
+
+    def __init__(self, head):
+        self.head = head
+
+    def start(self):
+        _FakePoolNodes.started = True
+        return self
+
+    def stop(self):
+        _FakePoolNodes.stopped = True
+
+
 def test_maas_up_ray_runs_the_platform_on_its_own_ray_head(tmp_path, monkeypatch, open_umask, restored_environ):
     from services.lib.embedded import servers
 
@@ -138,6 +153,7 @@ def test_maas_up_ray_runs_the_platform_on_its_own_ray_head(tmp_path, monkeypatch
     seen = {}
     monkeypatch.setattr(servers, "EmbeddedServers", _FakeServers)
     monkeypatch.setattr(platform_cmds, "LocalRayHead", _FakeHead)
+    monkeypatch.setattr(platform_cmds, "PoolNodeSupervisor", _FakePoolNodes)
     monkeypatch.setattr(platform_cmds, "_bootstrap_admin", no_admin)
     monkeypatch.setattr(platform_cmds, "_preset_imports", no_presets)
     monkeypatch.setattr(platform_cmds, "_serve", lambda **_: seen.update(
@@ -148,3 +164,4 @@ def test_maas_up_ray_runs_the_platform_on_its_own_ray_head(tmp_path, monkeypatch
     platform_cmds.up(data_dir=data_dir, host="127.0.0.1", port=8000, ray=True, log_level="info")
     assert seen == {"address": "127.0.0.1:6390", "token": str(data_dir / "ray" / "auth_token")}
     assert _FakeHead.started and _FakeHead.stopped      # stopped with the platform
+    assert _FakePoolNodes.started and _FakePoolNodes.stopped   # the pools' nodes too
