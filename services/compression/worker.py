@@ -34,6 +34,7 @@ from services.compression.models import JOBS, MAX_ATTEMPTS, STRATEGY_LABELS, Job
 from services.lib.jobs.executor import Executor, JobCancelled, Work, WorkFailed
 from services.lib.jobs.executors import executor_for
 from services.lib.jobs.local_process import LocalProcessExecutor
+from services.lib.jobs.outages import through_outages
 from services.lib.jobs.runner import JobRunner, Outcome, Run, RunnerSettings, unless_stopped
 from services.lib.jobs.watchdog import watch
 from services.lib.mlkit.quantize.calibration import parse_calibration_file
@@ -145,7 +146,8 @@ class CompressionJobs:
                 f"{run.worker_id} (run {job['attempt']})")
         source = run.work / "source"
         run.say(f"downloading the source weights from {job['source']['weights_uri']}")
-        await self.platform.store.download_prefix(ObjectPath.parse(job["source"]["weights_uri"]), source)
+        await through_outages(run, lambda: self.platform.store.download_prefix(
+            ObjectPath.parse(job["source"]["weights_uri"]), source))
         texts = await self._calibration_texts(run)
         config = CompressionConfig(strategy=job["strategy"], alpha=(job["params"] or {}).get("alpha") or 0.0,
                                    n_grid=settings.awq_grid, clip=settings.awq_clip,
@@ -177,9 +179,12 @@ class CompressionJobs:
         target = ObjectPath(target.bucket, target.key + "model/")
         run.say(f"uploading the compressed model to {target.uri}")
         run.set_progress({"fraction": 0.95, "step": "upload"})
-        await self.platform.store.ensure_bucket(target.bucket)
-        await self.platform.store.remove_prefix(target)   # a restarted run may find an earlier partial upload
-        await self.platform.store.upload_folder(outcome.out_dir, target)
+
+        async def upload() -> None:
+            await self.platform.store.ensure_bucket(target.bucket)
+            await self.platform.store.remove_prefix(target)   # a restarted run may find an earlier partial upload
+            await self.platform.store.upload_folder(outcome.out_dir, target)
+        await through_outages(run, upload)
         metrics = CompressionMetrics(
             size_before_bytes=outcome.size_before_bytes, size_after_bytes=outcome.size_after_bytes,
             size_ratio=round(outcome.size_ratio, 4), perplexity_before=round(outcome.perplexity_before, 4),

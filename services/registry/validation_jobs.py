@@ -28,6 +28,7 @@ from services.lib.common.objectstore import ObjectPath
 from services.lib.jobs.executor import Executor, Work, ignore_messages
 from services.lib.jobs.executors import executor_for
 from services.lib.jobs.local_process import LocalProcessExecutor
+from services.lib.jobs.outages import through_outages
 from services.lib.jobs.runner import JobRunner, Outcome, Run, RunnerSettings
 from services.lib.jobs.watchdog import watch
 from services.registry import work
@@ -117,7 +118,7 @@ class WeightValidations:
         source, target = ObjectPath.parse(job["weights_uri"]), ObjectPath.parse(job["target_uri"])
         folder = run.work / "weights"
         run.say(f"downloading the weights from {source.uri}")
-        await self.platform.store.download_prefix(source, folder)
+        await through_outages(run, lambda: self.platform.store.download_prefix(source, folder))
         result = WeightCheckResult(ok=True, message=None, detail=None, checks=[])
         if job["validate_weights"]:
             if default_catalog().get(job["template_id"]) is None:
@@ -130,8 +131,8 @@ class WeightValidations:
                          workdir=run.work / "proc", placement=run.placement), run.relay(ignore_messages)))
         if result.ok and target != source:
             run.say(f"keeping the platform's copy in {target.as_prefix().uri}")
-            await self.platform.store.ensure_bucket(target.bucket)
-            await self.platform.store.upload_folder(folder, target)
+            await through_outages(run, lambda: self.platform.store.ensure_bucket(target.bucket))
+            await through_outages(run, lambda: self.platform.store.upload_folder(folder, target))
         return Outcome("completed", message=result.message, result={"checks": result})
 
     def failure(self, run: Run, exc: Exception) -> Outcome:
@@ -225,3 +226,4 @@ async def on_validation_requested(runner: JobRunner, envelope: Envelope, event: 
 
 
 HANDLERS = {WeightValidationRequested: on_validation_requested}
+

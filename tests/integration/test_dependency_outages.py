@@ -31,9 +31,6 @@ async def stack(tmp_path_factory):
         yield running
 
 
-_kill, _restart = kill_server, restart_server
-
-
 async def _health(client: httpx.AsyncClient) -> httpx.Response:
     return await client.get("/healthz")
 
@@ -68,11 +65,11 @@ async def test_healthz_reports_each_dependency_up(stack):
 
 async def test_a_dead_kafka_broker_is_reported_and_its_return_too(stack):
     admin, servers = stack["admin"], stack["servers"]
-    await _kill(servers, "kafka")
+    await kill_server(servers, "kafka")
     r = await wait_for(lambda: _reports(admin, "kafka", "down"), timeout=30)
     assert r.status_code == 503 and r.json()["status"] == "degraded"
     assert r.json()["dependencies"]["mongodb"]["status"] == "up"
-    await _restart(servers, "kafka")
+    await restart_server(servers, "kafka")
     r = await wait_for(lambda: _reports(admin, "kafka", "up"), timeout=60)
     assert r.status_code == 200
 
@@ -82,7 +79,7 @@ async def test_with_mongodb_down_calls_fail_fast_with_503_and_recover(stack):
     r = await admin.post("/api/v1/api-keys", json={"description": "outage-key"})
     assert r.status_code == 201, r.text
     key = r.json()["key"]
-    await _kill(servers, "mongo")
+    await kill_server(servers, "mongo")
 
     r = await wait_for(lambda: _reports(admin, "mongodb", "down"), timeout=30)
     assert r.status_code == 503
@@ -92,7 +89,7 @@ async def test_with_mongodb_down_calls_fail_fast_with_503_and_recover(stack):
                                                           "messages": [{"role": "user", "content": "hi"}]})
         _assert_unavailable(r, openai=True, names="MongoDB")
 
-    await _restart(servers, "mongo")
+    await restart_server(servers, "mongo")
     await wait_for(lambda: _reports(admin, "mongodb", "up"), timeout=60)
     r = await admin.get("/api/v1/models")
     assert r.status_code == 200, r.text
@@ -101,14 +98,14 @@ async def test_with_mongodb_down_calls_fail_fast_with_503_and_recover(stack):
 async def test_with_object_storage_down_calls_fail_fast_with_503_and_recover(stack):
     admin, servers = stack["admin"], stack["servers"]
     bucket = (await admin.get("/api/v1/auth/me")).json()["default_bucket"]
-    await _kill(servers, "s3")
+    await kill_server(servers, "s3")
 
     r = await wait_for(lambda: _reports(admin, "object_store", "down"), timeout=30)
     assert r.status_code == 503
     _assert_unavailable(await admin.get("/api/v1/storage/objects", params={"path": bucket}),
                         openai=False, names="object storage")
 
-    await _restart(servers, "s3")
+    await restart_server(servers, "s3")
     await wait_for(lambda: _reports(admin, "object_store", "up"), timeout=60)
     r = await admin.get("/api/v1/storage/objects", params={"path": bucket})
     assert r.status_code == 200, r.text
@@ -125,7 +122,7 @@ async def test_with_kafka_down_a_write_is_saved_answers_say_its_work_waits_and_i
     bucket = (await admin.get("/api/v1/auth/me")).json()["default_bucket"]
     weights = await upload_folder(admin, build_tiny_model(tmp_path / "tiny"), f"{bucket}/outage/tiny")
     assert _warning(await admin.get("/api/v1/models")) is None
-    await _kill(servers, "kafka")
+    await kill_server(servers, "kafka")
 
     model = await create_model(admin, name="outage-tiny", weights_path=weights, validate=True, wait=False)
     assert model["status"] == "creating"
@@ -139,7 +136,7 @@ async def test_with_kafka_down_a_write_is_saved_answers_say_its_work_waits_and_i
     # Model calls do not wait on events: no word there.
     assert _warning(await admin.get("/v1/models")) is None
 
-    await _restart(servers, "kafka")
+    await restart_server(servers, "kafka")
 
     async def validated():
         r = await admin.get(f"/api/v1/models/{model['id']}")
