@@ -25,16 +25,21 @@ from pathlib import Path
 
 from pymongo import ReturnDocument
 
-from contracts import Envelope
+from contracts import Envelope, new_id
 from contracts.events import ModelArtifactProduced
 from contracts.tuning import (CheckpointConversionRequested, CheckpointSaved, TuneCompleted, TuneFailed,
                               TuneProgress, TuneRequested, TuneStarted, TuneStopped)
+from services.lib.common.cluster import PUBLIC_POOL
 from services.lib.common.context import Platform
 from services.lib.common.objectstore import ObjectPath
-from services.lib.jobs.executor import Executor, Work, WorkFailed, ignore_messages
+from services.lib.jobs.executor import Executor, Placement, Work, WorkFailed, ignore_messages
 from services.lib.jobs.executors import executor_for
 from services.lib.jobs.local_process import LocalProcessExecutor
+from services.lib.jobs.outages import through_outages
 from services.lib.jobs.runner import JobRunner, Outcome, Run, RunnerSettings, flush_run, keep_logs
+from services.lib.pools import ledger
+from services.lib.pools.service import capacity
+from services.lib.pools.specs import rank_resources
 from services.tuning import work
 from services.tuning.jobs import JOB_LOGS, now, subject, transact, transition
 from services.tuning.models import CONVERSIONS, JOBS, JobStatus, managed_root
@@ -104,7 +109,7 @@ class TuningJobs:
         job, hp = run.job, run.job["hyperparameters"]
         run.say(f"job '{job['name']}' ({job['tune_type']}) claimed by worker {run.worker_id}; "
                 f"restarts so far: {job['restart_count']}")
-        base, examples, resume = await self._download_inputs(run)
+        base, examples, resume = await through_outages(run, lambda: self._download_inputs(run))
         config = TrainConfig(tune_type=job["tune_type"], learning_rate=hp["learning_rate"], epochs=hp["epochs"],
                              global_batch_size=hp["global_batch_size"], max_seq_len=hp["seq_len"],
                              checkpoint_count=hp["checkpoint_count"], seed=hp.get("seed", 0),
@@ -148,9 +153,12 @@ class TuningJobs:
                 "base_dir": base, "adapter_dir": final, "out_dir": run.work / "merged"}), run.relay(ignore_messages)))
         target = ObjectPath.parse(job["output"]["path"] + "model/")
         run.say(f"uploading the tuned model to {target.uri}")
-        await self.platform.store.ensure_bucket(target.bucket)
-        await self.platform.store.remove_prefix(target)  # a resumed run may find an earlier partial upload
-        await self.platform.store.upload_folder(final, target)
+
+        async def upload() -> None:
+            await self.platform.store.ensure_bucket(target.bucket)
+            await self.platform.store.remove_prefix(target)  # a resumed run may find an earlier partial upload
+            await self.platform.store.upload_folder(final, target)
+        await through_outages(run, upload)
         return Outcome("completed", result={"weights_uri": target.uri, "iterations": result["iterations_done"],
                                             "final_loss": result["final_loss"]})
 
@@ -165,12 +173,15 @@ class TuningJobs:
         managed = managed_root(run.tenant_id, run.job_id)
         state = ObjectPath(managed.bucket, managed.key + f"resume-state/iter_{iteration:07d}/")
         store = self.platform.store
-        await store.ensure_bucket(root.bucket)
-        await store.remove_prefix(root)
-        await store.remove_prefix(state)
-        for file in sorted(p for p in folder.iterdir() if p.is_file()):
-            dest = state if file.name.startswith(TRAINING_ONLY_PREFIXES) else weights
-            await store.put_file(ObjectPath(dest.bucket, dest.key + file.name), file)
+
+        async def upload() -> None:
+            await store.ensure_bucket(root.bucket)
+            await store.remove_prefix(root)
+            await store.remove_prefix(state)
+            for file in sorted(p for p in folder.iterdir() if p.is_file()):
+                dest = state if file.name.startswith(TRAINING_ONLY_PREFIXES) else weights
+                await store.put_file(ObjectPath(dest.bucket, dest.key + file.name), file)
+        await through_outages(run, upload)
         entry = {"iteration": iteration, "format": fmt, "uri": weights.uri, "state_uri": state.uri,
                  "created_at": now()}
 
@@ -329,7 +340,19 @@ class TuningJobs:
 
 
 class CheckpointConversions:
-    """Turns a LoRA checkpoint into merged HF weights (a weight_conversion), one claim per worker."""
+    """Turns a LoRA checkpoint into merged HF weights (a weight_conversion), one claim per worker.
+
+    A conversion is work like a job's: its claim takes its share of the tuning job's pool (one CPU
+    and a rank's memory, on one node) through the ledger in the same unit of work, runs on that node
+    and gives the share back with its end — metered as kind ``weight_conversion``. One that does not
+    fit stays unclaimed and waits in the pool's queue (the claim loop tries it again each round).
+    A worker that dies leaves its claim to run out (``claimed_until``); its share is then freed by the
+    sweep (``tidy``) or taken over by the worker that claims the conversion again."""
+
+    kind = "weight_conversion"    # the allocation's and the usage record's kind, as the task is named
+    # Renewed while it runs: a dead worker's conversion (and its share) is free again this soon.
+    claim_for = timedelta(minutes=5)
+    renew_seconds = 60.0
 
     def __init__(self, platform: Platform, executor: Executor, *, worker_id: str):
         self.platform, self.executor, self.worker_id = platform, executor, worker_id
@@ -337,27 +360,114 @@ class CheckpointConversions:
         self.draining = False
 
     async def claim_conversions(self) -> None:
-        pending = [d["_id"] async for d in self.platform.mongo[CONVERSIONS].find(
-            {"status": "running", "kind": "weight_conversion",
-             "$or": [{"claimed_until": None}, {"claimed_until": {"$lt": now()}}]}, {"_id": 1})]
-        for conversion_id in pending:
-            await self.try_convert(conversion_id)
+        """One round of the worker's poll loop: free what dead claims hold, then claim what waits,
+        first come first served per pool (one that does not fit holds back the later ones of its pool)."""
+        await self.tidy()
+        blocked: dict[str, str] = {}
+        waiting: dict[str, list[dict]] = {}
+        cursor = self.platform.mongo[CONVERSIONS].find(
+            {"status": "running", "kind": "weight_conversion", **_unclaimed()},
+            {"_id": 1, "tenant_id": 1, "job_id": 1}, sort=[("created_at", 1)])
+        for pending in [d async for d in cursor]:
+            pool = await self._pool_of(pending["job_id"])
+            if pool not in blocked:
+                try:
+                    await self.try_convert(pending["_id"], queued=True)
+                    continue
+                except ledger.NoRoom as no_room:
+                    blocked[pool] = no_room.reason
+            waiting.setdefault(pool, []).append({**pending, "name": _task_name(pending["_id"])})
+        for pool, docs in waiting.items():
+            reason = blocked.get(pool, "waiting for a worker")
+            await ledger.list_waiting(self.platform.mongo, pool=pool, kind=self.kind, collection=CONVERSIONS,
+                                      waiting=docs, reason=reason)
+            # The conversion itself says what it waits for too (the job's conversion list shows it).
+            for position, doc in enumerate(docs, start=1):
+                await self.platform.mongo[CONVERSIONS].update_one(
+                    {"_id": doc["_id"], "status": "running", **_unclaimed()},
+                    {"$set": {"message": reason if position == 1 else
+                              f"behind {position - 1} earlier request(s) in the pool's queue"}})
 
-    async def try_convert(self, conversion_id: str) -> None:
+    async def tidy(self) -> None:
+        """Free what dead claims still hold, and drop queue entries of conversions that no longer wait."""
+        mongo = self.platform.mongo
+        for allocation in await ledger.stale_allocations(mongo, collection=CONVERSIONS, lease_seconds=0):
+            await transact(self.platform, lambda uow, a=allocation: ledger.release(uow, key=a["_id"], run_id=a["run_id"]))
+        async for entry in mongo[ledger.QUEUE].find({"collection": CONVERSIONS}, {"job_id": 1}):
+            # Still waiting: running and unclaimed (another worker may have claimed it meanwhile).
+            if not await mongo[CONVERSIONS].count_documents({"_id": entry["job_id"], "status": "running",
+                                                            **_unclaimed()}):
+                await mongo[ledger.QUEUE].delete_one({"_id": entry["_id"]})
+
+    async def _pool_of(self, job_id: str) -> str:
+        """The tuning job's pool (the public pool for a job stored before pools existed)."""
+        job = await self.platform.mongo[JOBS].find_one({"_id": job_id}, {"placement": 1})
+        return ((job or {}).get("placement") or {}).get("pool") or PUBLIC_POOL
+
+    async def try_convert(self, conversion_id: str, *, queued: bool = False) -> None:
+        """Claim and start the conversion if it is claimable and its pool has room. Raises
+        ledger.NoRoom when it does not fit if ``queued`` (the poll loop lists it); a request event's
+        handler leaves it to that loop."""
         if self.draining or conversion_id in self.conversions:
             return
-        doc = await self.platform.mongo[CONVERSIONS].find_one_and_update(
-            {"_id": conversion_id, "status": "running",
-             "$or": [{"claimed_until": None}, {"claimed_until": {"$exists": False}}, {"claimed_until": {"$lt": now()}}]},
-            {"$set": {"claimed_until": now() + timedelta(minutes=30), "worker_id": self.worker_id}},
-            return_document=ReturnDocument.AFTER)
-        if doc is None:
+        try:
+            claimed = await self._claim(conversion_id)
+        except ledger.NoRoom:
+            if queued:
+                raise
             return
-        task = asyncio.create_task(self._convert(doc), name=f"tuning-convert-{conversion_id}")
+        if claimed is None:
+            return
+        doc, placement = claimed
+        task = asyncio.create_task(self._convert(doc, placement), name=f"tuning-convert-{conversion_id}")
         self.conversions[conversion_id] = task
         task.add_done_callback(lambda _: self.conversions.pop(conversion_id, None))
 
-    async def _convert(self, conversion: dict) -> None:
+    async def _claim(self, conversion_id: str) -> tuple[dict, Placement] | None:
+        """The claim and the pool's share, in one unit of work; None if another worker has it."""
+        platform = self.platform
+        pool = await self._pool_of((await platform.mongo[CONVERSIONS].find_one(
+            {"_id": conversion_id}, {"job_id": 1}) or {}).get("job_id"))
+        request = rank_resources(cards=0, accelerated=False)   # one CPU and a rank's memory
+        total, nodes = await capacity(platform, pool)
+        claim_id, given = new_id(), []
+
+        async def claim_and_admit(uow) -> dict | None:
+            conversions = uow.collection(CONVERSIONS)
+            before = await conversions.find_one_and_update(
+                {"_id": conversion_id, "status": "running", **_unclaimed()},
+                {"$set": {"claimed_until": now() + self.claim_for, "worker_id": self.worker_id,
+                          "claim_id": claim_id, "message": None}},
+                return_document=ReturnDocument.BEFORE, session=uow.session)
+            if before is None:
+                return None
+            holder = ledger.Holder(kind=self.kind, collection=CONVERSIONS, job_id=conversion_id, run_id=claim_id,
+                                   tenant_id=before["tenant_id"])
+            try:
+                given[:] = await ledger.admit(uow, holder=holder, pool=pool, request=request, capacity=total,
+                                              nodes=nodes)
+            except ledger.NoRoom:
+                # The transaction aborts; undo the claim here too, so that it holds on any store.
+                await conversions.update_one(
+                    {"_id": conversion_id, "claim_id": claim_id},
+                    {"$set": {k: before.get(k) for k in ("claimed_until", "worker_id", "claim_id", "message")}},
+                    session=uow.session)
+                raise
+            await uow.collection(ledger.QUEUE).delete_one({"_id": holder.key}, session=uow.session)
+            return {**before, "claim_id": claim_id, "worker_id": self.worker_id}
+
+        doc = await transact(platform, claim_and_admit)
+        if doc is None:
+            return None
+        placement = Placement(pool=pool, resources=request,
+                              node_ids=tuple(given) if platform.cluster.kind != "local" else ())
+        return doc, placement
+
+    async def _release(self, uow, conversion: dict) -> None:
+        # Fenced by the claim: a conversion claimed again meanwhile keeps its share for that claim.
+        await ledger.release(uow, key=f"{CONVERSIONS}:{conversion['_id']}", run_id=conversion["claim_id"])
+
+    async def _convert(self, conversion: dict, placement: Placement) -> None:
         from services.tuning.service import artifact_for
 
         platform, cid = self.platform, conversion["_id"]
@@ -365,23 +475,22 @@ class CheckpointConversions:
         checkpoint = next((c for c in (job or {}).get("checkpoints", []) if c["iteration"] == conversion["iteration"]),
                           None)
         work_root = Path(platform.settings.work_dir) if platform.settings.work_dir else None
+        renewing = asyncio.create_task(self._renew(conversion))
         try:
-            if job is None or checkpoint is None:
-                raise ValueError("the job or its checkpoint no longer exists")
-            with tempfile.TemporaryDirectory(prefix=f"maas-convert-{cid[:8]}-", dir=work_root) as tmp:
-                base, adapter, merged = Path(tmp) / "base", Path(tmp) / "adapter", Path(tmp) / "merged"
-                await platform.store.download_prefix(ObjectPath.parse(job["source"]["weights_uri"]), base)
-                await platform.store.download_prefix(ObjectPath.parse(checkpoint["uri"]), adapter)
-                await self.executor.run(Work(entry=work.MERGE, workdir=Path(tmp) / "proc", args={
-                    "base_dir": base, "adapter_dir": adapter, "out_dir": merged}), ignore_messages)
-                target = ObjectPath.parse(conversion["weights_uri"])
-                await platform.store.ensure_bucket(target.bucket)
-                await platform.store.upload_folder(merged, target)
+            await self._run(conversion, job, checkpoint, placement, work_root)
         except Exception as exc:
             log.exception("converting checkpoint %s failed", cid)
-            await platform.mongo[CONVERSIONS].update_one(
-                {"_id": cid}, {"$set": {"status": "failed", "message": _describe(exc), "updated_at": now()}})
+            message = _describe(exc)
+
+            async def failed(uow) -> None:
+                await uow.collection(CONVERSIONS).update_one(
+                    {"_id": cid}, {"$set": {"status": "failed", "message": message, "updated_at": now()}},
+                    session=uow.session)
+                await self._release(uow, conversion)
+            await transact(platform, failed)
             return
+        finally:
+            renewing.cancel()
 
         async def done(uow) -> None:
             updated = await uow.collection(CONVERSIONS).update_one(
@@ -390,8 +499,42 @@ class CheckpointConversions:
             if updated.modified_count == 1:
                 uow.emit(artifact_for(job, conversion), tenant_id=conversion["tenant_id"],
                          subject=subject(conversion["job_id"]))
+            await self._release(uow, conversion)
         await transact(platform, done)
 
+    async def _renew(self, conversion: dict) -> None:
+        while True:
+            await asyncio.sleep(self.renew_seconds)
+            try:
+                await self.platform.mongo[CONVERSIONS].update_one(
+                    {"_id": conversion["_id"], "claim_id": conversion["claim_id"], "status": "running"},
+                    {"$set": {"claimed_until": now() + self.claim_for}})
+            except Exception:   # a database hiccup: the next renewal tries again, well within the claim
+                log.warning("renewing the claim of conversion %s failed", conversion["_id"], exc_info=True)
+
+    async def _run(self, conversion: dict, job: dict | None, checkpoint: dict | None, placement: Placement,
+                   work_root: Path | None) -> None:
+        platform, cid = self.platform, conversion["_id"]
+        if job is None or checkpoint is None:
+            raise ValueError("the job or its checkpoint no longer exists")
+        with tempfile.TemporaryDirectory(prefix=f"maas-convert-{cid[:8]}-", dir=work_root) as tmp:
+            base, adapter, merged = Path(tmp) / "base", Path(tmp) / "adapter", Path(tmp) / "merged"
+            await platform.store.download_prefix(ObjectPath.parse(job["source"]["weights_uri"]), base)
+            await platform.store.download_prefix(ObjectPath.parse(checkpoint["uri"]), adapter)
+            await self.executor.run(Work(entry=work.MERGE, workdir=Path(tmp) / "proc", placement=placement, args={
+                "base_dir": base, "adapter_dir": adapter, "out_dir": merged}), ignore_messages)
+            target = ObjectPath.parse(conversion["weights_uri"])
+            await platform.store.ensure_bucket(target.bucket)
+            await platform.store.upload_folder(merged, target)
+
+
+def _unclaimed() -> dict:
+    """The filter of a conversion no worker holds: never claimed, or its claim ran out."""
+    return {"$or": [{"claimed_until": None}, {"claimed_until": {"$lt": now()}}]}
+
+
+def _task_name(conversion_id: str) -> str:
+    return f"weight-conversion-{conversion_id[:8]}"   # as the model version's task record names it
 
 
 def _describe(exc: BaseException) -> str:

@@ -200,6 +200,11 @@ async def test_a_lora_checkpoint_becomes_a_model_through_a_weight_conversion(api
         return item if item.get("version_id") else None
     item = await wait_for(linked, timeout=120)
     await created(api, item["model_id"])
+    # The merge took its share of the job's pool and gave it back with its end: metered, not held.
+    pool = (await api.get("/api/v1/pools/public")).json()
+    assert conversion["id"] not in [a["job_id"] for a in pool["allocations"] + pool["queue"]], pool
+    kinds = {r["kind"]: r for r in (await api.get("/api/v1/usage/compute", params={"group_by": "kind"})).json()["items"]}
+    assert kinds["weight_conversion"]["runs"] >= 1 and kinds["weight_conversion"]["cpu_hours"] > 0, kinds
 
     async def conversion_record():
         version = (await api.get(f"/api/v1/models/{item['model_id']}/versions/1")).json()

@@ -8,9 +8,10 @@ in any number of processes therefore cannot over-commit a pool: the loser's upda
 
 Releasing deletes the allocation and gives its resources back, once (the delete is the fence).
 ``stale_allocations`` finds what a runner that died can no longer release: allocations whose job
-moved on to another run, ended, vanished, or whose lease expired a whole lease ago. A holder without
-a lease (an inference instance: its document exists exactly while it holds its share) is stale only
-once its document is gone.
+moved on to another run, ended, vanished, or whose lease expired a whole lease ago (a claimed task
+without a run, a checkpoint conversion: once it is claimed again, ended, or its claim ran out). A
+holder without a lease (an inference instance: its document exists exactly while it holds its
+share) is stale only once its document is gone.
 
 Nodes: an instance, a job's work and each training rank run as one process on one node, so a pool's
 free total is not enough — two nodes with 1 free CPU each cannot hold a 2-CPU instance. Given the
@@ -215,6 +216,8 @@ def is_stale(allocation: dict, job: dict | None, *, at: datetime, lease_seconds:
         return True
     if allocation.get("leased", True) is False:
         return False          # held by an instance whose document still exists
+    if "claim_id" in job:     # a claimed task (a checkpoint conversion): a claim until a time, no run
+        return _claim_over(allocation, job, at=at, lease_seconds=lease_seconds)
     run = job.get("run") or {}
     if run.get("run_id") != allocation["run_id"]:
         return True
@@ -225,10 +228,21 @@ def is_stale(allocation: dict, job: dict | None, *, at: datetime, lease_seconds:
         lease is not None and lease < at - timedelta(seconds=lease_seconds))
 
 
+def _claim_over(allocation: dict, task: dict, *, at: datetime, lease_seconds: float) -> bool:
+    """A claimed task's allocation outlives its claim once the task is claimed again, ended (its end
+    releases in the same unit of work: this only catches a lost release) or its claim ran out."""
+    until = task.get("claimed_until")
+    if until is not None and until.tzinfo is None:
+        until = until.replace(tzinfo=at.tzinfo)
+    return (task["claim_id"] != allocation["run_id"] or task.get("status") != "running"
+            or until is None or until < at - timedelta(seconds=lease_seconds))
+
+
 async def stale_allocations(mongo, *, collection: str, lease_seconds: float) -> list[dict]:
     at, stale = now(), []
     async for allocation in mongo[ALLOCATIONS].find({"collection": collection}):
-        job = await mongo[collection].find_one({"_id": allocation["job_id"]}, {"run": 1, "status": 1})
+        job = await mongo[collection].find_one({"_id": allocation["job_id"]},
+                                               {"run": 1, "status": 1, "claim_id": 1, "claimed_until": 1})
         if is_stale(allocation, job, at=at, lease_seconds=lease_seconds):
             stale.append(allocation)
     return stale

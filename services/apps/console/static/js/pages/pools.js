@@ -23,7 +23,8 @@ const hours = (n) => fmtNumber(n, 3);
 const JOB_ROUTES = { tuning: '/console/tuning', compression: '/console/compression' };
 
 function kindLabel(kind) {
-  return { tuning: t('Model tuning'), compression: t('Model compression'), instance: t('Inference instance') }[kind] || kind;
+  return { tuning: t('Model tuning'), compression: t('Model compression'), instance: t('Inference instance'),
+    weight_conversion: t('weight_conversion') }[kind] || kind;
 }
 
 function JobLink({ kind, id, name }) {
