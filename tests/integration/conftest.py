@@ -30,13 +30,14 @@ def serve_process(services: str, env: dict[str, str], log_file) -> tuple[subproc
     return proc, port
 
 
-def stop_process(proc: subprocess.Popen) -> None:
-    """A clean stop (SIGTERM, its shutdown), killed if it takes over a minute."""
+def stop_process(proc: subprocess.Popen, *, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+    """A clean stop (``sig``: SIGTERM, or SIGINT for ``maas up``'s Ctrl-C), killed if it takes longer than
+    ``timeout`` seconds."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     try:
-        proc.wait(timeout=60)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=30)

@@ -41,7 +41,7 @@ from services.lib.mlkit.tiny import build_tiny_model
 from tests.integration.conftest import kill_server, private_platform, restart_server, wait_for
 from tests.integration.test_compression_api import job_body as compression_body
 from tests.integration.test_compression_api import upload_folder
-from tests.integration.test_notifier_webhooks import Receiver, _confirmed, _topic
+from tests.integration.test_notifier_webhooks import Receiver, _confirmed, _topic, served
 from tests.integration.test_serving_api import deploy
 from tests.integration.test_tuning_jobs import alpaca_rows, job_body, jsonl, put
 
@@ -84,22 +84,9 @@ def _table(results: dict[str, Outcome]) -> str:
 async def matrix(tmp_path_factory):
     """The private platform (all services), a confirmed webhook receiver, a created tiny model, a running
     service on it with an API key, and the table the tests fill."""
-    import uvicorn
-
-    from services.lib.common.http import server_config
-    from tests.conftest import _free_port
-
     began = time.monotonic()
     folder = tmp_path_factory.mktemp("faults")
-    receiver = Receiver()
-    port = _free_port()
-    hook = uvicorn.Server(server_config(receiver, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
-    hook_task = asyncio.create_task(hook.serve())
-    while not hook.started:
-        assert not hook_task.done(), "webhook receiver did not start"
-        await asyncio.sleep(0.05)
-    receiver.url = f"http://127.0.0.1:{port}"
-    try:
+    async with served(Receiver()) as receiver:
         async with private_platform(folder, services="all", topic_prefix="maas-faults", import_presets=False,
                                     # room for both jobs and the service's instance at once on any machine
                                     local_pool_cpus=16.0, webhook_allow_private=True) as stack:
@@ -123,9 +110,6 @@ async def matrix(tmp_path_factory):
             print(f"\nfault matrix platform ready in {time.monotonic() - began:.0f} s")
             yield {**stack, "bucket": bucket, "tiny": tiny, "base": base, "dataset": dataset, "service": service,
                    "key": key, "topic": topic, "subscription": sub, "receiver": receiver, "results": {}}
-    finally:
-        hook.should_exit = True
-        await hook_task
 
 
 async def _model_settled(api, model_id: str, *, timeout: float = 180) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -81,24 +82,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-async def receiver(running_platform):
-    settings = running_platform["platform"].settings
-    saved, settings.webhook_allow_private = settings.webhook_allow_private, True
-    app = Receiver()
+@asynccontextmanager
+async def served(receiver: Receiver):
+    """``receiver`` answering on a free loopback port (``receiver.url``) until the block ends."""
     port = _free_port()
-    server = uvicorn.Server(server_config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    server = uvicorn.Server(server_config(receiver, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         assert not task.done(), "receiver did not start"
         await asyncio.sleep(0.05)
-    app.url = f"http://127.0.0.1:{port}"
+    receiver.url = f"http://127.0.0.1:{port}"
     try:
-        yield app
+        yield receiver
     finally:
-        settings.webhook_allow_private = saved
         server.should_exit = True
         await task
+
+
+@pytest.fixture(scope="module")
+async def receiver(running_platform):
+    settings = running_platform["platform"].settings
+    saved, settings.webhook_allow_private = settings.webhook_allow_private, True
+    try:
+        async with served(Receiver()) as app:
+            yield app
+    finally:
+        settings.webhook_allow_private = saved
 
 
 @pytest.fixture(scope="module")

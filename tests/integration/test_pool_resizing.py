@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import stop_process, wait_for
 from tests.integration.test_compression_api import create_model, tiny_folder, upload_folder  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]   # a Ray cluster of its own
@@ -75,13 +75,7 @@ async def maas_up():
             await wait_for(serving, timeout=300, interval=1)
             yield {"admin": admin, "proc": proc, "data": data, "log": log_path}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=180)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+        stop_process(proc, sig=signal.SIGINT, timeout=180)
         shutil.rmtree(data, ignore_errors=True)
 
 
