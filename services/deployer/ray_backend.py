@@ -3,8 +3,8 @@
 Each instance is one actor, ``InstanceHost``, named ``instance-<id>`` in the platform's Ray
 namespace and *detached*: it outlives the deployer that created it, so a deployer restart finds its
 instances again by name (``list``) instead of killing what serves. The actor asks for the instance
-spec's CPUs and memory and runs on the node of its pool that the platform's ledger gave it (a hard
-node affinity; without one, any node labelled ``openmaas.io/pool=<pool>``): the ledger admitted
+spec's CPUs and memory and runs on the node of its pool that the platform's ledger gave it (hard
+label constraints on the pool and on Ray's node-id label; ``pinned_by_label``): the ledger admitted
 the instance on that node first, so Ray finds the room there.
 
 On its node the actor starts the same inference server as the local backend
@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import ray
 
-from services.lib.common.cluster import RayCluster, placed_on
+from services.lib.common.cluster import RayCluster, pinned_by_label
 from services.lib.common.private_files import open_private_append, private_dir
 from services.deployer.backend import Health, InstanceBackend, InstanceHandle, InstanceLaunch
 from services.deployer.exports import ExportGate
@@ -147,7 +147,7 @@ class RayInstanceBackend(InstanceBackend):
     def actor_options(self, launch: InstanceLaunch) -> dict[str, Any]:
         return {"name": actor_name(launch.instance_id), "namespace": self.cluster.namespace, "lifetime": "detached",
                 "num_cpus": launch.cpus, **({"memory": launch.memory_bytes} if launch.memory_bytes else {}),
-                "scheduling_strategy": placed_on(launch.pool, (launch.node_id,) if launch.node_id else ())}
+                "scheduling_strategy": pinned_by_label(launch.pool, launch.node_id)}
 
     async def _spawn(self, launch: InstanceLaunch, model_dir: Path | None) -> InstanceHandle:
         actor = InstanceHost.options(**self.actor_options(launch)).remote(

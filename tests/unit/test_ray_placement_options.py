@@ -53,7 +53,10 @@ async def test_an_instance_actor_runs_on_its_node_with_its_spec(tmp_path):
                                 node_id=N7)
         options = backend.actor_options(launch)
         assert (options["num_cpus"], options["memory"], options["lifetime"]) == (2, 8 * GIB, "detached")
-        assert options["scheduling_strategy"].node_id == N7 and not options["scheduling_strategy"].soft
+        # Pinned by labels (the pool's and Ray's node id): it waits, not fails, while a new node settles.
+        strategy = options["scheduling_strategy"]
+        assert isinstance(strategy, NodeLabelSchedulingStrategy)
+        assert {e.key: e.operator.values for e in strategy.hard} == {POOL_LABEL: ["serve-a"], NODE_ID_LABEL_KEY: [N7]}
         unplaced = backend.actor_options(InstanceLaunch(instance_id="i2", service_id="s", served_model_name="s",
                                                         model_uri="s3://b/m/", max_model_len=64, secret="x"))
         assert "memory" not in unplaced and isinstance(unplaced["scheduling_strategy"], NodeLabelSchedulingStrategy)

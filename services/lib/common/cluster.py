@@ -200,5 +200,18 @@ def placed_on(pool: str, node_ids: tuple[str, ...] | list[str] = ()):
     return NodeLabelSchedulingStrategy(hard={POOL_LABEL: In(pool)})
 
 
+def pinned_by_label(pool: str, node_id: str | None):
+    """Like ``placed_on`` for an actor that must wait rather than fail: the same node, matched by Ray's
+    own ``ray.io/node-id`` label (and the pool's). A hard node affinity is refused at once as
+    "infeasible" while the scheduler's view of a node is not complete yet (seen under load, for nodes
+    that had just joined); a label constraint waits for the view, and the deployer's start timeout
+    bounds the wait if the node is really gone."""
+    from ray.util.placement_group import NODE_ID_LABEL_KEY   # "ray.io/node-id": Ray labels every node with its id
+    from ray.util.scheduling_strategies import In, NodeLabelSchedulingStrategy
+
+    hard = {POOL_LABEL: In(pool), **({NODE_ID_LABEL_KEY: In(node_id)} if node_id else {})}
+    return NodeLabelSchedulingStrategy(hard=hard)
+
+
 def connect_cluster(settings: Settings) -> ComputeCluster:
     return RayCluster(settings) if settings.ray_address else LocalMachine(settings)
