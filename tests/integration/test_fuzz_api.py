@@ -49,6 +49,10 @@ RULES_BEYOND_THE_SCHEMA = {
     "/api/v1/compression-jobs": "the source model exists and supports the strategy; notification needs a topic",
     "/api/v1/compression-jobs/estimate": "the source model exists and supports the strategy",
     "/api/v1/notification-rules": "topic_name names an existing topic",
+    # Pools: a change names something to change; node counts and shapes within this platform's limits
+    # (settings pool_max_nodes, pool_node_max_cpus/memory_gb), and only where it starts nodes.
+    "/api/v1/pools": "node_count and node_resources within the platform's limits",
+    "/api/v1/pools/{name}": "at least one field to change; node_count and node_resources within the platform's limits",
     # Storage paths name a bucket of the caller's; an unknown one is a 400 so bucket names cannot be probed.
     "/api/v1/storage/objects": "path is 'bucket/prefix' of the caller's bucket",
     "/api/v1/storage/objects/{path}": "path is 'bucket/key' of the caller's bucket",
